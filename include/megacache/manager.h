@@ -1,0 +1,71 @@
+// ArtifactManager: the C++ counterpart of torch's CacheArtifactManager. It records cache
+// artifacts as a compile produces them and serializes them into Mega-Cache bytes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "megacache/mega_cache.h"
+
+namespace megacache {
+
+// Keys per artifact type, types in the order they were first added (torch's CacheInfo).
+class CacheInfo {
+ public:
+  void add(std::string_view type, std::string_view key);
+  void clear() { entries_.clear(); }
+  bool empty() const { return entries_.empty(); }
+  size_t count(std::string_view type) const;
+  const std::vector<std::pair<std::string, std::vector<std::string>>>& entries() const {
+    return entries_;
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::vector<std::string>>> entries_;
+};
+
+// Not thread-safe: torch records under its compile lock, and callers must serialize
+// access the same way.
+class ArtifactManager {
+ public:
+  // Copies the bytes. An exact repeat of (type, key, content) is ignored, whether or not it
+  // has been serialized since; the same key with other content is a new artifact.
+  // Returns true when the artifact was new.
+  bool record(std::string_view type, std::string_view key, std::string_view content);
+
+  // True when something was recorded since the last serialize().
+  bool need_serialize() const { return !pending_.empty(); }
+
+  // The whole blob of everything recorded so far, or an empty view when nothing ever was
+  // (torch returns None then). Appends only what is new since the last call, so the cost is
+  // proportional to the new bytes. The view is valid until the next record/serialize/clear.
+  std::string_view serialize();
+
+  // Everything serialized so far, per type.
+  const CacheInfo& cache_info() const { return info_; }
+
+  void clear();
+
+ private:
+  struct Pending {
+    std::string type;
+    std::vector<mega_cache::Artifact> artifacts;  // contents view into seen_
+  };
+
+  // Exact-repeat detection: hash of (type, key, content) -> recorded artifacts with it.
+  struct Seen {
+    std::string type;
+    std::string key;
+    std::string content;
+  };
+  std::unordered_multimap<uint64_t, Seen> seen_;
+  std::vector<Pending> pending_;  // in order of first record since the last serialize
+  mega_cache::Writer writer_;
+  CacheInfo info_;
+};
+
+}  // namespace megacache

@@ -1,0 +1,58 @@
+// Native populate: writes Mega-Cache artifacts into a torch cache directory
+// (TORCHINDUCTOR_CACHE_DIR) exactly where, and with exactly the bytes, torch's own
+// CacheArtifact.populate_cache() would. Layout per type is in docs/torch-format.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "megacache/manager.h"
+#include "megacache/mega_cache.h"
+#include "megacache/status.h"
+
+namespace megacache {
+
+namespace util {
+class FileSystem;
+}
+
+struct PopulateOptions {
+  // torch rewrites PGO keys that start with "mast:" to the loading job's own key
+  // (pgo.get_cache_key()); the Python adapter passes that here. Empty: keep keys.
+  std::string pgo_cache_key;
+};
+
+// One file that populate would write, relative to the cache dir.
+struct PlannedFile {
+  std::string relative_path;
+  const mega_cache::Artifact* artifact = nullptr;
+  // The file name is the sha256 of the content (FX graph and AOTAutograd entries), so a
+  // file of the same size already there holds the same bytes.
+  bool content_addressed = false;
+};
+
+// Checks every artifact in every group (dropped ones too) and maps what torch would load to
+// file paths. Nothing is touched on disk. Thread-safe. Errors: InvalidArgument naming the
+// type, the key and the rule it breaks (unknown type, absolute path, "..", NUL, empty
+// segment, control character, over-long name).
+Result<std::vector<PlannedFile>> plan_populate(const mega_cache::MegaCache& cache,
+                                               const PopulateOptions& options = {});
+
+struct PopulateReport {
+  CacheInfo info;            // what torch's populate_caches would return
+  size_t files_written = 0;
+  size_t files_unchanged = 0;  // already present with the same bytes
+};
+
+// plan_populate, then writes each file atomically; a file already holding the same bytes is
+// left alone. Safe while other processes populate or read the same dir. On an invalid input
+// nothing is written. On an I/O error the files written before it stay (each is whole).
+// Thread-safe for distinct or identical dirs.
+Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::string& cache_dir,
+                                const PopulateOptions& options = {});
+Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::string& cache_dir,
+                                const PopulateOptions& options, util::FileSystem& fs);
+
+}  // namespace megacache

@@ -1,0 +1,173 @@
+#include "megacache/populate.h"
+
+#include "util/file_system.h"
+#include "util/hash.h"
+
+namespace megacache {
+namespace {
+
+// Room for the temp-file suffix within NAME_MAX (255).
+constexpr size_t kMaxSegmentBytes = 200;
+
+// Why `segment` may not be a single path component, or empty when it may.
+std::string segment_problem(std::string_view segment) {
+  if (segment.empty()) return "has an empty path segment";
+  if (segment == "." || segment == "..") return "has a '" + std::string(segment) + "' segment";
+  if (segment.size() > kMaxSegmentBytes) {
+    return "has a segment of " + std::to_string(segment.size()) + " bytes (limit " +
+           std::to_string(kMaxSegmentBytes) + ")";
+  }
+  for (unsigned char c : segment) {
+    if (c == '\0') return "contains a NUL byte";
+    if (c == '/') return "contains '/'";
+    if (c == '\\') return "contains '\\'";
+    if (c < 0x20 || c == 0x7f) return "contains a control character";
+  }
+  return {};
+}
+
+std::string relative_path_problem(std::string_view path) {
+  if (path.empty()) return "is empty";
+  if (path.front() == '/') return "is an absolute path";
+  size_t start = 0;
+  while (true) {
+    const size_t slash = path.find('/', start);
+    const std::string_view segment = path.substr(start, slash - start);
+    if (std::string problem = segment_problem(segment); !problem.empty()) return problem;
+    if (slash == std::string_view::npos) return {};
+    start = slash + 1;
+  }
+}
+
+// pgo.code_state_path: re.sub(r'[<>:"/\\|?*]', "_", f"code_state_{key}.pkl")
+std::string pgo_file_name(std::string_view key) {
+  std::string name = "code_state_" + std::string(key) + ".pkl";
+  for (char& c : name) {
+    if (std::string_view("<>:\"/\\|?*").find(c) != std::string_view::npos) c = '_';
+  }
+  return name;
+}
+
+// Python's key[1:3].
+std::string_view python_slice_1_3(std::string_view key) {
+  return key.size() <= 1 ? std::string_view() : key.substr(1, 2);
+}
+
+Status refuse(const mega_cache::Artifact& artifact, const std::string& problem) {
+  return Status::InvalidArgument(artifact.type + " artifact key '" + artifact.key + "' " + problem +
+                                 "; refusing the whole input so nothing outside the cache dir "
+                                 "is written");
+}
+
+Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, const PopulateOptions& options) {
+  using namespace mega_cache;
+  PlannedFile file;
+  file.artifact = &artifact;
+  const std::string_view type = artifact.type;
+  const std::string& key = artifact.key;
+  if (type == kInductor || type == kAotAutograd || type == kPrecompile) {
+    if (std::string problem = segment_problem(key); !problem.empty()) return refuse(artifact, problem);
+  }
+  if (type == kInductor) {
+    const std::string_view shard = python_slice_1_3(key);
+    if (std::string problem = shard.empty() ? "" : segment_problem(shard); !problem.empty()) {
+      return refuse(artifact, "gives a directory name that " + problem);
+    }
+    file.relative_path = "fxgraph/" + (shard.empty() ? "" : std::string(shard) + "/") + key +
+                         "/" + util::torch_sha256_name(artifact.content);
+    file.content_addressed = true;
+  } else if (type == kAotAutograd) {
+    file.relative_path = "aotautograd/" + key + "/" + util::torch_sha256_name(artifact.content);
+    file.content_addressed = true;
+  } else if (type == kPrecompile) {
+    file.relative_path = "dynamo/" + key + "/entry";
+  } else if (type == kAutotune) {
+    if (std::string problem = relative_path_problem(key); !problem.empty()) {
+      return refuse(artifact, problem);
+    }
+    file.relative_path = key;
+  } else if (type == kPgo) {
+    const bool rewrite = key.rfind("mast:", 0) == 0 && !options.pgo_cache_key.empty();
+    const std::string name = pgo_file_name(rewrite ? options.pgo_cache_key : key);
+    if (std::string problem = segment_problem(name); !problem.empty()) {
+      return refuse(artifact, "gives a file name that " + problem);
+    }
+    file.relative_path = "dynamo/" + name;
+  } else {
+    return Status::InvalidArgument("unknown artifact type '" + artifact.type +
+                                   "' (known: inductor, autotune, aot_autograd, pgo, precompile); "
+                                   "torch refuses the whole blob, and so does megacache");
+  }
+  return file;
+}
+
+std::string parent_of(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? std::string() : path.substr(0, slash);
+}
+
+}  // namespace
+
+Result<std::vector<PlannedFile>> plan_populate(const mega_cache::MegaCache& cache,
+                                               const PopulateOptions& options) {
+  for (const mega_cache::TypeGroup& group : cache.groups) {
+    if (!group.dropped_by_torch) continue;
+    for (const mega_cache::Artifact& artifact : group.artifacts) {
+      if (Result<PlannedFile> file = plan_one(artifact, options); !file.ok()) return file.status();
+    }
+  }
+  std::vector<PlannedFile> plan;
+  for (const mega_cache::Artifact* artifact : cache.loaded_artifacts()) {
+    Result<PlannedFile> file = plan_one(*artifact, options);
+    if (!file.ok()) return file.status();
+    plan.push_back(std::move(file).value());
+  }
+  return plan;
+}
+
+Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::string& cache_dir,
+                                const PopulateOptions& options) {
+  return populate(cache, cache_dir, options, util::FileSystem::real());
+}
+
+Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::string& cache_dir,
+                                const PopulateOptions& options, util::FileSystem& fs) {
+  if (cache_dir.empty()) {
+    return Status::InvalidArgument("the cache dir is empty; pass the torch cache dir "
+                                   "(TORCHINDUCTOR_CACHE_DIR)");
+  }
+  Result<std::vector<PlannedFile>> plan = plan_populate(cache, options);
+  if (!plan.ok()) {
+    return plan.status();
+  }
+  PopulateReport report;
+  std::string last_dir;
+  for (const PlannedFile& file : *plan) {
+    const mega_cache::Artifact& artifact = *file.artifact;
+    report.info.add(artifact.type, artifact.key);
+    const std::string path = cache_dir + "/" + file.relative_path;
+    if (const std::optional<uint64_t> size = fs.file_size(path);
+        size && *size == artifact.content.size()) {
+      if (file.content_addressed) {
+        ++report.files_unchanged;
+        continue;
+      }
+      if (Result<std::string> existing = fs.read_file(path);
+          existing.ok() && *existing == artifact.content) {
+        ++report.files_unchanged;
+        continue;
+      }
+    }
+    if (std::string dir = parent_of(path); dir != last_dir) {
+      if (Status made = fs.create_directories(dir); !made.ok()) return made;
+      last_dir = std::move(dir);
+    }
+    if (Status written = fs.write_atomic(path, artifact.content); !written.ok()) {
+      return written;
+    }
+    ++report.files_written;
+  }
+  return report;
+}
+
+}  // namespace megacache

@@ -1,0 +1,31 @@
+// The file-system layer. Every file the core writes goes through here, so that writes are
+// atomic in one place and tests can inject failures by wrapping FileSystem.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "megacache/status.h"
+
+namespace megacache::util {
+
+class FileSystem {
+ public:
+  virtual ~FileSystem() = default;
+
+  // mkdir -p; existing directories are fine.
+  virtual Status create_directories(const std::string& dir) = 0;
+  // Size of the regular file at `path`, or nullopt if there is none.
+  virtual std::optional<uint64_t> file_size(const std::string& path) = 0;
+  virtual Result<std::string> read_file(const std::string& path) = 0;
+  // Writes a hidden temp file beside `path` and renames it over `path`: readers see the old
+  // file or the whole new one, never a part. The parent directory must exist.
+  virtual Status write_atomic(const std::string& path, std::string_view content) = 0;
+
+  // The process's real file system. Thread-safe.
+  static FileSystem& real();
+};
+
+}  // namespace megacache::util

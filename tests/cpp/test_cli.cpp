@@ -1,0 +1,86 @@
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "test_util.h"
+#include "util/file_system.h"
+
+namespace megacache::cli {
+namespace {
+
+struct CliResult {
+  int code;
+  std::string out;
+  std::string err;
+};
+
+CliResult run(const std::vector<std::string>& args) {
+  std::ostringstream out;
+  std::ostringstream err;
+  const int code = run_cli(args, out, err);
+  return {code, out.str(), err.str()};
+}
+
+std::string fixture(const std::string& name) {
+  return std::string(MEGACACHE_TEST_DATA) + "/" + name;
+}
+
+TEST(Cli, InspectJsonListsWhatTorchLoads) {
+  const CliResult r = run({"inspect", fixture("mega_graphbreak.bin"), "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto report = nlohmann::json::parse(r.out);
+  EXPECT_EQ(report["counts"]["inductor"], 2);
+  EXPECT_EQ(report["counts"]["aot_autograd"], 2);
+  EXPECT_EQ(report["counts"]["autotune"], 1);
+  ASSERT_EQ(report["artifacts"].size(), 5u);
+  EXPECT_EQ(report["artifacts"][0]["type"], "inductor");
+  EXPECT_EQ(report["artifacts"][0]["sha256"].get<std::string>().size(), 64u);
+  EXPECT_EQ(report["crc_ok"], true);
+  EXPECT_EQ(report["groups"].size(), 3u);
+}
+
+TEST(Cli, InspectHumanShowsGroupsAndArtifacts) {
+  const CliResult r = run({"inspect", fixture("mega_mlp_infer.bin")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("torch 2.8+ layout"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("torch loads: inductor=1 aot_autograd=1 autotune=1"), std::string::npos)
+      << r.out;
+}
+
+TEST(Cli, VerifyAndPopulate) {
+  test::TempDir dir;
+  EXPECT_EQ(run({"verify", fixture("mega_dynamic.bin")}).code, 0);
+  const CliResult populated = run({"populate", fixture("mega_dynamic.bin"), "--cache-dir", dir.path(), "--json"});
+  ASSERT_EQ(populated.code, 0) << populated.err;
+  EXPECT_EQ(nlohmann::json::parse(populated.out)["files_written"], 2);
+  EXPECT_EQ(test::read_tree(dir.path()).size(), 2u);
+}
+
+TEST(Cli, InvalidInputExitsOneWithTheReason) {
+  test::TempDir dir;
+  const std::string hostile = dir.path() + "/hostile.bin";
+  ASSERT_TRUE(util::FileSystem::real()
+                  .write_atomic(hostile, test::make_blob({{"autotune", {{"../../evil", "{}"}}}}))
+                  .ok());
+  const CliResult r = run({"verify", hostile});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("'..' segment"), std::string::npos) << r.err;
+  const CliResult json = run({"verify", hostile, "--json"});
+  EXPECT_EQ(json.code, 1);
+  EXPECT_EQ(nlohmann::json::parse(json.out)["ok"], false);
+  EXPECT_EQ(run({"inspect", dir.path() + "/missing.bin"}).code, 1);
+}
+
+TEST(Cli, UsageErrorsExitTwo) {
+  EXPECT_EQ(run({}).code, 2);
+  EXPECT_EQ(run({"frobnicate"}).code, 2);
+  EXPECT_EQ(run({"populate", fixture("mega_dynamic.bin")}).code, 2);  // no --cache-dir
+  const CliResult version = run({"--version"});
+  EXPECT_EQ(version.code, 0);
+  EXPECT_NE(version.out.find("megacache 0.1.0"), std::string::npos) << version.out;
+}
+
+}  // namespace
+}  // namespace megacache::cli

@@ -1,0 +1,161 @@
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "megacache/populate.h"
+#include "test_util.h"
+#include "util/file_system.h"
+
+namespace megacache {
+namespace {
+
+using mega_cache::MegaCache;
+using test::make_blob;
+using test::read_tree;
+
+MegaCache parsed(const std::string& blob) {
+  Result<MegaCache> cache = mega_cache::parse(blob);
+  EXPECT_TRUE(cache.ok()) << cache.status().to_string();
+  return std::move(cache).value();
+}
+
+TEST(Populate, WritesEachTypeWhereTorchDoes) {
+  const std::string blob = test::small_blob();
+  const MegaCache cache = parsed(blob);
+  test::TempDir dir;
+  Result<PopulateReport> report = populate(cache, dir.path());
+  ASSERT_TRUE(report.ok()) << report.status().to_string();
+  const std::map<std::string, std::string> expected = {
+      {"fxgraph/ab/fabcdefghijklmnop/" + util::torch_sha256_name("graph v2"), "graph v2"},
+      {"fxgraph/zy/fzyxwvu/" + util::torch_sha256_name("second graph"), "second graph"},
+      {"ab/0123456789abcdef.best_config", R"({"XBLOCK": 64, "num_warps": 4})"},
+      {"aotautograd/aqrstuvwxyz/" + util::torch_sha256_name("aot pickle"), "aot pickle"},
+      {"dynamo/code_state_job_0_.pkl", "pgo pickle"},
+      {"dynamo/" + std::string(64, 'e') + "/entry", "precompile entry"},
+  };
+  EXPECT_EQ(read_tree(dir.path()), expected);
+  EXPECT_EQ(report->files_written, expected.size());
+  EXPECT_EQ(report->info.count("inductor"), 2u);  // the dropped first group is not counted
+}
+
+TEST(Populate, IsIdempotentAndRepairsChangedFiles) {
+  const MegaCache cache = parsed(test::small_blob());
+  test::TempDir dir;
+  ASSERT_TRUE(populate(cache, dir.path()).ok());
+  const auto first = read_tree(dir.path());
+
+  Result<PopulateReport> again = populate(cache, dir.path());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->files_written, 0u);
+  EXPECT_EQ(again->files_unchanged, first.size());
+
+  // Same size, other bytes: a non-content-addressed file is compared and rewritten.
+  const std::string autotune = dir.path() + "/ab/0123456789abcdef.best_config";
+  std::string damaged = first.at("ab/0123456789abcdef.best_config");
+  damaged[2] = 'Y';
+  ASSERT_TRUE(util::FileSystem::real().write_atomic(autotune, damaged).ok());
+  Result<PopulateReport> repaired = populate(cache, dir.path());
+  ASSERT_TRUE(repaired.ok());
+  EXPECT_EQ(repaired->files_written, 1u);
+  EXPECT_EQ(read_tree(dir.path()), first);
+}
+
+TEST(Populate, RewritesPgoMastKeysToTheLoadingJob) {
+  const MegaCache cache = parsed(make_blob({{"pgo", {{"mast:oldjob:3:0:tag", "state"}}}}));
+  test::TempDir dir;
+  ASSERT_TRUE(populate(cache, dir.path(), {"mast:newjob:7:0:tag"}).ok());
+  EXPECT_EQ(read_tree(dir.path()),
+            (std::map<std::string, std::string>{{"dynamo/code_state_mast_newjob_7_0_tag.pkl", "state"}}));
+}
+
+// Fails every write after the first `allowed` ones.
+class FailingFileSystem final : public util::FileSystem {
+ public:
+  explicit FailingFileSystem(int allowed) : allowed_(allowed) {}
+  Status create_directories(const std::string& dir) override {
+    return real().create_directories(dir);
+  }
+  std::optional<uint64_t> file_size(const std::string& path) override {
+    return real().file_size(path);
+  }
+  Result<std::string> read_file(const std::string& path) override { return real().read_file(path); }
+  Status write_atomic(const std::string& path, std::string_view content) override {
+    if (allowed_-- <= 0) return Status::IOError("injected: no space left on device");
+    return real().write_atomic(path, content);
+  }
+
+ private:
+  int allowed_;
+};
+
+TEST(Populate, AnIoErrorStopsWithWholeFilesAndNoTempFiles) {
+  const MegaCache cache = parsed(test::small_blob());
+  test::TempDir dir;
+  FailingFileSystem fs(2);
+  Result<PopulateReport> report = populate(cache, dir.path(), {}, fs);
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), Status::Code::kIOError);
+  const auto tree = read_tree(dir.path());
+  EXPECT_EQ(tree.size(), 2u);
+  for (const auto& [path, content] : tree) {
+    EXPECT_EQ(path.find("/."), std::string::npos) << "temp file left: " << path;
+  }
+  // A later populate completes the job.
+  ASSERT_TRUE(populate(cache, dir.path()).ok());
+  EXPECT_EQ(read_tree(dir.path()).size(), 6u);
+}
+
+TEST(Populate, ConcurrentThreadsAndProcessesOnOneDirAgree) {
+  const std::string blob = test::read_test_file("mega_graphbreak.bin");
+  const MegaCache cache = parsed(blob);
+  test::TempDir reference;
+  ASSERT_TRUE(populate(cache, reference.path()).ok());
+  const auto expected = read_tree(reference.path());
+
+  test::TempDir dir;
+  std::vector<pid_t> children;
+  for (int p = 0; p < 4; ++p) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      bool ok = true;
+      for (int round = 0; round < 5; ++round) ok = ok && populate(cache, dir.path()).ok();
+      ::_exit(ok ? 0 : 1);
+    }
+    children.push_back(pid);
+  }
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int round = 0; round < 5; ++round) {
+        if (!populate(cache, dir.path()).ok()) ++failures;
+        // Readers in the middle never see a partial file.
+        for (const auto& [path, content] : read_tree(dir.path())) {
+          if (path.find("/.") == std::string::npos && expected.count(path) &&
+              content != expected.at(path)) {
+            ++failures;
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (pid_t pid : children) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(read_tree(dir.path()), expected);
+}
+
+TEST(Populate, EmptyCacheDirIsRefused) {
+  const MegaCache cache = parsed(test::small_blob());
+  EXPECT_EQ(populate(cache, "").status().code(), Status::Code::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace megacache

@@ -1,0 +1,98 @@
+// Helpers shared by the C++ tests.
+#pragma once
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "megacache/mega_cache.h"
+#include "util/byte_reader.h"
+#include "util/hash.h"
+
+namespace megacache::test {
+
+inline std::string read_test_file(const std::string& name) {
+  std::ifstream in(std::string(MEGACACHE_TEST_DATA) + "/" + name, std::ios::binary);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+inline const std::vector<std::string>& fixture_names() {
+  static const std::vector<std::string> names = {"mega_mlp_infer.bin", "mega_graphbreak.bin",
+                                                 "mega_dynamic.bin"};
+  return names;
+}
+
+// A fresh directory, removed with everything in it at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "megacache-test-XXXXXX").string();
+    path_ = ::mkdtemp(pattern.data());
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Every regular file under `root`, relative path -> contents.
+inline std::map<std::string, std::string> read_tree(const std::string& root) {
+  std::map<std::string, std::string> out;
+  if (!std::filesystem::exists(root)) return out;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(root)) {
+    if (!entry.is_regular_file()) continue;
+    std::ifstream in(entry.path(), std::ios::binary);
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    out[std::filesystem::relative(entry.path(), root).string()] = buffer.str();
+  }
+  return out;
+}
+
+struct RawArtifact {
+  std::string key;
+  std::string content;
+};
+
+// A 2.8+ blob with the groups given, in order, repeats allowed.
+inline std::string make_blob(const std::vector<std::pair<std::string, std::vector<RawArtifact>>>& groups) {
+  mega_cache::Writer writer;
+  for (const auto& [type, raws] : groups) {
+    std::vector<mega_cache::Artifact> artifacts;
+    for (const RawArtifact& raw : raws) artifacts.push_back({type, raw.key, raw.content});
+    writer.append_group(type, artifacts);
+  }
+  return std::string(writer.bytes());
+}
+
+// Recomputes the crc of a 2.8+ blob so that a damaged blob reaches the structure parser.
+inline std::string with_fixed_crc(std::string blob) {
+  if (blob.size() >= 4) {
+    util::store_u32_be(blob.data(), util::crc32(std::string_view(blob).substr(4)));
+  }
+  return blob;
+}
+
+// A small blob with every type, a repeated group and binary content.
+inline std::string small_blob() {
+  return make_blob({
+      {"inductor", {{"fabcdefghijklmnop", std::string("\x80\x04\x95pickle\0bytes", 18)}}},
+      {"autotune", {{"ab/0123456789abcdef.best_config", R"({"XBLOCK": 64, "num_warps": 4})"}}},
+      {"aot_autograd", {{"aqrstuvwxyz", "aot pickle"}}},
+      {"inductor", {{"fabcdefghijklmnop", "graph v2"}, {"fzyxwvu", "second graph"}}},
+      {"pgo", {{"job:0:", "pgo pickle"}}},
+      {"precompile", {{std::string(64, 'e'), "precompile entry"}}},
+  });
+}
+
+}  // namespace megacache::test
