@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -107,8 +108,18 @@ struct StandaloneArtifact {
 // Errors: Corruption(offset, reason).
 Result<StandaloneArtifact> parse_standalone(std::string_view file);
 
-// What a file holds, judged from its first bytes; used to route `inspect` and `load`.
+// What a file holds, judged from its first bytes.
 enum class FileFormat : uint8_t { kUnknown, kMegaCache2_7, kMegaCache2_8, kStandalone };
 FileFormat sniff(std::string_view bytes);
+
+// The Mega-Cache blob a file carries: the file itself, or the payload of a standalone_compile
+// file (then `standalone` describes the wrapper). `blob` is empty for an AOTCompiledArtifact,
+// which carries a pickle instead. Views point into `file`. Errors: Corruption from the
+// standalone header; the blob itself is not parsed here.
+struct FileContents {
+  std::optional<StandaloneArtifact> standalone;
+  std::string_view blob;
+};
+Result<FileContents> locate_mega_cache(std::string_view file);
 
 }  // namespace megacache::mega_cache

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,8 +21,9 @@ class FileSystem;
 
 struct PopulateOptions {
   // torch rewrites PGO keys that start with "mast:" to the loading job's own key
-  // (pgo.get_cache_key()); the Python adapter passes that here. Empty: keep keys.
-  std::string pgo_cache_key;
+  // (pgo.get_cache_key()). Called at most once, and only when such a key is present;
+  // unset or returning "" keeps the keys as they are.
+  std::function<std::string()> pgo_cache_key;
 };
 
 // One file that populate would write, relative to the cache dir.

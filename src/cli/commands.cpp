@@ -33,18 +33,14 @@ Result<LoadedFile> load_file(const std::string& path) {
   // The views inside point into `file.bytes`, so parse only after it has its final home.
   Result<LoadedFile> result(LoadedFile{std::move(bytes).value(), std::nullopt, std::nullopt});
   LoadedFile& file = result.value();
-  std::string_view blob = file.bytes;
-  if (mc::sniff(blob) == mc::FileFormat::kStandalone) {
-    Result<mc::StandaloneArtifact> standalone = mc::parse_standalone(blob);
-    if (!standalone.ok()) return standalone.status();
-    file.standalone = *standalone;
-    if (standalone->kind == mc::StandaloneKind::kAOTCompiledArtifact) return result;
-    blob = standalone->payload;
-  }
-  Result<mc::MegaCache> cache = mc::parse(blob);
+  Result<mc::FileContents> contents = mc::locate_mega_cache(file.bytes);
+  if (!contents.ok()) return contents.status();
+  file.standalone = contents->standalone;
+  if (contents->blob.empty()) return result;  // an AOTCompiledArtifact
+  Result<mc::MegaCache> cache = mc::parse(contents->blob);
   if (!cache.ok()) {
     if (!file.standalone) return cache.status();
-    const uint64_t base = static_cast<uint64_t>(blob.data() - file.bytes.data());
+    const uint64_t base = static_cast<uint64_t>(contents->blob.data() - file.bytes.data());
     return Status::Corruption(base + cache.status().offset().value_or(0),
                               "in the embedded Mega-Cache: " + cache.status().message());
   }

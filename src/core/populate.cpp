@@ -59,7 +59,25 @@ Status refuse(const mega_cache::Artifact& artifact, const std::string& problem) 
                                  "is written");
 }
 
-Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, const PopulateOptions& options) {
+// Resolves PopulateOptions::pgo_cache_key on first use.
+class PgoKey {
+ public:
+  explicit PgoKey(const PopulateOptions& options) : options_(options) {}
+  const std::string& get() {
+    if (!resolved_) {
+      resolved_ = true;
+      if (options_.pgo_cache_key) value_ = options_.pgo_cache_key();
+    }
+    return value_;
+  }
+
+ private:
+  const PopulateOptions& options_;
+  bool resolved_ = false;
+  std::string value_;
+};
+
+Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, PgoKey& pgo_key) {
   using namespace mega_cache;
   PlannedFile file;
   file.artifact = &artifact;
@@ -87,8 +105,8 @@ Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, const Populat
     }
     file.relative_path = key;
   } else if (type == kPgo) {
-    const bool rewrite = key.rfind("mast:", 0) == 0 && !options.pgo_cache_key.empty();
-    const std::string name = pgo_file_name(rewrite ? options.pgo_cache_key : key);
+    const bool mast = key.rfind("mast:", 0) == 0;
+    const std::string name = pgo_file_name(mast && !pgo_key.get().empty() ? pgo_key.get() : key);
     if (std::string problem = segment_problem(name); !problem.empty()) {
       return refuse(artifact, "gives a file name that " + problem);
     }
@@ -110,15 +128,16 @@ std::string parent_of(const std::string& path) {
 
 Result<std::vector<PlannedFile>> plan_populate(const mega_cache::MegaCache& cache,
                                                const PopulateOptions& options) {
+  PgoKey pgo_key(options);
   for (const mega_cache::TypeGroup& group : cache.groups) {
     if (!group.dropped_by_torch) continue;
     for (const mega_cache::Artifact& artifact : group.artifacts) {
-      if (Result<PlannedFile> file = plan_one(artifact, options); !file.ok()) return file.status();
+      if (Result<PlannedFile> file = plan_one(artifact, pgo_key); !file.ok()) return file.status();
     }
   }
   std::vector<PlannedFile> plan;
   for (const mega_cache::Artifact* artifact : cache.loaded_artifacts()) {
-    Result<PlannedFile> file = plan_one(*artifact, options);
+    Result<PlannedFile> file = plan_one(*artifact, pgo_key);
     if (!file.ok()) return file.status();
     plan.push_back(std::move(file).value());
   }

@@ -333,4 +333,17 @@ Result<StandaloneArtifact> parse_standalone(std::string_view file) {
   return artifact;
 }
 
+Result<FileContents> locate_mega_cache(std::string_view file) {
+  FileContents contents;
+  if (sniff(file) != FileFormat::kStandalone) {
+    contents.blob = file;
+    return contents;
+  }
+  Result<StandaloneArtifact> standalone = parse_standalone(file);
+  if (!standalone.ok()) return standalone.status();
+  contents.standalone = *standalone;
+  if (standalone->kind != StandaloneKind::kAOTCompiledArtifact) contents.blob = standalone->payload;
+  return contents;
+}
+
 }  // namespace megacache::mega_cache

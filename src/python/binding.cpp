@@ -1,6 +1,7 @@
 // megacache._core: the Python binding. No logic lives here: it converts arguments, releases
 // the GIL around C++ work and maps a non-OK Status to a Python exception type.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -9,6 +10,7 @@
 #include "megacache/manager.h"
 #include "megacache/mega_cache.h"
 #include "megacache/populate.h"
+#include "util/file_system.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -42,14 +44,22 @@ std::string_view view(const nb::bytes& data) { return {data.c_str(), data.size()
 using TypeKeys = std::vector<std::pair<std::string, std::vector<std::string>>>;
 
 // Parses a Mega-Cache blob and populates `cache_dir`; returns what was loaded per type.
+// `pgo_cache_key` is called (with the GIL) only if a PGO key needs torch's rewrite.
 TypeKeys load_into(const nb::bytes& data, const std::string& cache_dir,
-                   const std::string& pgo_cache_key) {
+                   std::optional<nb::callable> pgo_cache_key) {
+  megacache::PopulateOptions options;
+  if (pgo_cache_key) {
+    options.pgo_cache_key = [&]() {
+      nb::gil_scoped_acquire acquire;
+      return nb::cast<std::string>((*pgo_cache_key)());
+    };
+  }
   megacache::Result<megacache::PopulateReport> report = megacache::Status::OK();
   {
     nb::gil_scoped_release release;
     megacache::Result<megacache::mega_cache::MegaCache> cache =
         megacache::mega_cache::parse(view(data));
-    report = cache.ok() ? megacache::populate(*cache, cache_dir, {pgo_cache_key}) : cache.status();
+    report = cache.ok() ? megacache::populate(*cache, cache_dir, options) : cache.status();
   }
   if (!report.ok()) raise(report.status());
   return report->info.entries();
@@ -66,12 +76,27 @@ void verify(const nb::bytes& data) {
   if (!status.ok()) raise(status);
 }
 
-// The Mega-Cache blob inside a standalone_compile binary file.
-nb::bytes standalone_payload(const nb::bytes& data) {
-  megacache::Result<megacache::mega_cache::StandaloneArtifact> artifact =
-      megacache::mega_cache::parse_standalone(view(data));
-  if (!artifact.ok()) raise(artifact.status());
-  return nb::bytes(artifact->payload.data(), artifact->payload.size());
+// The Mega-Cache blob a file carries (itself, or a standalone_compile payload).
+nb::bytes mega_cache_of(const nb::bytes& file) {
+  megacache::Result<megacache::mega_cache::FileContents> contents =
+      megacache::mega_cache::locate_mega_cache(view(file));
+  if (!contents.ok()) raise(contents.status());
+  if (contents->blob.empty()) {
+    raise(megacache::Status::InvalidArgument(
+        "this is a standalone_compile AOTCompiledArtifact, which holds no Mega-Cache artifacts; "
+        "load it with torch._inductor.CompiledArtifact.load"));
+  }
+  if (!contents->standalone) return file;
+  return nb::bytes(contents->blob.data(), contents->blob.size());
+}
+
+void write_file_atomic(const std::string& path, const nb::bytes& data) {
+  megacache::Status status;
+  {
+    nb::gil_scoped_release release;
+    status = megacache::util::FileSystem::real().write_atomic(path, view(data));
+  }
+  if (!status.ok()) raise(status);
 }
 
 }  // namespace
@@ -91,11 +116,13 @@ NB_MODULE(_core, m) {
   m.attr("CorruptionError") = g_corruption_error;
   m.attr("InvalidInputError") = g_invalid_input_error;
 
-  m.def("load_into", &load_into, "data"_a, "cache_dir"_a, "pgo_cache_key"_a = "",
+  m.def("load_into", &load_into, "data"_a, "cache_dir"_a, "pgo_cache_key"_a = nb::none(),
         "Parse a Mega-Cache blob and write its artifacts into cache_dir as torch would.");
   m.def("verify", &verify, "data"_a, "Check a Mega-Cache blob as populate would; write nothing.");
-  m.def("standalone_payload", &standalone_payload, "data"_a,
-        "The Mega-Cache blob inside a standalone_compile binary file.");
+  m.def("mega_cache_of", &mega_cache_of, "file"_a,
+        "The Mega-Cache blob a file carries: itself, or a standalone_compile payload.");
+  m.def("write_file_atomic", &write_file_atomic, "path"_a, "data"_a,
+        "Write a file through a temp file and rename; readers never see a part.");
 
   nb::class_<megacache::ArtifactManager>(m, "ArtifactManager")
       .def(nb::init<>())

@@ -65,7 +65,13 @@ TEST(Populate, IsIdempotentAndRepairsChangedFiles) {
 TEST(Populate, RewritesPgoMastKeysToTheLoadingJob) {
   const MegaCache cache = parsed(make_blob({{"pgo", {{"mast:oldjob:3:0:tag", "state"}}}}));
   test::TempDir dir;
-  ASSERT_TRUE(populate(cache, dir.path(), {"mast:newjob:7:0:tag"}).ok());
+  int calls = 0;
+  PopulateOptions options{[&] {
+    ++calls;
+    return std::string("mast:newjob:7:0:tag");
+  }};
+  ASSERT_TRUE(populate(cache, dir.path(), options).ok());
+  EXPECT_EQ(calls, 1);
   EXPECT_EQ(read_tree(dir.path()),
             (std::map<std::string, std::string>{{"dynamo/code_state_mast_newjob_7_0_tag.pkl", "state"}}));
 }
@@ -150,6 +156,16 @@ TEST(Populate, ConcurrentThreadsAndProcessesOnOneDirAgree) {
   }
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(read_tree(dir.path()), expected);
+}
+
+TEST(Populate, PgoKeyIsOnlyAskedForWhenAMastKeyIsPresent) {
+  const MegaCache cache = parsed(test::small_blob());  // pgo key "job:0:", not mast
+  test::TempDir dir;
+  PopulateOptions options{[]() -> std::string {
+    ADD_FAILURE() << "asked for the PGO key without a mast: key";
+    return "";
+  }};
+  ASSERT_TRUE(populate(cache, dir.path(), options).ok());
 }
 
 TEST(Populate, EmptyCacheDirIsRefused) {

@@ -1,0 +1,120 @@
+"""The torch adapter: the only module of megacache that imports torch.
+
+It reads what torch's CacheArtifactManager recorded and hands bytes to the C++ core, which
+serializes, parses and populates. It supports torch 2.8 and newer (string-typed artifacts).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import List, Optional, Tuple
+
+import torch
+from torch.compiler._cache import CacheArtifactManager, CacheInfo
+
+from megacache import _core
+
+log = logging.getLogger("megacache")
+
+__all__ = ["load", "load_cache_artifacts", "save", "save_cache_artifacts"]
+
+
+class _Recorder:
+    """Mirrors torch's recorded artifacts into the C++ ArtifactManager.
+
+    torch's CacheArtifactManager._seen_artifacts holds every artifact recorded since its last
+    clear(), in record order, and torch's own serialize() leaves it alone. We read it from
+    where we stopped, so each save costs only what is new, and torch's state is untouched:
+    torch.compiler.save_cache_artifacts keeps working beside us.
+    """
+
+    def __init__(self) -> None:
+        self.manager = _core.ArtifactManager()
+        self._seen: object = None  # the torch OrderedSet we were reading
+        self._count = 0  # how many of its artifacts we have recorded
+        self._last: object = None  # the last one, to notice torch's clear()
+        self._blob: Optional[bytes] = None
+
+    def _drain(self) -> None:
+        seen = CacheArtifactManager._seen_artifacts
+        if self._last is not None and (seen is not self._seen or self._last not in seen):
+            # torch's manager was cleared or swapped (with_fresh_cache): start over, as torch does.
+            self.manager.clear()
+            self._count, self._last, self._blob = 0, None, None
+        self._seen = seen
+        if len(seen) == self._count:
+            return
+        for artifact in itertools.islice(seen, self._count, None):
+            self.manager.record(artifact.type(), artifact.key, artifact.content)
+            self._last = artifact
+        self._count = len(seen)
+
+    def save(self) -> Optional[Tuple[bytes, CacheInfo]]:
+        self._drain()
+        if self._blob is None or self.manager.need_serialize():
+            self._blob = self.manager.serialize()
+        if self._blob is None:
+            return None
+        return self._blob, _cache_info(self.manager.cache_info())
+
+
+_recorder = _Recorder()
+
+
+def _cache_info(entries: List[Tuple[str, List[str]]]) -> CacheInfo:
+    # Registration adds CacheInfo's <type>_artifacts properties, as torch's own load does.
+    CacheArtifactManager._ensure_cache_artifacts_registered()
+    info = CacheInfo()
+    for artifact_type, keys in entries:
+        info.artifacts[artifact_type].extend(keys)
+    return info
+
+
+def _pgo_cache_key() -> str:
+    # Called by the core only for "mast:" PGO keys, which torch rewrites to this job's key.
+    from torch._dynamo.pgo import get_cache_key
+
+    return get_cache_key() or ""
+
+
+def save_cache_artifacts() -> Optional[Tuple[bytes, CacheInfo]]:
+    if torch._dynamo.config.caching_precompile:
+        from torch._dynamo.precompile_context import PrecompileContext
+
+        PrecompileContext.save_to_dynamo_cache()
+    return _recorder.save()
+
+
+def _torch_cache_dir() -> str:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
+
+
+def _load_blob(blob: bytes, cache_dir: Optional[str]) -> CacheInfo:
+    entries = _core.load_into(blob, cache_dir or _torch_cache_dir(), _pgo_cache_key)
+    return _cache_info(entries)
+
+
+def load_cache_artifacts(serialized_artifacts: bytes) -> Optional[CacheInfo]:
+    try:
+        return _load_blob(serialized_artifacts, None)
+    except (_core.CorruptionError, _core.InvalidInputError) as error:
+        log.warning("megacache: not loading cache artifacts: %s", error)
+        return None
+
+
+def save(path: str) -> Optional[CacheInfo]:
+    saved = save_cache_artifacts()
+    if saved is None:
+        return None
+    blob, info = saved
+    _core.write_file_atomic(path, blob)
+    return info
+
+
+def load(path: str, *, cache_dir: Optional[str] = None) -> CacheInfo:
+    with open(path, "rb") as f:
+        data = f.read()
+    return _load_blob(_core.mega_cache_of(data), cache_dir)

@@ -1,0 +1,139 @@
+"""The Python API without a compile: drop-in semantics, errors, files."""
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+import megacache
+from megacache import _core
+
+from conftest import DATA, read_tree
+
+
+def blob_of(*artifacts):
+    manager = _core.ArtifactManager()
+    for artifact_type, key, content in artifacts:
+        manager.record(artifact_type, key, content)
+    return manager.serialize()
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, megacache; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_verify_accepts_torch_fixtures():
+    for name in ("mega_mlp_infer.bin", "mega_graphbreak.bin", "mega_dynamic.bin"):
+        megacache.verify((DATA / name).read_bytes())
+
+
+def test_verify_reports_corruption_with_offset():
+    data = bytearray((DATA / "mega_mlp_infer.bin").read_bytes())
+    data[1000] ^= 1
+    with pytest.raises(megacache.CorruptionError, match="offset 0: crc32 mismatch"):
+        megacache.verify(bytes(data))
+    assert issubclass(megacache.CorruptionError, ValueError)
+
+
+def test_hostile_key_is_refused_and_nothing_is_written(tmp_path):
+    blob = blob_of(("inductor", "fgood", b"x"), ("autotune", "../../escape.best_config", b"{}"))
+    with pytest.raises(megacache.InvalidInputError, match=r"'\.\.' segment"):
+        megacache.verify(blob)
+    path = tmp_path / "hostile.bin"
+    path.write_bytes(blob)
+    with pytest.raises(megacache.InvalidInputError):
+        megacache.load(path, cache_dir=str(tmp_path / "cache"))
+    assert read_tree(tmp_path / "cache") == {}
+    assert not (tmp_path.parent / "escape.best_config").exists()
+
+
+def test_drop_in_load_returns_none_and_logs_on_bad_input(caplog, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="megacache"):
+        assert megacache.load_cache_artifacts(b"too short") is None
+        assert megacache.load_cache_artifacts(b"\0" * 4 + b"not a mega-cache blob") is None
+    assert "only 9 bytes" in caplog.text
+    assert "crc32 mismatch" in caplog.text
+    assert read_tree(tmp_path) == {}
+
+
+def test_drop_in_load_populates_torch_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    info = megacache.load_cache_artifacts((DATA / "mega_dynamic.bin").read_bytes())
+    from torch.compiler._cache import CacheInfo
+
+    assert isinstance(info, CacheInfo)
+    assert len(info.inductor_artifacts) == 1 and len(info.aot_autograd_artifacts) == 1
+    assert len(read_tree(tmp_path)) == 2
+
+
+def test_load_of_aot_compiled_artifact_says_what_to_do(tmp_path):
+    import zlib
+
+    def field(raw):
+        return len(raw).to_bytes(8, "big") + raw
+
+    body = field(b"AOTCompiledArtifact") + field(b"k" * 32) + field(b"pickle")
+    path = tmp_path / "aot.bin"
+    path.write_bytes(zlib.crc32(body).to_bytes(4, "big") + body)
+    with pytest.raises(megacache.InvalidInputError, match="AOTCompiledArtifact"):
+        megacache.load(path, cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def fresh_torch_manager():
+    from torch.compiler._cache import CacheArtifactManager
+
+    CacheArtifactManager._ensure_cache_artifacts_registered()
+    CacheArtifactManager.clear()
+    yield CacheArtifactManager
+    CacheArtifactManager.clear()
+
+
+def test_incremental_save_matches_torch_batch_by_batch(fresh_torch_manager):
+    import torch
+
+    manager = fresh_torch_manager
+    assert megacache.save_cache_artifacts() is None
+    assert torch.compiler.save_cache_artifacts() is None
+
+    manager.record_artifact("inductor", "fa", b"graph-a")
+    manager.record_artifact("aot_autograd", "aa", b"aot-a")
+    manager.record_artifact("inductor", "fa", b"graph-a")  # exact repeat: ignored by both
+    first, first_info = megacache.save_cache_artifacts()
+    assert first == torch.compiler.save_cache_artifacts()[0]
+    assert first_info.artifacts == {"inductor": ["fa"], "aot_autograd": ["aa"]}
+
+    manager.record_artifact("inductor", "fb", b"graph-b")
+    manager.record_artifact("autotune", "ab/c.best_config", {"XBLOCK": 32})
+    second, second_info = megacache.save_cache_artifacts()
+    assert second == torch.compiler.save_cache_artifacts()[0]  # repeated groups, as torch
+    assert second_info.inductor_artifacts == ["fa", "fb"]
+
+    again, _ = megacache.save_cache_artifacts()
+    assert again is second  # nothing new: no work, the same bytes object
+
+    manager.clear()
+    assert megacache.save_cache_artifacts() is None  # follows torch's clear()
+
+
+def test_save_and_load_files(fresh_torch_manager, tmp_path):
+    fresh_torch_manager.record_artifact("inductor", "fsaved", b"pickled graph")
+    info = megacache.save(tmp_path / "cache.bin")
+    assert info.inductor_artifacts == ["fsaved"]
+    loaded = megacache.load(tmp_path / "cache.bin", cache_dir=str(tmp_path / "cache"))
+    assert loaded.inductor_artifacts == ["fsaved"]
+    assert list(read_tree(tmp_path / "cache").values()) == [b"pickled graph"]
+
+
+def test_cli_exit_codes(tmp_path):
+    assert subprocess.run(["megacache", "--version"], capture_output=True).returncode == 0
+    assert subprocess.run(["megacache", "inspect"], capture_output=True).returncode == 2
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\0" * 40)
+    result = subprocess.run(["megacache", "verify", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "megacache:" in result.stderr
