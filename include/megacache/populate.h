@@ -28,11 +28,11 @@ struct PopulateOptions {
 
 // One file that populate would write, relative to the cache dir.
 struct PlannedFile {
-  std::string relative_path;
+  std::string relative_dir;  // "" for the cache dir itself
+  // Empty for FX graph and AOTAutograd entries, which torch names by the sha256 of their
+  // content (torch_sha256_name); populate computes it only when it has to write.
+  std::string file_name;
   const mega_cache::Artifact* artifact = nullptr;
-  // The file name is the sha256 of the content (FX graph and AOTAutograd entries), so a
-  // file of the same size already there holds the same bytes.
-  bool content_addressed = false;
 };
 
 // Checks every artifact in every group (dropped ones too) and maps what torch would load to
@@ -48,8 +48,9 @@ struct PopulateReport {
   size_t files_unchanged = 0;  // already present with the same bytes
 };
 
-// plan_populate, then writes each file atomically; a file already holding the same bytes is
-// left alone. Safe while other processes populate or read the same dir. On an invalid input
+// plan_populate, then writes each file atomically. A file already holding the same bytes
+// (for content-named entries: any file in the key's dir) is left alone, so a repeated load
+// reads instead of hashing and writing. Safe while other processes populate or read the same dir. On an invalid input
 // nothing is written. On an I/O error the files written before it stay (each is whole).
 // Thread-safe for distinct or identical dirs.
 Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::string& cache_dir,

@@ -3,15 +3,17 @@
 #include <algorithm>
 #include <functional>
 
+#include "util/hash.h"
+
 namespace megacache {
 namespace {
 
+// Only buckets the exact-repeat check, which then compares bytes, so it need not resist
+// collisions; crc32 runs at memory speed where a general hash would dominate record().
 uint64_t artifact_hash(std::string_view type, std::string_view key, std::string_view content) {
   const std::hash<std::string_view> hash;
-  uint64_t h = hash(type);
-  h = h * 0x9E3779B97F4A7C15ull ^ hash(key);
-  h = h * 0x9E3779B97F4A7C15ull ^ hash(content);
-  return h;
+  const uint64_t h = hash(type) * 0x9E3779B97F4A7C15ull ^ hash(key);
+  return h * 0x9E3779B97F4A7C15ull ^ util::crc32(content);
 }
 
 }  // namespace

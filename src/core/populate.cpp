@@ -91,26 +91,27 @@ Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, PgoKey& pgo_k
     if (std::string problem = shard.empty() ? "" : segment_problem(shard); !problem.empty()) {
       return refuse(artifact, "gives a directory name that " + problem);
     }
-    file.relative_path = "fxgraph/" + (shard.empty() ? "" : std::string(shard) + "/") + key +
-                         "/" + util::torch_sha256_name(artifact.content);
-    file.content_addressed = true;
+    file.relative_dir = "fxgraph/" + (shard.empty() ? "" : std::string(shard) + "/") + key;
   } else if (type == kAotAutograd) {
-    file.relative_path = "aotautograd/" + key + "/" + util::torch_sha256_name(artifact.content);
-    file.content_addressed = true;
+    file.relative_dir = "aotautograd/" + key;
   } else if (type == kPrecompile) {
-    file.relative_path = "dynamo/" + key + "/entry";
+    file.relative_dir = "dynamo/" + key;
+    file.file_name = "entry";
   } else if (type == kAutotune) {
     if (std::string problem = relative_path_problem(key); !problem.empty()) {
       return refuse(artifact, problem);
     }
-    file.relative_path = key;
+    const size_t slash = key.find_last_of('/');
+    file.relative_dir = slash == std::string::npos ? "" : key.substr(0, slash);
+    file.file_name = slash == std::string::npos ? key : key.substr(slash + 1);
   } else if (type == kPgo) {
     const bool mast = key.rfind("mast:", 0) == 0;
     const std::string name = pgo_file_name(mast && !pgo_key.get().empty() ? pgo_key.get() : key);
     if (std::string problem = segment_problem(name); !problem.empty()) {
       return refuse(artifact, "gives a file name that " + problem);
     }
-    file.relative_path = "dynamo/" + name;
+    file.relative_dir = "dynamo";
+    file.file_name = name;
   } else {
     return Status::InvalidArgument("unknown artifact type '" + artifact.type +
                                    "' (known: inductor, autotune, aot_autograd, pgo, precompile); "
@@ -119,9 +120,13 @@ Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, PgoKey& pgo_k
   return file;
 }
 
-std::string parent_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? std::string() : path.substr(0, slash);
+// Whether `dir` already holds a file with exactly `content`: for content-named entries the
+// name is then the sha256 of these bytes, so comparing saves hashing them.
+bool dir_holds_content(util::FileSystem& fs, const std::string& dir, std::string_view content) {
+  for (const std::string& name : fs.list_directory(dir)) {
+    if (name.front() != '.' && fs.file_equals(dir + "/" + name, content)) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -160,28 +165,24 @@ Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::s
     return plan.status();
   }
   PopulateReport report;
-  std::string last_dir;
+  std::string last_made_dir;
   for (const PlannedFile& file : *plan) {
     const mega_cache::Artifact& artifact = *file.artifact;
     report.info.add(artifact.type, artifact.key);
-    const std::string path = cache_dir + "/" + file.relative_path;
-    if (const std::optional<uint64_t> size = fs.file_size(path);
-        size && *size == artifact.content.size()) {
-      if (file.content_addressed) {
-        ++report.files_unchanged;
-        continue;
-      }
-      if (Result<std::string> existing = fs.read_file(path);
-          existing.ok() && *existing == artifact.content) {
-        ++report.files_unchanged;
-        continue;
-      }
+    const std::string dir = file.relative_dir.empty() ? cache_dir : cache_dir + "/" + file.relative_dir;
+    const bool content_named = file.file_name.empty();
+    const std::string path = dir + "/" + (content_named ? "" : file.file_name);
+    if (content_named ? dir_holds_content(fs, dir, artifact.content)
+                      : fs.file_equals(path, artifact.content)) {
+      ++report.files_unchanged;
+      continue;
     }
-    if (std::string dir = parent_of(path); dir != last_dir) {
+    if (dir != last_made_dir) {
       if (Status made = fs.create_directories(dir); !made.ok()) return made;
-      last_dir = std::move(dir);
+      last_made_dir = dir;
     }
-    if (Status written = fs.write_atomic(path, artifact.content); !written.ok()) {
+    const std::string target = content_named ? path + util::torch_sha256_name(artifact.content) : path;
+    if (Status written = fs.write_atomic(target, artifact.content); !written.ok()) {
       return written;
     }
     ++report.files_written;

@@ -1,9 +1,11 @@
 #include "util/file_system.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -34,12 +36,34 @@ class PosixFileSystem final : public FileSystem {
     return Status::OK();
   }
 
-  std::optional<uint64_t> file_size(const std::string& path) override {
-    struct stat st;
-    if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-      return std::nullopt;
+  std::vector<std::string> list_directory(const std::string& dir) override {
+    std::vector<std::string> names;
+    DIR* handle = ::opendir(dir.c_str());
+    if (handle == nullptr) return names;
+    while (const dirent* entry = ::readdir(handle)) {
+      const std::string_view name = entry->d_name;
+      if (name != "." && name != "..") names.emplace_back(name);
     }
-    return static_cast<uint64_t>(st.st_size);
+    ::closedir(handle);
+    return names;
+  }
+
+  bool file_equals(const std::string& path, std::string_view content) override {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    struct stat st;
+    bool equal = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+                 static_cast<uint64_t>(st.st_size) == content.size();
+    char buffer[1 << 16];
+    size_t done = 0;
+    while (equal && done < content.size()) {
+      const ssize_t n = ::read(fd, buffer, std::min(sizeof buffer, content.size() - done));
+      if (n < 0 && errno == EINTR) continue;
+      equal = n > 0 && std::memcmp(buffer, content.data() + done, static_cast<size_t>(n)) == 0;
+      done += n > 0 ? static_cast<size_t>(n) : 0;
+    }
+    ::close(fd);
+    return equal;
   }
 
   Result<std::string> read_file(const std::string& path) override {

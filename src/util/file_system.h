@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "megacache/status.h"
 
@@ -17,8 +18,11 @@ class FileSystem {
 
   // mkdir -p; existing directories are fine.
   virtual Status create_directories(const std::string& dir) = 0;
-  // Size of the regular file at `path`, or nullopt if there is none.
-  virtual std::optional<uint64_t> file_size(const std::string& path) = 0;
+  // Names in `dir` (not "." or ".."); empty if it does not exist.
+  virtual std::vector<std::string> list_directory(const std::string& dir) = 0;
+  // True when `path` is a regular file holding exactly `content`; reads only as far as the
+  // first difference and never more than `content.size()` bytes.
+  virtual bool file_equals(const std::string& path, std::string_view content) = 0;
   virtual Result<std::string> read_file(const std::string& path) = 0;
   // Writes a hidden temp file beside `path` and renames it over `path`: readers see the old
   // file or the whole new one, never a part. The parent directory must exist.

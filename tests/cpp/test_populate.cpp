@@ -83,8 +83,11 @@ class FailingFileSystem final : public util::FileSystem {
   Status create_directories(const std::string& dir) override {
     return real().create_directories(dir);
   }
-  std::optional<uint64_t> file_size(const std::string& path) override {
-    return real().file_size(path);
+  std::vector<std::string> list_directory(const std::string& dir) override {
+    return real().list_directory(dir);
+  }
+  bool file_equals(const std::string& path, std::string_view content) override {
+    return real().file_equals(path, content);
   }
   Result<std::string> read_file(const std::string& path) override { return real().read_file(path); }
   Status write_atomic(const std::string& path, std::string_view content) override {
