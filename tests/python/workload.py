@@ -4,7 +4,8 @@
     python workload.py load-run BLOB OUT_DIR    load with megacache into an empty cache dir, run
     python workload.py torch-load BLOB          torch.compiler.load_cache_artifacts only
 
-TORCHINDUCTOR_CACHE_DIR is set by the caller. Results are written as JSON and .pt files.
+TORCHINDUCTOR_CACHE_DIR is set by the caller; MEGACACHE_TEST_DEVICE picks the device (cpu by
+default, cuda on a GPU host). Results are written as JSON and .pt files.
 """
 
 import json
@@ -17,12 +18,15 @@ import torch
 import megacache
 
 
+DEVICE = os.environ.get("MEGACACHE_TEST_DEVICE", "cpu")
+
+
 def model_and_input():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 16)
     ).eval()
-    return model, torch.randn(8, 32)
+    return model.to(DEVICE), torch.randn(8, 32).to(DEVICE)
 
 
 def counters():
@@ -49,7 +53,7 @@ def main():
             f.write(ours[0])
         with open(os.path.join(out_dir, "torch.bin"), "wb") as f:
             f.write(theirs[0])
-        torch.save(y, os.path.join(out_dir, "expected.pt"))
+        torch.save(y.cpu(), os.path.join(out_dir, "expected.pt"))
         model, x = model_and_input()
         gm = torch.fx.symbolic_trace(model)
         artifact = torch._inductor.standalone_compile(
@@ -70,7 +74,7 @@ def main():
         info = megacache.load_cache_artifacts(blob)
         load_seconds = time.perf_counter() - start
         y = compile_and_run()
-        torch.save(y, os.path.join(out_dir, "actual.pt"))
+        torch.save(y.cpu(), os.path.join(out_dir, "actual.pt"))
         report = {
             "loaded": dict(info.artifacts),
             "load_seconds": load_seconds,
