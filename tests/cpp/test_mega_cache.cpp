@@ -150,6 +150,23 @@ TEST(Standalone, ParsesCacheCompiledArtifact) {
   EXPECT_EQ(artifact->payload, blob);
 }
 
+// A real file from torch 2.13's standalone_compile(...).save(format="binary") on the CPU.
+TEST(Standalone, ReadsAFileTorchWrote) {
+  const std::string file = read_test_file("standalone_cpu_torch2.13.bin");
+  Result<FileContents> contents = locate_mega_cache(file);
+  ASSERT_TRUE(contents.ok()) << contents.status().to_string();
+  ASSERT_TRUE(contents->standalone);
+  EXPECT_EQ(contents->standalone->kind, StandaloneKind::kCacheCompiledArtifact);
+  Result<MegaCache> cache = parse(contents->blob);
+  ASSERT_TRUE(cache.ok()) << cache.status().to_string();
+  std::vector<std::string> aot_keys;
+  for (const Artifact* a : cache->loaded_artifacts()) {
+    if (a->type == kAotAutograd) aot_keys.push_back(a->key);
+  }
+  EXPECT_EQ(aot_keys, std::vector<std::string>{contents->standalone->aot_autograd_key});
+  EXPECT_EQ(write(cache->loaded_artifacts()), contents->blob);
+}
+
 TEST(Standalone, ParsesAotAndHeaderlessLayouts) {
   const std::string torch_key(32, '\x22');
   Result<StandaloneArtifact> aot =
