@@ -37,8 +37,8 @@ def save_cache_artifacts() -> Optional[Tuple[bytes, "CacheInfo"]]:
 
 def load_cache_artifacts(serialized_artifacts: bytes) -> Optional["CacheInfo"]:
     """Drop-in for torch.compiler.load_cache_artifacts(): writes the artifacts into torch's
-    cache dir and returns CacheInfo. Like torch, a corrupt or refused blob logs a warning
-    and returns None; use load() to get the error raised instead."""
+    cache dir and returns CacheInfo. Like torch, a blob that cannot be loaded (corrupt,
+    refused, or a disk error) logs a warning and returns None; load() raises instead."""
     from megacache import torch as adapter
 
     return adapter.load_cache_artifacts(serialized_artifacts)

@@ -1,6 +1,8 @@
 // megacache._core: the Python binding. No logic lives here: it converts arguments, releases
 // the GIL around C++ work and maps a non-OK Status to a Python exception type.
 #include <nanobind/nanobind.h>
+
+#include <stdexcept>
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
@@ -17,26 +19,29 @@ using namespace nb::literals;
 
 namespace {
 
-nb::object g_corruption_error;
-nb::object g_invalid_input_error;
+// Thrown only here, at the edge, and translated by nanobind into the Python types registered
+// in NB_MODULE below.
+struct CorruptionError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct InvalidInputError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 [[noreturn]] void raise(const megacache::Status& status) {
   const std::string message = status.to_string();
   switch (status.code()) {
     case megacache::Status::Code::kCorruption:
-      PyErr_SetString(g_corruption_error.ptr(), message.c_str());
-      break;
+      throw CorruptionError(message);
     case megacache::Status::Code::kInvalidArgument:
-      PyErr_SetString(g_invalid_input_error.ptr(), message.c_str());
-      break;
+      throw InvalidInputError(message);
     case megacache::Status::Code::kNotFound:
       PyErr_SetString(PyExc_FileNotFoundError, message.c_str());
-      break;
+      throw nb::python_error();
     default:
       PyErr_SetString(PyExc_OSError, message.c_str());
-      break;
+      throw nb::python_error();
   }
-  throw nb::python_error();
 }
 
 std::string_view view(const nb::bytes& data) { return {data.c_str(), data.size()}; }
@@ -105,16 +110,8 @@ NB_MODULE(_core, m) {
   m.doc() = "megacache C++ core (see the megacache package for the Python API)";
   m.attr("__version__") = MEGACACHE_VERSION;
 
-  g_corruption_error = nb::steal(PyErr_NewExceptionWithDoc(
-      "megacache._core.CorruptionError",
-      "The bytes are malformed; the message names the offset and the reason.", PyExc_ValueError,
-      nullptr));
-  g_invalid_input_error = nb::steal(PyErr_NewExceptionWithDoc(
-      "megacache._core.InvalidInputError",
-      "Well-formed input that megacache refuses, such as a key that would escape the cache dir.",
-      PyExc_ValueError, nullptr));
-  m.attr("CorruptionError") = g_corruption_error;
-  m.attr("InvalidInputError") = g_invalid_input_error;
+  nb::exception<CorruptionError>(m, "CorruptionError", PyExc_ValueError);
+  nb::exception<InvalidInputError>(m, "InvalidInputError", PyExc_ValueError);
 
   m.def("load_into", &load_into, "data"_a, "cache_dir"_a, "pgo_cache_key"_a = nb::none(),
         "Parse a Mega-Cache blob and write its artifacts into cache_dir as torch would.");

@@ -26,6 +26,22 @@ TEST(MegaCache, ParsesTorchFixturesAndWritesThemBackByteForByte) {
   }
 }
 
+TEST(MegaCache, RoundTripsEverySharedFixture) {
+  const std::filesystem::path folder = MEGACACHE_SHARED_FIXTURES;
+  if (!std::filesystem::is_directory(folder)) GTEST_SKIP() << folder << " is not here";
+  size_t checked = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(folder)) {
+    if (entry.path().extension() != ".bin") continue;
+    std::ifstream in(entry.path(), std::ios::binary);
+    const std::string blob((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    Result<MegaCache> cache = parse(blob);
+    ASSERT_TRUE(cache.ok()) << entry.path() << ": " << cache.status().to_string();
+    EXPECT_EQ(write(cache->loaded_artifacts()), blob) << entry.path();
+    ++checked;
+  }
+  EXPECT_GE(checked, 4u);
+}
+
 TEST(MegaCache, FixtureGroupsMatchTheirReadme) {
   Result<MegaCache> cache = parse(read_test_file("mega_graphbreak.bin"));
   ASSERT_TRUE(cache.ok());

@@ -129,6 +129,25 @@ def test_save_and_load_files(fresh_torch_manager, tmp_path):
     assert list(read_tree(tmp_path / "cache").values()) == [b"pickled graph"]
 
 
+def test_io_errors_are_oserrors(fresh_torch_manager, tmp_path):
+    fresh_torch_manager.record_artifact("inductor", "fsaved", b"pickled graph")
+    with pytest.raises(OSError, match="missing"):
+        megacache.save(tmp_path / "missing" / "cache.bin")
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_bytes(b"")
+    with pytest.raises(OSError, match="cannot create directory"):
+        megacache.load(DATA / "mega_dynamic.bin", cache_dir=str(blocked))
+
+
+def test_drop_in_load_turns_a_disk_error_into_a_logged_miss(caplog, tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_bytes(b"")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(blocked / "cache"))
+    with caplog.at_level(logging.WARNING, logger="megacache"):
+        assert megacache.load_cache_artifacts((DATA / "mega_dynamic.bin").read_bytes()) is None
+    assert "Not a directory" in caplog.text
+
+
 def test_cli_exit_codes(tmp_path):
     assert subprocess.run(["megacache", "--version"], capture_output=True).returncode == 0
     assert subprocess.run(["megacache", "inspect"], capture_output=True).returncode == 2

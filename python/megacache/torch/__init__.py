@@ -98,9 +98,11 @@ def _load_blob(blob: bytes, cache_dir: Optional[str]) -> CacheInfo:
 
 
 def load_cache_artifacts(serialized_artifacts: bytes) -> Optional[CacheInfo]:
+    # torch's contract: a blob that cannot be loaded is a logged no-op. A full or read-only
+    # disk is one too, so that the job compiles instead of failing.
     try:
         return _load_blob(serialized_artifacts, None)
-    except (_core.CorruptionError, _core.InvalidInputError) as error:
+    except (_core.CorruptionError, _core.InvalidInputError, OSError) as error:
         log.warning("megacache: not loading cache artifacts: %s", error)
         return None
 
