@@ -33,10 +33,11 @@ fuzz: deps
 	apt-get install -y -qq clang libclang-rt-14-dev >/dev/null
 	CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DMEGACACHE_BUILD_TESTS=ON -DMEGACACHE_FUZZ=ON \
 	  -DMEGACACHE_BUILD_CLI=ON
-	cmake --build build/fuzz --target fuzz_mega_cache fuzz_standalone
+	cmake --build build/fuzz --target fuzz_mega_cache fuzz_standalone fuzz_bundle
 	mkdir -p build/fuzz/corpus && cp tests/data/*.bin build/fuzz/corpus/
 	build/fuzz/fuzz/fuzz_mega_cache -max_total_time=60 build/fuzz/corpus
 	build/fuzz/fuzz/fuzz_standalone -max_total_time=30 build/fuzz/corpus
+	build/fuzz/fuzz/fuzz_bundle -max_total_time=60 build/fuzz/corpus
 
 clean:
 	rm -rf build

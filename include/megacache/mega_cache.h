@@ -59,6 +59,9 @@ struct MegaCache {
   std::vector<const Artifact*> loaded_artifacts() const;
 };
 
+// Sets TypeGroup::dropped_by_torch: every group but the last of its type (2.8+ only).
+void mark_dropped_groups(MegaCache& cache);
+
 // Parses either layout. Artifact contents are views into `blob`, which must outlive the
 // result. Thread-safe. Errors: Corruption(offset, reason) for any malformed byte; never a
 // partial result.

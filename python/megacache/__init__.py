@@ -7,6 +7,7 @@ adapter in megacache.torch when they are called.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from megacache._core import CorruptionError, InvalidInputError, __version__
@@ -44,25 +45,38 @@ def load_cache_artifacts(serialized_artifacts: bytes) -> Optional["CacheInfo"]:
     return adapter.load_cache_artifacts(serialized_artifacts)
 
 
-def save(path: str | os.PathLike[str]) -> Optional["CacheInfo"]:
-    """Saves everything this process compiled (save_cache_artifacts) to `path`, atomically.
-    Returns the CacheInfo, or None (and writes nothing) when nothing was recorded."""
+def save(
+    path: str | os.PathLike[str], *, sign_with: Optional[str | os.PathLike[str]] = None,
+    level: int = 3,
+) -> Optional["CacheInfo"]:
+    """Saves everything this process compiled to `path` as a megacache bundle (zstd,
+    deduplicated, checksummed, with this environment's fingerprint), atomically; signed with
+    the key file `sign_with` (`megacache keygen`) if given. Returns the CacheInfo, or None
+    (and writes nothing) when nothing was recorded."""
     from megacache import torch as adapter
 
-    return adapter.save(os.fspath(path))
+    key = Path(sign_with).read_text().strip() if sign_with else ""
+    return adapter.save(os.fspath(path), signing_key=key, level=level)
 
 
 def load(path: str | os.PathLike[str], *, cache_dir: Optional[str] = None) -> "CacheInfo":
-    """Populates torch's cache dir (or `cache_dir`) from a Mega-Cache file or a
-    standalone_compile binary file. Raises CorruptionError, InvalidInputError or OSError."""
+    """Populates torch's cache dir (or `cache_dir`) from a megacache bundle, a Mega-Cache
+    file or a standalone_compile binary file. Bundles must satisfy MEGACACHE_TRUSTED_KEYS when
+    it is set. Raises CorruptionError, InvalidInputError or OSError."""
     from megacache import torch as adapter
 
     return adapter.load(os.fspath(path), cache_dir=cache_dir)
 
 
 def verify(data: bytes) -> None:
-    """Checks a Mega-Cache blob as populate would, without torch and without writing.
-    Raises CorruptionError or InvalidInputError."""
-    _core.verify(data)
+    """Checks a Mega-Cache blob, standalone file or bundle as populate would, without torch
+    and without writing. Raises CorruptionError or InvalidInputError."""
+    _core.verify(data, trusted_keys())
+
+
+def trusted_keys() -> str:
+    """The trusted signing keys in force: MEGACACHE_TRUSTED_KEYS (comma-separated hex keys or
+    .pub files)."""
+    return os.environ.get("MEGACACHE_TRUSTED_KEYS", "")
 
 

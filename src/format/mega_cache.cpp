@@ -119,13 +119,7 @@ Result<MegaCache> parse_v2_8(std::string_view blob) {
     }
     cache.groups.push_back(std::move(group));
   }
-  std::map<std::string_view, size_t> last_group_of_type;
-  for (size_t i = 0; i < cache.groups.size(); ++i) {
-    last_group_of_type[cache.groups[i].type] = i;
-  }
-  for (size_t i = 0; i < cache.groups.size(); ++i) {
-    cache.groups[i].dropped_by_torch = last_group_of_type[cache.groups[i].type] != i;
-  }
+  mark_dropped_groups(cache);
   return cache;
 }
 
@@ -159,6 +153,17 @@ Result<MegaCache> parse_v2_7(std::string_view blob) {
 }
 
 }  // namespace
+
+void mark_dropped_groups(MegaCache& cache) {
+  if (cache.layout == Layout::kV2_7) return;
+  std::map<std::string_view, size_t> last_group_of_type;
+  for (size_t i = 0; i < cache.groups.size(); ++i) {
+    last_group_of_type[cache.groups[i].type] = i;
+  }
+  for (size_t i = 0; i < cache.groups.size(); ++i) {
+    cache.groups[i].dropped_by_torch = last_group_of_type[cache.groups[i].type] != i;
+  }
+}
 
 bool is_known_type(std::string_view type) {
   return type == kInductor || type == kAutotune || type == kAotAutograd || type == kPgo ||

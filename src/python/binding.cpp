@@ -7,10 +7,12 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include "megacache/manager.h"
 #include "megacache/mega_cache.h"
+#include "megacache/open.h"
 #include "megacache/populate.h"
 #include "util/file_system.h"
 
@@ -47,11 +49,19 @@ struct InvalidInputError : std::runtime_error {
 std::string_view view(const nb::bytes& data) { return {data.c_str(), data.size()}; }
 
 using TypeKeys = std::vector<std::pair<std::string, std::vector<std::string>>>;
+using Fields = std::vector<std::pair<std::string, std::string>>;
 
-// Parses a Mega-Cache blob and populates `cache_dir`; returns what was loaded per type.
-// `pgo_cache_key` is called (with the GIL) only if a PGO key needs torch's rewrite.
-TypeKeys load_into(const nb::bytes& data, const std::string& cache_dir,
-                   std::optional<nb::callable> pgo_cache_key) {
+megacache::Result<std::vector<megacache::bundle::PublicKey>> trusted(const std::string& spec) {
+  return megacache::parse_trusted_keys(spec);
+}
+
+// Opens any supported file (Mega-Cache, standalone_compile, bundle) and populates
+// `cache_dir`. Returns what was loaded per type and the bundle's fingerprint (empty for
+// torch's formats). `pgo_cache_key` is called (with the GIL) only if a PGO key needs torch's
+// rewrite.
+std::pair<TypeKeys, Fields> load_into(const nb::bytes& data, const std::string& cache_dir,
+                                      std::optional<nb::callable> pgo_cache_key,
+                                      const std::string& trusted_keys) {
   megacache::PopulateOptions options;
   if (pgo_cache_key) {
     options.pgo_cache_key = [&]() {
@@ -60,23 +70,68 @@ TypeKeys load_into(const nb::bytes& data, const std::string& cache_dir,
     };
   }
   megacache::Result<megacache::PopulateReport> report = megacache::Status::OK();
+  Fields fingerprint;
   {
     nb::gil_scoped_release release;
-    megacache::Result<megacache::mega_cache::MegaCache> cache =
-        megacache::mega_cache::parse(view(data));
-    report = cache.ok() ? megacache::populate(*cache, cache_dir, options) : cache.status();
+    report = [&]() -> megacache::Result<megacache::PopulateReport> {
+      megacache::Result<std::vector<megacache::bundle::PublicKey>> keys = trusted(trusted_keys);
+      if (!keys.ok()) return keys.status();
+      megacache::Result<megacache::OpenedFile> opened = megacache::open_file(view(data), *keys);
+      if (!opened.ok()) return opened.status();
+      if (opened->artifacts() == nullptr) {
+        return megacache::Status::InvalidArgument(
+            "this is a standalone_compile AOTCompiledArtifact, which holds no Mega-Cache "
+            "artifacts; load it with torch._inductor.CompiledArtifact.load");
+      }
+      if (opened->bundle) fingerprint = opened->bundle->fingerprint;
+      return megacache::populate(*opened->artifacts(), cache_dir, options);
+    }();
   }
   if (!report.ok()) raise(report.status());
-  return report->info.entries();
+  return {report->info.entries(), fingerprint};
 }
 
-void verify(const nb::bytes& data) {
+// A bundle of a Mega-Cache blob (or standalone file), optionally signed.
+nb::bytes bundle_of(const nb::bytes& data, const Fields& fingerprint, int zstd_level,
+                    const std::string& signing_key) {
+  std::string out;
   megacache::Status status;
   {
     nb::gil_scoped_release release;
-    megacache::Result<megacache::mega_cache::MegaCache> cache =
-        megacache::mega_cache::parse(view(data));
-    status = cache.ok() ? megacache::plan_populate(*cache).status() : cache.status();
+    status = [&]() -> megacache::Status {
+      std::optional<megacache::bundle::SigningKey> key;
+      if (!signing_key.empty()) {
+        megacache::Result<megacache::bundle::SigningKey> parsed =
+            megacache::bundle::parse_signing_key(signing_key);
+        if (!parsed.ok()) return parsed.status();
+        key = *parsed;
+      }
+      megacache::Result<megacache::OpenedFile> opened = megacache::open_file(view(data), {});
+      if (!opened.ok()) return opened.status();
+      if (opened->artifacts() == nullptr || opened->bundle) {
+        return megacache::Status::InvalidArgument("bundle_of takes a Mega-Cache blob");
+      }
+      out = megacache::bundle::write(*opened->artifacts(), fingerprint,
+                                     {zstd_level, key ? &*key : nullptr});
+      return megacache::Status::OK();
+    }();
+  }
+  if (!status.ok()) raise(status);
+  return nb::bytes(out.data(), out.size());
+}
+
+void verify(const nb::bytes& data, const std::string& trusted_keys) {
+  megacache::Status status;
+  {
+    nb::gil_scoped_release release;
+    status = [&]() -> megacache::Status {
+      megacache::Result<std::vector<megacache::bundle::PublicKey>> keys = trusted(trusted_keys);
+      if (!keys.ok()) return keys.status();
+      megacache::Result<megacache::OpenedFile> opened = megacache::open_file(view(data), *keys);
+      if (!opened.ok()) return opened.status();
+      if (opened->artifacts() == nullptr) return megacache::Status::OK();
+      return megacache::plan_populate(*opened->artifacts()).status();
+    }();
   }
   if (!status.ok()) raise(status);
 }
@@ -114,8 +169,25 @@ NB_MODULE(_core, m) {
   nb::exception<InvalidInputError>(m, "InvalidInputError", PyExc_ValueError);
 
   m.def("load_into", &load_into, "data"_a, "cache_dir"_a, "pgo_cache_key"_a = nb::none(),
-        "Parse a Mega-Cache blob and write its artifacts into cache_dir as torch would.");
-  m.def("verify", &verify, "data"_a, "Check a Mega-Cache blob as populate would; write nothing.");
+        "trusted_keys"_a = "",
+        "Open a Mega-Cache blob, standalone file or bundle and write its artifacts into "
+        "cache_dir as torch would; returns (loaded keys per type, bundle fingerprint).");
+  m.def("bundle_of", &bundle_of, "data"_a, "fingerprint"_a, "zstd_level"_a = 3,
+        "signing_key"_a = "", "Convert a Mega-Cache blob into a megacache bundle.");
+  m.def("host_fingerprint", &megacache::bundle::host_fingerprint,
+        "cpu_arch, os and the megacache version, as bundles record them.");
+  m.def(
+      "compare_fingerprints",
+      [](const Fields& built, const Fields& current) {
+        std::vector<std::tuple<std::string, std::string, std::string>> out;
+        for (const auto& m : megacache::bundle::compare_fingerprints(built, current)) {
+          out.emplace_back(m.name, m.built, m.current);
+        }
+        return out;
+      },
+      "built"_a, "current"_a, "Fields whose values differ: (name, built, current).");
+  m.def("verify", &verify, "data"_a, "trusted_keys"_a = "",
+        "Check any supported file as populate would; write nothing.");
   m.def("mega_cache_of", &mega_cache_of, "file"_a,
         "The Mega-Cache blob a file carries: itself, or a standalone_compile payload.");
   m.def("write_file_atomic", &write_file_atomic, "path"_a, "data"_a,

@@ -20,13 +20,53 @@ class ByteReader {
 
   // On failure `error` is set and the reader does not move.
   bool read_u64(uint64_t& out, std::string_view what, Status& error) {
-    if (remaining() < 8) {
-      error = Status::Corruption(pos_, std::string(what) + ": needs 8 bytes, " +
-                                           std::to_string(remaining()) + " left");
+    return read_uint(out, 8, what, error);
+  }
+
+  // A big-endian unsigned integer of `width` bytes (1 to 8).
+  template <class T>
+  bool read_uint(T& out, size_t width, std::string_view what, Status& error) {
+    if (remaining() < width) {
+      error = Status::Corruption(pos_, std::string(what) + ": needs " + std::to_string(width) +
+                                           " bytes, " + std::to_string(remaining()) + " left");
       return false;
     }
-    out = load_u64_at(pos_);
-    pos_ += 8;
+    uint64_t value = 0;
+    for (size_t i = 0; i < width; ++i) value = (value << 8) | static_cast<uint8_t>(data_[pos_ + i]);
+    out = static_cast<T>(value);
+    pos_ += width;
+    return true;
+  }
+
+  // Exactly `length` bytes.
+  bool read_fixed(std::string_view& out, size_t length, std::string_view what, Status& error) {
+    if (remaining() < length) {
+      error = Status::Corruption(pos_, std::string(what) + ": needs " + std::to_string(length) +
+                                           " bytes, " + std::to_string(remaining()) + " left");
+      return false;
+    }
+    out = data_.substr(pos_, length);
+    pos_ += length;
+    return true;
+  }
+
+  // A length of `width` bytes followed by that many bytes, at most `cap`.
+  bool read_sized(std::string_view& out, size_t width, uint64_t cap, std::string_view what,
+                  Status& error) {
+    const size_t start = pos_;
+    uint64_t length = 0;
+    if (!read_uint(length, width, std::string(what) + " length", error)) return false;
+    if (length > cap || length > remaining()) {
+      error = Status::Corruption(start, std::string(what) + " length " + std::to_string(length) +
+                                            (length > cap ? " exceeds the limit of " + std::to_string(cap)
+                                                          : " runs past the end (" +
+                                                                std::to_string(remaining()) +
+                                                                " bytes left)"));
+      pos_ = start;
+      return false;
+    }
+    out = data_.substr(pos_, length);
+    pos_ += length;
     return true;
   }
 
@@ -67,11 +107,14 @@ class ByteReader {
   size_t pos_;
 };
 
-inline void append_u64_be(std::string& out, uint64_t value) {
-  for (int shift = 56; shift >= 0; shift -= 8) {
+// Appends the low `width` bytes of `value`, big-endian.
+inline void append_uint_be(std::string& out, uint64_t value, int width) {
+  for (int shift = 8 * (width - 1); shift >= 0; shift -= 8) {
     out.push_back(static_cast<char>((value >> shift) & 0xff));
   }
 }
+
+inline void append_u64_be(std::string& out, uint64_t value) { append_uint_be(out, value, 8); }
 
 inline uint32_t load_u32_be(std::string_view data) {
   return (uint32_t{static_cast<uint8_t>(data[0])} << 24) |

@@ -1,10 +1,24 @@
 #include "util/hash.h"
 
 #include <libdeflate.h>
+#include <cstring>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 namespace megacache::util {
+
+uint64_t xxh3_64(std::string_view bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
+
+Xxh3Digest xxh3_128(std::string_view bytes) {
+  XXH128_canonical_t canonical;
+  XXH128_canonicalFromHash(&canonical, XXH3_128bits(bytes.data(), bytes.size()));
+  Xxh3Digest digest;
+  std::memcpy(digest.data(), canonical.digest, digest.size());
+  return digest;
+}
 
 uint32_t crc32(std::string_view bytes, uint32_t previous) {
   return libdeflate_crc32(previous, bytes.data(), bytes.size());

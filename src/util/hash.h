@@ -10,6 +10,11 @@
 
 namespace megacache::util {
 
+// XXH3: the bundle format's checksums (64-bit over header and index, 128-bit per payload).
+uint64_t xxh3_64(std::string_view bytes);
+using Xxh3Digest = std::array<uint8_t, 16>;  // big-endian high64 || low64, as XXH128_canonical
+Xxh3Digest xxh3_128(std::string_view bytes);
+
 // zlib-compatible CRC-32; pass the previous value to continue over more bytes.
 uint32_t crc32(std::string_view bytes, uint32_t previous = 0);
 

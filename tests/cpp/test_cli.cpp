@@ -73,6 +73,59 @@ TEST(Cli, InvalidInputExitsOneWithTheReason) {
   EXPECT_EQ(run({"inspect", dir.path() + "/missing.bin"}).code, 1);
 }
 
+TEST(Cli, ConvertsToABundleAndBackLosslessly) {
+  test::TempDir dir;
+  const std::string bundle = dir.path() + "/g.mcb";
+  const std::string back = dir.path() + "/g.bin";
+  ASSERT_EQ(run({"convert", fixture("mega_graphbreak.bin"), bundle}).code, 0);
+  ASSERT_EQ(run({"convert", bundle, back}).code, 0);
+  EXPECT_EQ(test::read_tree(dir.path()).at("g.bin"), test::read_test_file("mega_graphbreak.bin"));
+
+  const CliResult inspected = run({"inspect", bundle, "--json"});
+  ASSERT_EQ(inspected.code, 0) << inspected.err;
+  const auto report = nlohmann::json::parse(inspected.out);
+  EXPECT_EQ(report["format"], "megacache-bundle");
+  EXPECT_EQ(report["bundle"]["signature"]["status"], "unsigned");
+  EXPECT_EQ(report["bundle"]["fingerprint"]["megacache"], "0.1.0");
+  EXPECT_EQ(report["counts"]["inductor"], 2);
+  EXPECT_LT(test::read_tree(dir.path()).at("g.mcb").size() * 4,
+            test::read_test_file("mega_graphbreak.bin").size());
+
+  test::TempDir cache;
+  const CliResult populated = run({"populate", bundle, "--cache-dir", cache.path()});
+  ASSERT_EQ(populated.code, 0) << populated.err;
+  EXPECT_EQ(test::read_tree(cache.path()).size(), 5u);
+}
+
+TEST(Cli, SignedBundlesAndTrustedKeys) {
+  test::TempDir dir;
+  const std::string key = dir.path() + "/signer";
+  const std::string other = dir.path() + "/other";
+  const std::string bundle = dir.path() + "/signed.mcb";
+  ASSERT_EQ(run({"keygen", key}).code, 0);
+  ASSERT_EQ(run({"keygen", other}).code, 0);
+  ASSERT_EQ(run({"convert", fixture("mega_dynamic.bin"), bundle, "--sign", key}).code, 0);
+
+  EXPECT_EQ(run({"verify", bundle}).code, 0);
+  EXPECT_EQ(run({"verify", bundle, "--trusted-key", key + ".pub"}).code, 0);
+  const CliResult untrusted = run({"verify", bundle, "--trusted-key", other + ".pub"});
+  EXPECT_EQ(untrusted.code, 1);
+  EXPECT_NE(untrusted.err.find("not among the trusted keys"), std::string::npos) << untrusted.err;
+
+  const std::string plain = dir.path() + "/plain.mcb";
+  ASSERT_EQ(run({"convert", fixture("mega_dynamic.bin"), plain}).code, 0);
+  const CliResult unsigned_run = run({"populate", plain, "--cache-dir", dir.path() + "/c",
+                                      "--trusted-key", key + ".pub"});
+  EXPECT_EQ(unsigned_run.code, 1);
+  EXPECT_NE(unsigned_run.err.find("unsigned"), std::string::npos) << unsigned_run.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/c"));
+
+  const auto report = nlohmann::json::parse(
+      run({"inspect", bundle, "--json", "--trusted-key", key + ".pub"}).out);
+  EXPECT_EQ(report["bundle"]["signature"]["status"], "valid");
+  EXPECT_EQ(report["bundle"]["signature"]["trusted"], true);
+}
+
 TEST(Cli, UsageErrorsExitTwo) {
   EXPECT_EQ(run({}).code, 2);
   EXPECT_EQ(run({"frobnicate"}).code, 2);

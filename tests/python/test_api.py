@@ -1,5 +1,6 @@
 """The Python API without a compile: drop-in semantics, errors, files."""
 
+import json
 import logging
 import subprocess
 import sys
@@ -120,13 +121,53 @@ def test_incremental_save_matches_torch_batch_by_batch(fresh_torch_manager):
     assert megacache.save_cache_artifacts() is None  # follows torch's clear()
 
 
-def test_save_and_load_files(fresh_torch_manager, tmp_path):
-    fresh_torch_manager.record_artifact("inductor", "fsaved", b"pickled graph")
-    info = megacache.save(tmp_path / "cache.bin")
+def test_save_writes_a_bundle_that_load_reads(fresh_torch_manager, tmp_path):
+    import torch
+
+    fresh_torch_manager.record_artifact("inductor", "fsaved", b"pickled graph" * 100)
+    info = megacache.save(tmp_path / "cache.mcb")
     assert info.inductor_artifacts == ["fsaved"]
-    loaded = megacache.load(tmp_path / "cache.bin", cache_dir=str(tmp_path / "cache"))
+    data = (tmp_path / "cache.mcb").read_bytes()
+    assert data.startswith(b"\x89MCBNDL\n")
+    assert len(data) < 1300 // 2  # compressed
+    loaded = megacache.load(tmp_path / "cache.mcb", cache_dir=str(tmp_path / "cache"))
     assert loaded.inductor_artifacts == ["fsaved"]
-    assert list(read_tree(tmp_path / "cache").values()) == [b"pickled graph"]
+    assert list(read_tree(tmp_path / "cache").values()) == [b"pickled graph" * 100]
+
+    inspect = subprocess.run(
+        ["megacache", "inspect", "--json", str(tmp_path / "cache.mcb")],
+        capture_output=True, text=True, check=True,
+    )
+    fingerprint = json.loads(inspect.stdout)["bundle"]["fingerprint"]
+    assert fingerprint["torch"] == torch.__version__
+    assert fingerprint["python"] == sys.version.split()[0]
+    assert len(fingerprint["torch_key"]) == 64
+
+
+def test_signed_bundles_and_trusted_keys(fresh_torch_manager, tmp_path, monkeypatch):
+    for name in ("signer", "stranger"):
+        subprocess.run(["megacache", "keygen", str(tmp_path / name)], check=True, capture_output=True)
+    fresh_torch_manager.record_artifact("inductor", "fsigned", b"graph")
+    megacache.save(tmp_path / "signed.mcb", sign_with=tmp_path / "signer")
+    megacache.save(tmp_path / "plain.mcb")
+
+    monkeypatch.setenv("MEGACACHE_TRUSTED_KEYS", str(tmp_path / "signer.pub"))
+    megacache.load(tmp_path / "signed.mcb", cache_dir=str(tmp_path / "a"))
+    with pytest.raises(megacache.InvalidInputError, match="unsigned"):
+        megacache.load(tmp_path / "plain.mcb", cache_dir=str(tmp_path / "b"))
+    monkeypatch.setenv("MEGACACHE_TRUSTED_KEYS", str(tmp_path / "stranger.pub"))
+    with pytest.raises(megacache.InvalidInputError, match="not among the trusted keys"):
+        megacache.load(tmp_path / "signed.mcb", cache_dir=str(tmp_path / "c"))
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_loading_a_bundle_from_another_environment_warns(tmp_path, caplog):
+    bundle = _core.bundle_of((DATA / "mega_dynamic.bin").read_bytes(), [("torch", "2.11.0+cu130")])
+    (tmp_path / "old.mcb").write_bytes(bundle)
+    with caplog.at_level(logging.WARNING, logger="megacache"):
+        info = megacache.load(tmp_path / "old.mcb", cache_dir=str(tmp_path / "cache"))
+    assert len(info.inductor_artifacts) == 1
+    assert "torch 2.11.0+cu130 here" in caplog.text
 
 
 def test_io_errors_are_oserrors(fresh_torch_manager, tmp_path):

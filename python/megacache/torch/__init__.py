@@ -92,8 +92,43 @@ def _torch_cache_dir() -> str:
     return cache_dir()
 
 
-def _load_blob(blob: bytes, cache_dir: Optional[str]) -> CacheInfo:
-    entries = _core.load_into(blob, cache_dir or _torch_cache_dir(), _pgo_cache_key)
+def current_fingerprint() -> List[Tuple[str, str]]:
+    """What a bundle records of the environment that made its artifacts."""
+    import importlib.metadata
+    import platform
+
+    fields = dict(_core.host_fingerprint())
+    fields["python"] = platform.python_version()
+    fields["torch"] = torch.__version__
+    fields["cuda"] = torch.version.cuda or ""
+    try:
+        fields["triton"] = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        fields["triton"] = ""
+    from torch._inductor.codecache import torch_key
+
+    fields["torch_key"] = torch_key().hex()
+    if torch.cuda.is_initialized():
+        device = torch.cuda.current_device()
+        fields["gpu"] = torch.cuda.get_device_name(device)
+        fields["gpu_capability"] = "%d.%d" % torch.cuda.get_device_capability(device)
+    return sorted(fields.items())
+
+
+def _load_blob(data: bytes, cache_dir: Optional[str]) -> CacheInfo:
+    from megacache import trusted_keys
+
+    entries, fingerprint = _core.load_into(
+        data, cache_dir or _torch_cache_dir(), _pgo_cache_key, trusted_keys()
+    )
+    if fingerprint:
+        differences = _core.compare_fingerprints(fingerprint, current_fingerprint())
+        if differences:
+            # torch's own cache keys cover these, so the artifacts are harmless but unused.
+            log.warning(
+                "megacache: artifacts built for another environment will not be hit: %s",
+                "; ".join(f"{name} {built} here {current}" for name, built, current in differences),
+            )
     return _cache_info(entries)
 
 
@@ -107,16 +142,17 @@ def load_cache_artifacts(serialized_artifacts: bytes) -> Optional[CacheInfo]:
         return None
 
 
-def save(path: str) -> Optional[CacheInfo]:
+def save(path: str, *, signing_key: str = "", level: int = 3) -> Optional[CacheInfo]:
     saved = save_cache_artifacts()
     if saved is None:
         return None
     blob, info = saved
-    _core.write_file_atomic(path, blob)
+    bundle = _core.bundle_of(blob, current_fingerprint(), level, signing_key)
+    _core.write_file_atomic(path, bundle)
     return info
 
 
 def load(path: str, *, cache_dir: Optional[str] = None) -> CacheInfo:
     with open(path, "rb") as f:
         data = f.read()
-    return _load_blob(_core.mega_cache_of(data), cache_dir)
+    return _load_blob(data, cache_dir)

@@ -1,0 +1,43 @@
+// One entry point for every file megacache reads: a torch Mega-Cache blob (2.7 or 2.8+), a
+// standalone_compile binary file, or a megacache bundle. It checks what each format allows
+// (crc, checksums, signature and trust) and yields the artifacts torch would load.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "megacache/bundle.h"
+#include "megacache/mega_cache.h"
+#include "megacache/status.h"
+
+namespace megacache {
+
+enum class FileKind : uint8_t { kMegaCache, kStandalone, kBundle };
+
+struct OpenedFile {
+  FileKind kind = FileKind::kMegaCache;
+  std::optional<mega_cache::StandaloneArtifact> standalone;  // kStandalone
+  std::optional<bundle::Bundle> bundle;                      // kBundle
+  bundle::Decoded decoded;  // owns the artifacts' bytes for a bundle
+  std::optional<mega_cache::MegaCache> direct;  // views into the file otherwise
+
+  // The artifacts, or nullptr for an AOTCompiledArtifact (a pickle, no cache artifacts).
+  const mega_cache::MegaCache* artifacts() const {
+    if (kind == FileKind::kBundle) return &decoded.cache;
+    return direct ? &*direct : nullptr;
+  }
+};
+
+// Trusted signing keys from a comma-separated list whose items are 64-hex-digit public keys
+// or paths of .pub files (the form of MEGACACHE_TRUSTED_KEYS). Errors: InvalidArgument,
+// IOError, naming the item.
+Result<std::vector<bundle::PublicKey>> parse_trusted_keys(std::string_view spec);
+
+// Views point into `file`, which must outlive the result. Thread-safe. Errors: Corruption
+// with the offset in `file`; InvalidArgument when a bundle's signature fails `trusted_keys`
+// (see bundle::check_trust).
+Result<OpenedFile> open_file(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys);
+
+}  // namespace megacache

@@ -1,0 +1,59 @@
+#include "megacache/open.h"
+
+#include "util/file_system.h"
+
+namespace megacache {
+
+Result<std::vector<bundle::PublicKey>> parse_trusted_keys(std::string_view spec) {
+  std::vector<bundle::PublicKey> keys;
+  while (!spec.empty()) {
+    const size_t comma = spec.find(',');
+    const std::string item(spec.substr(0, comma));
+    spec = comma == std::string_view::npos ? std::string_view() : spec.substr(comma + 1);
+    if (item.find_first_not_of(" \t") == std::string::npos) continue;
+    Result<bundle::PublicKey> key = bundle::parse_public_key(item);
+    if (!key.ok()) {
+      Result<std::string> text = util::FileSystem::real().read_file(item);
+      if (!text.ok()) {
+        return Status::InvalidArgument("trusted key '" + item +
+                                       "' is neither 64 hex digits nor a readable .pub file");
+      }
+      key = bundle::parse_public_key(*text);
+      if (!key.ok()) return Status::InvalidArgument(item + ": " + key.status().message());
+    }
+    keys.push_back(*key);
+  }
+  return keys;
+}
+
+Result<OpenedFile> open_file(std::string_view file,
+                             const std::vector<bundle::PublicKey>& trusted_keys) {
+  OpenedFile opened;
+  if (file.substr(0, bundle::kMagic.size()) == bundle::kMagic) {
+    opened.kind = FileKind::kBundle;
+    Result<bundle::Bundle> parsed = bundle::parse(file);
+    if (!parsed.ok()) return parsed.status();
+    if (Status trust = bundle::check_trust(*parsed, trusted_keys); !trust.ok()) return trust;
+    Result<bundle::Decoded> decoded = bundle::decode(*parsed);
+    if (!decoded.ok()) return decoded.status();
+    opened.bundle = std::move(parsed).value();
+    opened.decoded = std::move(decoded).value();
+    return opened;
+  }
+  Result<mega_cache::FileContents> contents = mega_cache::locate_mega_cache(file);
+  if (!contents.ok()) return contents.status();
+  opened.standalone = contents->standalone;
+  opened.kind = contents->standalone ? FileKind::kStandalone : FileKind::kMegaCache;
+  if (contents->blob.empty()) return opened;  // an AOTCompiledArtifact
+  Result<mega_cache::MegaCache> cache = mega_cache::parse(contents->blob);
+  if (!cache.ok()) {
+    if (!contents->standalone) return cache.status();
+    const uint64_t base = static_cast<uint64_t>(contents->blob.data() - file.data());
+    return Status::Corruption(base + cache.status().offset().value_or(0),
+                              "in the embedded Mega-Cache: " + cache.status().message());
+  }
+  opened.direct = std::move(cache).value();
+  return opened;
+}
+
+}  // namespace megacache

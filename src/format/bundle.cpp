@@ -1,0 +1,467 @@
+// Bundle codec. The grammar is in docs/bundle-format.md.
+#include "megacache/bundle.h"
+
+#include <sodium.h>
+#include <zstd.h>
+
+#include <sys/utsname.h>
+
+#include <cctype>
+#include <cstring>
+#include <map>
+
+#include "util/byte_reader.h"
+#include "util/hash.h"
+#include "util/utf8.h"
+
+namespace megacache::bundle {
+namespace {
+
+constexpr uint32_t kFlagSigned = 1;
+constexpr uint32_t kKnownFlags = kFlagSigned;
+constexpr uint32_t kMaxFingerprintFields = 256;
+constexpr uint64_t kMaxFieldBytes = 64 * 1024;
+constexpr uint64_t kMaxArtifactBytes = uint64_t{4} << 30;  // per artifact, decompressed
+constexpr size_t kTrailerBytes = 8;
+// type(2+) key(4+) group(4) compression(1) offset(8) stored(8) raw(8) checksum(16)
+constexpr size_t kMinEntryBytes = 2 + 4 + 4 + 1 + 8 + 8 + 8 + 16;
+
+using util::append_uint_be;
+
+void put_field(std::string& out, std::string_view value, int length_width) {
+  append_uint_be(out, value.size(), length_width);
+  out.append(value);
+}
+
+bool read_text(util::ByteReader& reader, std::string& out, size_t width, std::string_view what,
+               Status& error) {
+  const size_t at = reader.position();
+  std::string_view raw;
+  if (!reader.read_sized(raw, width, mega_cache::kMaxStringBytes, what, error)) return false;
+  if (!util::is_valid_utf8(raw)) {
+    error = Status::Corruption(at, std::string(what) + " is not valid UTF-8");
+    return false;
+  }
+  out = raw;
+  return true;
+}
+
+std::string describe(const Entry& entry) { return entry.type + " artifact '" + entry.key + "'"; }
+
+bool sodium_ready() {
+  static const bool ready = sodium_init() >= 0;
+  return ready;
+}
+
+}  // namespace
+
+SigningKey SigningKey::generate() {
+  SigningKey key;
+  if (!sodium_ready()) std::abort();  // libsodium cannot run without a random source
+  crypto_sign_keypair(key.public_key.data(), key.secret.data());
+  return key;
+}
+
+std::string write(const mega_cache::MegaCache& cache, const Fingerprint& fingerprint,
+                  const WriteOptions& options) {
+  // 2.7 records keep their per-type meaning (every record loads) as one group per type.
+  std::vector<std::pair<uint32_t, const mega_cache::Artifact*>> ordered;
+  if (cache.layout == mega_cache::Layout::kV2_7) {
+    std::map<std::string_view, uint32_t> group_of_type;
+    for (const mega_cache::Artifact* artifact : cache.loaded_artifacts()) {
+      group_of_type.try_emplace(artifact->type, static_cast<uint32_t>(group_of_type.size()));
+    }
+    std::vector<std::vector<const mega_cache::Artifact*>> by_group(group_of_type.size());
+    for (const mega_cache::Artifact* artifact : cache.loaded_artifacts()) {
+      by_group[group_of_type[artifact->type]].push_back(artifact);
+    }
+    for (uint32_t g = 0; g < by_group.size(); ++g) {
+      for (const mega_cache::Artifact* artifact : by_group[g]) ordered.emplace_back(g, artifact);
+    }
+  } else {
+    for (uint32_t g = 0; g < cache.groups.size(); ++g) {
+      for (const mega_cache::Artifact& artifact : cache.groups[g].artifacts) {
+        ordered.emplace_back(g, &artifact);
+      }
+    }
+  }
+
+  std::vector<Entry> entries;
+  std::string payloads;
+  // Identical payloads are stored once: checksum -> (entry that first stored it).
+  std::multimap<std::array<uint8_t, 16>, size_t> stored_by_checksum;
+  ZSTD_CCtx* context = ZSTD_createCCtx();
+  std::string compressed;
+  for (const auto& [group, artifact] : ordered) {
+    Entry entry;
+    entry.type = artifact->type;
+    entry.key = artifact->key;
+    entry.group = group;
+    entry.raw_size = artifact->content.size();
+    entry.checksum = util::xxh3_128(artifact->content);
+    bool shared = false;
+    auto [first, last] = stored_by_checksum.equal_range(entry.checksum);
+    for (auto it = first; it != last && !shared; ++it) {
+      const Entry& earlier = entries[it->second];
+      if (earlier.raw_size == entry.raw_size &&
+          ordered[it->second].second->content == artifact->content) {
+        entry.compression = earlier.compression;
+        entry.offset = earlier.offset;
+        entry.stored_size = earlier.stored_size;
+        shared = true;
+      }
+    }
+    if (!shared) {
+      compressed.resize(ZSTD_compressBound(artifact->content.size()));
+      const size_t size = ZSTD_compressCCtx(context, compressed.data(), compressed.size(),
+                                            artifact->content.data(), artifact->content.size(),
+                                            options.zstd_level);
+      const bool use_zstd = !ZSTD_isError(size) && size < artifact->content.size();
+      entry.compression = use_zstd ? Compression::kZstd : Compression::kNone;
+      entry.offset = payloads.size();
+      entry.stored_size = use_zstd ? size : artifact->content.size();
+      payloads.append(use_zstd ? std::string_view(compressed.data(), size) : artifact->content);
+      stored_by_checksum.emplace(entry.checksum, entries.size());
+    }
+    entries.push_back(std::move(entry));
+  }
+  ZSTD_freeCCtx(context);
+
+  std::string out(kMagic);
+  append_uint_be(out, kVersion, 4);
+  append_uint_be(out, options.signing_key ? kFlagSigned : 0, 4);
+  append_uint_be(out, fingerprint.size(), 4);
+  for (const auto& [name, value] : fingerprint) {
+    put_field(out, name, 2);
+    put_field(out, value, 4);
+  }
+  append_uint_be(out, entries.size(), 4);
+  for (const Entry& entry : entries) {
+    put_field(out, entry.type, 2);
+    put_field(out, entry.key, 4);
+    append_uint_be(out, entry.group, 4);
+    append_uint_be(out, static_cast<uint8_t>(entry.compression), 1);
+    append_uint_be(out, entry.offset, 8);
+    append_uint_be(out, entry.stored_size, 8);
+    append_uint_be(out, entry.raw_size, 8);
+    out.append(reinterpret_cast<const char*>(entry.checksum.data()), entry.checksum.size());
+  }
+  const size_t index_end = out.size();
+  const uint64_t checksum = util::xxh3_64(out);
+  std::string signature;
+  if (options.signing_key) {
+    std::array<uint8_t, 64> value{};
+    if (!sodium_ready()) std::abort();
+    crypto_sign_detached(value.data(), nullptr, reinterpret_cast<const unsigned char*>(out.data()),
+                         index_end, options.signing_key->secret.data());
+    signature.append(reinterpret_cast<const char*>(options.signing_key->public_key.data()), 32);
+    signature.append(reinterpret_cast<const char*>(value.data()), 64);
+  }
+  append_uint_be(out, payloads.size(), 8);
+  out.append(payloads);
+  out.append(signature);
+  append_uint_be(out, checksum, 8);
+  return out;
+}
+
+Result<Bundle> parse(std::string_view file) {
+  if (file.size() < kMagic.size() + 8 || file.substr(0, kMagic.size()) != kMagic) {
+    return Status::Corruption(0, "not a megacache bundle (magic \\x89MCBNDL\\n missing)");
+  }
+  util::ByteReader reader(file, kMagic.size());
+  Status error;
+  Bundle bundle;
+  uint32_t flags = 0;
+  uint32_t count = 0;
+  if (!reader.read_uint(bundle.version, 4, "format version", error) ||
+      !reader.read_uint(flags, 4, "flags", error)) {
+    return error;
+  }
+  if (bundle.version != kVersion) {
+    return Status::Corruption(kMagic.size(), "bundle format version " + std::to_string(bundle.version) +
+                                                 " is not supported (this megacache reads 1)");
+  }
+  if ((flags & ~kKnownFlags) != 0) {
+    return Status::Corruption(kMagic.size() + 4, "unknown flags " + std::to_string(flags));
+  }
+  const size_t fingerprint_at = reader.position();
+  if (!reader.read_uint(count, 4, "fingerprint field count", error)) return error;
+  if (count > kMaxFingerprintFields) {
+    return Status::Corruption(fingerprint_at, "fingerprint has " + std::to_string(count) +
+                                                  " fields (limit " +
+                                                  std::to_string(kMaxFingerprintFields) + ")");
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    std::string name;
+    std::string value;
+    if (!read_text(reader, name, 2, "fingerprint name", error) ||
+        !read_text(reader, value, 4, "fingerprint value", error)) {
+      return error;
+    }
+    bundle.fingerprint.emplace_back(std::move(name), std::move(value));
+  }
+  const size_t entries_at = reader.position();
+  if (!reader.read_uint(count, 4, "artifact count", error)) return error;
+  if (count > reader.remaining() / kMinEntryBytes) {
+    return Status::Corruption(entries_at, "artifact count " + std::to_string(count) +
+                                              " cannot fit in the " +
+                                              std::to_string(reader.remaining()) + " bytes left");
+  }
+  bundle.entries.reserve(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    Entry entry;
+    const size_t at = reader.position();
+    uint8_t compression = 0;
+    std::string_view checksum;
+    if (!read_text(reader, entry.type, 2, "artifact type", error) ||
+        !read_text(reader, entry.key, 4, "artifact key", error) ||
+        !reader.read_uint(entry.group, 4, "group", error) ||
+        !reader.read_uint(compression, 1, "compression", error) ||
+        !reader.read_uint(entry.offset, 8, "payload offset", error) ||
+        !reader.read_uint(entry.stored_size, 8, "stored size", error) ||
+        !reader.read_uint(entry.raw_size, 8, "raw size", error) ||
+        !reader.read_fixed(checksum, 16, "checksum", error)) {
+      return error;
+    }
+    if (compression > static_cast<uint8_t>(Compression::kZstd)) {
+      return Status::Corruption(at, describe(entry) + " has unknown compression " +
+                                        std::to_string(compression));
+    }
+    if (entry.raw_size > kMaxArtifactBytes) {
+      return Status::Corruption(at, describe(entry) + " claims " + std::to_string(entry.raw_size) +
+                                        " bytes (limit " + std::to_string(kMaxArtifactBytes) + ")");
+    }
+    if (!bundle.entries.empty() && entry.group < bundle.entries.back().group) {
+      return Status::Corruption(at, describe(entry) + " is out of group order");
+    }
+    entry.compression = static_cast<Compression>(compression);
+    std::memcpy(entry.checksum.data(), checksum.data(), 16);
+    bundle.entries.push_back(std::move(entry));
+  }
+  const size_t index_end = reader.position();
+  bundle.header_and_index = file.substr(0, index_end);
+  const size_t payloads_at = reader.position();
+  std::string_view payloads;
+  if (!reader.read_sized(payloads, 8, mega_cache::kMaxBlobBytes, "payload area", error)) {
+    return error;
+  }
+  bundle.payloads = payloads;
+  for (const Entry& entry : bundle.entries) {
+    if (entry.offset > payloads.size() || entry.stored_size > payloads.size() - entry.offset) {
+      return Status::Corruption(payloads_at, describe(entry) + " points past the payload area");
+    }
+    if (entry.compression == Compression::kNone && entry.stored_size != entry.raw_size) {
+      return Status::Corruption(payloads_at, describe(entry) + " is stored uncompressed with " +
+                                                 std::to_string(entry.stored_size) + " of " +
+                                                 std::to_string(entry.raw_size) + " bytes");
+    }
+  }
+  if (flags & kFlagSigned) {
+    std::string_view key;
+    std::string_view value;
+    if (!reader.read_fixed(key, 32, "signer public key", error) ||
+        !reader.read_fixed(value, 64, "signature", error)) {
+      return error;
+    }
+    Signature signature;
+    std::memcpy(signature.public_key.data(), key.data(), 32);
+    std::memcpy(signature.value.data(), value.data(), 64);
+    bundle.signature = signature;
+  }
+  const size_t trailer_at = reader.position();
+  uint64_t stored_checksum = 0;
+  if (!reader.read_uint(stored_checksum, kTrailerBytes, "trailing checksum", error)) return error;
+  if (!reader.finished()) {
+    return Status::Corruption(reader.position(),
+                              std::to_string(reader.remaining()) + " unexpected bytes after the end");
+  }
+  if (stored_checksum != util::xxh3_64(bundle.header_and_index)) {
+    return Status::Corruption(trailer_at, "header and index checksum mismatch");
+  }
+  return bundle;
+}
+
+Result<std::string> Bundle::read(size_t index) const {
+  const Entry& entry = entries.at(index);
+  const std::string_view stored = payloads.substr(entry.offset, entry.stored_size);
+  const uint64_t at = static_cast<uint64_t>(stored.data() - header_and_index.data());
+  std::string raw;
+  if (entry.compression == Compression::kNone) {
+    raw = stored;
+  } else {
+    const unsigned long long declared = ZSTD_getFrameContentSize(stored.data(), stored.size());
+    if (declared != entry.raw_size) {
+      return Status::Corruption(at, describe(entry) + ": zstd frame does not declare the indexed " +
+                                        std::to_string(entry.raw_size) + " bytes");
+    }
+    raw.resize(entry.raw_size);
+    const size_t size = ZSTD_decompress(raw.data(), raw.size(), stored.data(), stored.size());
+    if (ZSTD_isError(size) || size != entry.raw_size) {
+      return Status::Corruption(at, describe(entry) + ": zstd payload does not decompress (" +
+                                        (ZSTD_isError(size) ? ZSTD_getErrorName(size) : "short") + ")");
+    }
+  }
+  if (util::xxh3_128(raw) != entry.checksum) {
+    return Status::Corruption(at, describe(entry) + ": payload checksum mismatch");
+  }
+  return raw;
+}
+
+SignatureCheck check_signature(const Bundle& bundle) {
+  if (!bundle.signature) return SignatureCheck::kUnsigned;
+  if (!sodium_ready()) return SignatureCheck::kInvalid;
+  const int result = crypto_sign_verify_detached(
+      bundle.signature->value.data(),
+      reinterpret_cast<const unsigned char*>(bundle.header_and_index.data()),
+      bundle.header_and_index.size(), bundle.signature->public_key.data());
+  return result == 0 ? SignatureCheck::kValid : SignatureCheck::kInvalid;
+}
+
+bool is_trusted(const Bundle& bundle, const std::vector<PublicKey>& trusted_keys) {
+  if (check_signature(bundle) != SignatureCheck::kValid) return false;
+  for (const PublicKey& key : trusted_keys) {
+    if (key == bundle.signature->public_key) return true;
+  }
+  return false;
+}
+
+Status check_trust(const Bundle& bundle, const std::vector<PublicKey>& trusted_keys) {
+  const SignatureCheck check = check_signature(bundle);
+  if (check == SignatureCheck::kInvalid) {
+    return Status::InvalidArgument("the bundle's signature does not verify: it was changed after "
+                                   "signing, or signed by someone else than key " +
+                                   util::hex(std::string_view(
+                                       reinterpret_cast<const char*>(bundle.signature->public_key.data()), 32)));
+  }
+  if (trusted_keys.empty()) return Status::OK();
+  if (check == SignatureCheck::kUnsigned) {
+    return Status::InvalidArgument("the bundle is unsigned, and trusted keys are configured "
+                                   "(MEGACACHE_TRUSTED_KEYS); sign it with 'megacache convert --sign'");
+  }
+  if (!is_trusted(bundle, trusted_keys)) {
+    return Status::InvalidArgument(
+        "the bundle is signed by key " +
+        util::hex(std::string_view(reinterpret_cast<const char*>(bundle.signature->public_key.data()), 32)) +
+        ", which is not among the trusted keys");
+  }
+  return Status::OK();
+}
+
+namespace {
+
+template <size_t N>
+bool parse_hex(std::string_view text, std::array<uint8_t, N>& out) {
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.remove_suffix(1);
+  if (text.size() != 2 * N) return false;
+  auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < N; ++i) {
+    const int high = digit(text[2 * i]);
+    const int low = digit(text[2 * i + 1]);
+    if (high < 0 || low < 0) return false;
+    out[i] = static_cast<uint8_t>(high * 16 + low);
+  }
+  return true;
+}
+
+}  // namespace
+
+Result<PublicKey> parse_public_key(std::string_view hex) {
+  PublicKey key;
+  if (!parse_hex(hex, key)) {
+    return Status::InvalidArgument("a public key is 64 hex digits (the .pub file megacache keygen writes)");
+  }
+  return key;
+}
+
+Result<SigningKey> parse_signing_key(std::string_view hex) {
+  SigningKey key;
+  if (!parse_hex(hex, key.secret)) {
+    return Status::InvalidArgument("a signing key is 128 hex digits (the file megacache keygen writes)");
+  }
+  // An Ed25519 secret key in libsodium's layout ends with its public key.
+  std::memcpy(key.public_key.data(), key.secret.data() + 32, 32);
+  return key;
+}
+
+std::vector<FingerprintMismatch> compare_fingerprints(const Fingerprint& built,
+                                                      const Fingerprint& current) {
+  std::vector<FingerprintMismatch> out;
+  for (const auto& [name, value] : built) {
+    for (const auto& [current_name, current_value] : current) {
+      if (name == current_name && value != current_value) out.push_back({name, value, current_value});
+    }
+  }
+  return out;
+}
+
+Fingerprint host_fingerprint() {
+  struct utsname host;
+  Fingerprint out;
+  if (::uname(&host) == 0) {
+    out.emplace_back("cpu_arch", host.machine);
+    out.emplace_back("os", std::string(host.sysname));
+  }
+  out.emplace_back("megacache", MEGACACHE_VERSION);
+  return out;
+}
+
+Result<Decoded> decode(const Bundle& bundle) {
+  Decoded decoded;
+  uint64_t total = 0;
+  for (const Entry& entry : bundle.entries) total += entry.raw_size;
+  if (total > mega_cache::kMaxBlobBytes) {
+    return Status::Corruption(0, "artifacts add up to " + std::to_string(total) + " bytes");
+  }
+  // Shared payloads are decompressed once; views are taken after the arena is complete.
+  std::map<uint64_t, std::pair<size_t, size_t>> arena_of_offset;  // offset -> (start, size)
+  std::vector<std::pair<size_t, size_t>> ranges;
+  for (size_t i = 0; i < bundle.entries.size(); ++i) {
+    auto found = arena_of_offset.find(bundle.entries[i].offset);
+    if (found == arena_of_offset.end() || found->second.second != bundle.entries[i].raw_size) {
+      Result<std::string> raw = bundle.read(i);
+      if (!raw.ok()) return raw.status();
+      const std::pair<size_t, size_t> range{decoded.storage.size(), raw->size()};
+      decoded.storage.insert(decoded.storage.end(), raw->begin(), raw->end());
+      found = arena_of_offset.insert_or_assign(bundle.entries[i].offset, range).first;
+    } else if (util::xxh3_128(std::string_view(decoded.storage.data() + found->second.first,
+                                               found->second.second)) !=
+               bundle.entries[i].checksum) {
+      return Status::Corruption(0, describe(bundle.entries[i]) + ": payload checksum mismatch");
+    }
+    ranges.push_back(found->second);
+  }
+  mega_cache::MegaCache& cache = decoded.cache;
+  cache.layout = mega_cache::Layout::kV2_8;
+  for (size_t i = 0; i < bundle.entries.size(); ++i) {
+    const Entry& entry = bundle.entries[i];
+    if (cache.groups.empty() || i == 0 || bundle.entries[i - 1].group != entry.group) {
+      cache.groups.push_back(mega_cache::TypeGroup{entry.type, i, {}, false});
+    } else if (cache.groups.back().type != entry.type) {
+      return Status::Corruption(0, describe(entry) + " shares group " + std::to_string(entry.group) +
+                                       " with type " + cache.groups.back().type);
+    }
+    cache.groups.back().artifacts.push_back(mega_cache::Artifact{
+        entry.type, entry.key,
+        std::string_view(decoded.storage.data() + ranges[i].first, ranges[i].second)});
+  }
+  mega_cache::mark_dropped_groups(cache);
+  return decoded;
+}
+
+Result<std::string> to_mega_cache(const Bundle& bundle) {
+  Result<Decoded> decoded = decode(bundle);
+  if (!decoded.ok()) return decoded.status();
+  mega_cache::Writer writer;
+  for (const mega_cache::TypeGroup& group : decoded->cache.groups) {
+    writer.append_group(group.type, group.artifacts);
+  }
+  return std::string(writer.bytes());
+}
+
+}  // namespace megacache::bundle

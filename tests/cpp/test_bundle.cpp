@@ -1,0 +1,169 @@
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "megacache/bundle.h"
+#include "megacache/populate.h"
+#include "test_util.h"
+
+namespace megacache::bundle {
+namespace {
+
+using mega_cache::MegaCache;
+
+const Fingerprint kFingerprint = {{"python", "3.11.7"}, {"torch", "2.13.0+cpu"}};
+
+MegaCache parsed(const std::string& blob) {
+  Result<MegaCache> cache = mega_cache::parse(blob);
+  EXPECT_TRUE(cache.ok()) << cache.status().to_string();
+  return std::move(cache).value();
+}
+
+TEST(Bundle, ConvertsTorchFixturesLosslesslyAndSmaller) {
+  for (const std::string& name : test::fixture_names()) {
+    const std::string blob = test::read_test_file(name);
+    const std::string file = write(parsed(blob), kFingerprint);
+    EXPECT_LT(file.size() * 4, blob.size()) << name << ": " << file.size() << " of " << blob.size();
+    Result<Bundle> bundle = parse(file);
+    ASSERT_TRUE(bundle.ok()) << name << ": " << bundle.status().to_string();
+    EXPECT_EQ(bundle->fingerprint, kFingerprint);
+    Result<std::string> back = to_mega_cache(*bundle);
+    ASSERT_TRUE(back.ok()) << back.status().to_string();
+    EXPECT_EQ(*back, blob) << name;
+  }
+}
+
+// A bundle written by megacache 0.1.0 from mega_mlp_infer.bin: later versions must read it.
+TEST(Bundle, ReadsTheGoldenFile) {
+  const std::string file = test::read_test_file("bundle_v1_mlp.mcb");
+  Result<Bundle> bundle = parse(file);
+  ASSERT_TRUE(bundle.ok()) << bundle.status().to_string();
+  EXPECT_EQ(bundle->entries.size(), 3u);
+  EXPECT_EQ(*to_mega_cache(*bundle), test::read_test_file("mega_mlp_infer.bin"));
+}
+
+TEST(Bundle, KeepsRepeatedGroupsAndDeduplicatesPayloads) {
+  const std::string payload(5000, 'p');
+  const std::string blob = test::make_blob({{"inductor", {{"fa", payload}, {"fb", payload}}},
+                                            {"autotune", {{"ab/c.best_config", "{}"}}},
+                                            {"inductor", {{"fa", payload}}}});
+  const std::string file = write(parsed(blob), kFingerprint, {.zstd_level = 1});
+  Result<Bundle> bundle = parse(file);
+  ASSERT_TRUE(bundle.ok());
+  ASSERT_EQ(bundle->entries.size(), 4u);
+  EXPECT_EQ(bundle->entries[0].offset, bundle->entries[1].offset);
+  EXPECT_EQ(bundle->entries[0].offset, bundle->entries[3].offset);
+  EXPECT_EQ(bundle->entries[3].group, 2u);
+  EXPECT_EQ(*to_mega_cache(*bundle), blob);
+  Result<Decoded> decoded = decode(*bundle);
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_TRUE(decoded->cache.groups[0].dropped_by_torch);
+  EXPECT_EQ(decoded->cache.loaded_artifacts().size(), 2u);
+}
+
+TEST(Bundle, ReadsOneArtifactAlone) {
+  const std::string blob = test::small_blob();
+  const std::string file = write(parsed(blob), kFingerprint);
+  Result<Bundle> bundle = parse(file);
+  ASSERT_TRUE(bundle.ok());
+  EXPECT_EQ(bundle->entries[2].type, "aot_autograd");
+  EXPECT_EQ(*bundle->read(2), "aot pickle");
+}
+
+TEST(Bundle, PopulatesTheSameTreeAsTheBlob) {
+  const std::string blob = test::read_test_file("mega_graphbreak.bin");
+  test::TempDir from_blob;
+  test::TempDir from_bundle;
+  ASSERT_TRUE(populate(parsed(blob), from_blob.path()).ok());
+  const std::string file = write(parsed(blob), kFingerprint);  // parse() views into it
+  Result<Bundle> bundle = parse(file);
+  ASSERT_TRUE(bundle.ok());
+  Result<Decoded> decoded = decode(*bundle);
+  ASSERT_TRUE(decoded.ok()) << decoded.status().to_string();
+  ASSERT_TRUE(populate(decoded->cache, from_bundle.path()).ok());
+  EXPECT_EQ(test::read_tree(from_bundle.path()), test::read_tree(from_blob.path()));
+}
+
+TEST(Bundle, Torch27BlobConvertsToEquivalent28Groups) {
+  std::string blob;
+  util::append_u64_be(blob, 1);
+  auto record = [&](uint64_t type, const std::string& key, const std::string& content) {
+    util::append_u64_be(blob, type);
+    util::append_u64_be(blob, key.size());
+    blob += key;
+    util::append_u64_be(blob, content.size());
+    blob += content;
+  };
+  record(0, "fa", "1");
+  record(1, "x/y", "{}");
+  record(0, "fb", "2");
+  const std::string file = write(parsed(blob), kFingerprint);
+  Result<Bundle> bundle = parse(file);
+  ASSERT_TRUE(bundle.ok());
+  Result<Decoded> decoded = decode(*bundle);
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_EQ(decoded->cache.loaded_artifacts().size(), 3u);  // 2.7 loads every record
+}
+
+TEST(Bundle, SignatureVerifiesAndDetectsTampering) {
+  const SigningKey key = SigningKey::generate();
+  const std::string file = write(parsed(test::small_blob()), kFingerprint, {.signing_key = &key});
+  Result<Bundle> bundle = parse(file);
+  ASSERT_TRUE(bundle.ok());
+  EXPECT_EQ(check_signature(*bundle), SignatureCheck::kValid);
+  EXPECT_TRUE(is_trusted(*bundle, {key.public_key}));
+  EXPECT_FALSE(is_trusted(*bundle, {SigningKey::generate().public_key}));
+
+  // Re-signing with another key, or editing the index and fixing the checksum, is caught.
+  std::string tampered = file;
+  const size_t at = tampered.find("aqrstuvwxyz");
+  ASSERT_NE(at, std::string::npos);
+  tampered[at] = 'b';
+  Result<Bundle> edited = parse(tampered);
+  ASSERT_FALSE(edited.ok());  // the trailing checksum first
+  const size_t index_end = bundle->header_and_index.size();
+  const uint64_t fixed = util::xxh3_64(std::string_view(tampered).substr(0, index_end));
+  for (int i = 0; i < 8; ++i) tampered[tampered.size() - 1 - i] = static_cast<char>(fixed >> (8 * i));
+  Result<Bundle> refixed = parse(tampered);
+  ASSERT_TRUE(refixed.ok()) << refixed.status().to_string();
+  EXPECT_EQ(check_signature(*refixed), SignatureCheck::kInvalid);
+  EXPECT_FALSE(is_trusted(*refixed, {key.public_key}));
+
+  const std::string unsigned_file = write(parsed(test::small_blob()), kFingerprint);
+  EXPECT_EQ(check_signature(*parse(unsigned_file)), SignatureCheck::kUnsigned);
+}
+
+TEST(BundleCorruption, EveryTruncationFails) {
+  const std::string file = write(parsed(test::small_blob()), kFingerprint);
+  for (size_t length = 0; length < file.size(); ++length) {
+    Result<Bundle> bundle = parse(file.substr(0, length));
+    ASSERT_FALSE(bundle.ok()) << "length " << length;
+    EXPECT_EQ(bundle.status().code(), Status::Code::kCorruption);
+  }
+}
+
+TEST(BundleCorruption, RandomFlipsAreCaughtBeforeAnyPayloadIsUsed) {
+  const std::string file = write(parsed(test::read_test_file("mega_mlp_infer.bin")), kFingerprint);
+  std::mt19937_64 rng(7);
+  for (int round = 0; round < 300; ++round) {
+    std::string damaged = file;
+    damaged[rng() % damaged.size()] ^= static_cast<char>(1 + rng() % 255);
+    Result<Bundle> bundle = parse(damaged);
+    if (!bundle.ok()) continue;  // header, index or trailer damage
+    // Payload damage: decoding must fail, so nothing can be populated from it.
+    Result<Decoded> decoded = decode(*bundle);
+    EXPECT_FALSE(decoded.ok()) << "round " << round << ": a flipped payload decoded";
+  }
+}
+
+TEST(BundleCorruption, RejectsWrongMagicVersionAndTrailingBytes) {
+  const std::string file = write(parsed(test::small_blob()), kFingerprint);
+  EXPECT_NE(parse("not a bundle at all").status().message().find("magic"), std::string::npos);
+  std::string version = file;
+  version[11] = 9;
+  EXPECT_NE(parse(version).status().message().find("version 9"), std::string::npos);
+  EXPECT_NE(parse(file + "x").status().message().find("unexpected bytes"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace megacache::bundle
