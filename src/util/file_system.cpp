@@ -66,6 +66,21 @@ class PosixFileSystem final : public FileSystem {
     return equal;
   }
 
+  std::optional<FileInfo> file_info(const std::string& path) override {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+    return FileInfo{static_cast<uint64_t>(st.st_size), static_cast<int64_t>(st.st_mtime)};
+  }
+
+  void touch(const std::string& path) override { ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0); }
+
+  Status remove_file(const std::string& path) override {
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return Status::IOError(errno_text("cannot remove", path));
+    }
+    return Status::OK();
+  }
+
   Result<std::string> read_file(const std::string& path) override {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {

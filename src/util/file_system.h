@@ -28,6 +28,17 @@ class FileSystem {
   // file or the whole new one, never a part. The parent directory must exist.
   virtual Status write_atomic(const std::string& path, std::string_view content) = 0;
 
+  struct FileInfo {
+    uint64_t size = 0;
+    int64_t modified_unix = 0;  // seconds
+  };
+  // Size and modification time of the regular file at `path`, or nullopt.
+  virtual std::optional<FileInfo> file_info(const std::string& path) = 0;
+  // Sets the modification time to now (LRU bookkeeping). Missing files are ignored.
+  virtual void touch(const std::string& path) = 0;
+  // Removes a file; a missing one is fine.
+  virtual Status remove_file(const std::string& path) = 0;
+
   // The process's real file system. Thread-safe.
   static FileSystem& real();
 };

@@ -90,6 +90,9 @@ class FailingFileSystem final : public util::FileSystem {
     return real().file_equals(path, content);
   }
   Result<std::string> read_file(const std::string& path) override { return real().read_file(path); }
+  std::optional<FileInfo> file_info(const std::string& path) override { return real().file_info(path); }
+  void touch(const std::string& path) override { real().touch(path); }
+  Status remove_file(const std::string& path) override { return real().remove_file(path); }
   Status write_atomic(const std::string& path, std::string_view content) override {
     if (allowed_-- <= 0) return Status::IOError("injected: no space left on device");
     return real().write_atomic(path, content);
