@@ -7,7 +7,7 @@ set -euo pipefail
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  libssl-dev libdeflate-dev libzstd-dev libxxhash-dev libsodium-dev
+  libssl-dev libdeflate-dev libzstd-dev libxxhash-dev libsodium-dev libhiredis-dev redis-server
   libgtest-dev libgmock-dev nlohmann-json3-dev libcli11-dev
 )
 

@@ -45,8 +45,12 @@ class Lock {
 
 class Store {
  public:
+  // Called during a get or put with bytes done and bytes in all, for progress bars.
+  using Progress = std::function<void(uint64_t done, uint64_t total)>;
+
   virtual ~Store() = default;
   virtual const std::string& url() const = 0;
+  void set_progress(Progress progress) { progress_ = std::move(progress); }
 
   // The value, or nullopt on a miss. For a remote, errors and timeouts are misses too.
   virtual std::optional<std::string> get(const std::string& name) = 0;
@@ -67,6 +71,14 @@ class Store {
   // Counters of this store, persistent for file stores; `zero_stats` resets them.
   virtual Stats stats() = 0;
   virtual void zero_stats() = 0;
+
+ protected:
+  void report_progress(uint64_t done, uint64_t total) const {
+    if (progress_) progress_(done, total);
+  }
+
+ private:
+  Progress progress_;
 };
 
 // Opens the store a URL names. Thread-safety: a Store may be used from one thread at a time.

@@ -22,6 +22,9 @@ __all__ = [
     "__version__",
     "load",
     "load_cache_artifacts",
+    "open_store",
+    "pull",
+    "push",
     "save",
     "save_cache_artifacts",
     "verify",
@@ -72,6 +75,35 @@ def verify(data: bytes) -> None:
     """Checks a Mega-Cache blob, standalone file or bundle as populate would, without torch
     and without writing. Raises CorruptionError or InvalidInputError."""
     _core.verify(data, trusted_keys())
+
+
+def open_store(url: Optional[str] = None) -> "_core.Store":
+    """A store by URL (file:///path, redis://host:port/db, or a comma-separated list, local
+    first); by default MEGACACHE_STORE, else the local store in MEGACACHE_DIR or
+    ~/.cache/megacache. Raises InvalidInputError for a malformed URL."""
+    return _core.Store(url or "")
+
+
+def push(path: str | os.PathLike[str], name: Optional[str] = None, *,
+         store: Optional[str] = None) -> str:
+    """Checks the file at `path` (bundle, Mega-Cache or standalone file) and puts it into the
+    store under `name` (default: the file's name). Returns the name."""
+    data = Path(path).read_bytes()
+    verify(data)
+    name = name or Path(path).name
+    open_store(store).put(name, data)
+    return name
+
+
+def pull(name: str, path: str | os.PathLike[str], *, store: Optional[str] = None) -> bool:
+    """Gets `name` from the store into `path`, atomically, after checking it as load() would.
+    Returns False on a miss."""
+    data = open_store(store).get(name)
+    if data is None:
+        return False
+    verify(data)
+    _core.write_file_atomic(os.fspath(path), data)
+    return True
 
 
 def trusted_keys() -> str:

@@ -1,6 +1,9 @@
 #include "cli/commands.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <ctime>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -12,6 +15,7 @@
 #include "megacache/mega_cache.h"
 #include "megacache/open.h"
 #include "megacache/populate.h"
+#include "megacache/store.h"
 #include "util/file_system.h"
 #include "util/hash.h"
 
@@ -210,6 +214,10 @@ struct Reporter {
 
 struct Options {
   bool json = false;
+  bool zero = false;
+  std::string store_url;
+  std::string name;
+  std::string max_size;
   std::string file;
   std::string output;
   std::string cache_dir;
@@ -332,6 +340,117 @@ int cmd_keygen(const Reporter& r, const Options& o) {
   return kExitOk;
 }
 
+// A progress bar on stderr for transfers over 1 MiB, when stderr is a terminal.
+void show_progress(store::Store& s, bool json) {
+  if (json || !::isatty(STDERR_FILENO)) return;
+  s.set_progress([](uint64_t done, uint64_t total) {
+    if (total < (1u << 20)) return;
+    const int width = 40;
+    const int filled = static_cast<int>(width * done / total);
+    std::fprintf(stderr, "\r[%s%s] %3d%% of %.1f MiB", std::string(filled, '#').c_str(),
+                 std::string(width - filled, ' ').c_str(), static_cast<int>(100 * done / total),
+                 total / 1048576.0);
+    if (done == total) std::fprintf(stderr, "\n");
+  });
+}
+
+Result<std::unique_ptr<store::Store>> open_store(const Options& o) {
+  return store::open(o.store_url.empty() ? store::default_url() : o.store_url);
+}
+
+int cmd_push(const Reporter& r, const Options& o) {
+  Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
+  if (!trusted.ok()) return r.fail(o.file, trusted.status());
+  // Only what megacache itself would load goes into a store.
+  Result<LoadedFile> file = load_file(o.file, *trusted);
+  if (!file.ok()) return r.fail(o.file, file.status());
+  std::string name = o.name;
+  if (name.empty()) name = o.file.substr(o.file.find_last_of('/') + 1);
+  if (Status valid = store::check_name(name); !valid.ok()) {
+    return r.fail(o.file, Status::InvalidArgument(valid.message() + "; pass --name"));
+  }
+  Result<std::unique_ptr<store::Store>> s = open_store(o);
+  if (!s.ok()) return r.fail(o.store_url, s.status());
+  show_progress(**s, o.json);
+  if (Status put = (*s)->put(name, file->bytes); !put.ok()) return r.fail((*s)->url(), put);
+  r.done({{"ok", true}, {"name", name}, {"store", (*s)->url()}, {"bytes", file->bytes.size()}},
+         "pushed " + o.file + " to " + (*s)->url() + " as " + name + " (" +
+             std::to_string(file->bytes.size()) + " bytes)");
+  return kExitOk;
+}
+
+int cmd_pull(const Reporter& r, const Options& o) {
+  Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
+  if (!trusted.ok()) return r.fail(o.name, trusted.status());
+  Result<std::unique_ptr<store::Store>> s = open_store(o);
+  if (!s.ok()) return r.fail(o.store_url, s.status());
+  show_progress(**s, o.json);
+  std::optional<std::string> value = (*s)->get(o.name);
+  if (!value) return r.fail(o.name, Status::NotFound("no entry '" + o.name + "' in " + (*s)->url()));
+  if (Result<OpenedFile> opened = open_file(*value, *trusted); !opened.ok()) {
+    return r.fail(o.name, opened.status());
+  }
+  if (Status written = util::FileSystem::real().write_atomic(o.output, *value); !written.ok()) {
+    return r.fail(o.output, written);
+  }
+  r.done({{"ok", true}, {"name", o.name}, {"store", (*s)->url()}, {"output", o.output},
+          {"bytes", value->size()}},
+         "pulled " + o.name + " from " + (*s)->url() + " into " + o.output + " (" +
+             std::to_string(value->size()) + " bytes)");
+  return kExitOk;
+}
+
+int cmd_ls(const Reporter& r, const Options& o) {
+  Result<std::unique_ptr<store::Store>> s = open_store(o);
+  if (!s.ok()) return r.fail(o.store_url, s.status());
+  ordered_json entries = ordered_json::array();
+  std::string text;
+  for (const store::EntryInfo& entry : (*s)->list()) {
+    entries.push_back({{"name", entry.name}, {"bytes", entry.size}, {"last_used_unix", entry.last_used_unix}});
+    char when[32] = "-";
+    if (entry.last_used_unix > 0) {
+      const std::time_t t = entry.last_used_unix;
+      std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", std::gmtime(&t));
+    }
+    text += std::string(when) + "  " + std::to_string(entry.size) + "  " + entry.name + "\n";
+  }
+  r.done({{"store", (*s)->url()}, {"entries", entries}}, text + std::to_string(entries.size()) + " entries in " + (*s)->url());
+  return kExitOk;
+}
+
+int cmd_gc(const Reporter& r, const Options& o) {
+  Result<uint64_t> max_size = store::parse_size(o.max_size);
+  if (!max_size.ok()) return r.fail("--max-size", max_size.status());
+  Result<std::unique_ptr<store::Store>> s = open_store(o);
+  if (!s.ok()) return r.fail(o.store_url, s.status());
+  const size_t before = (*s)->list().size();
+  Result<uint64_t> freed = (*s)->gc(*max_size);
+  if (!freed.ok()) return r.fail((*s)->url(), freed.status());
+  const size_t after = (*s)->list().size();
+  r.done({{"ok", true}, {"store", (*s)->url()}, {"entries_evicted", before - after},
+          {"orphan_bytes_freed", *freed}},
+         "evicted " + std::to_string(before - after) + " entries and freed " +
+             std::to_string(*freed) + " bytes of unreferenced objects in " + (*s)->url());
+  return kExitOk;
+}
+
+int cmd_stats(const Reporter& r, const Options& o) {
+  Result<std::unique_ptr<store::Store>> s = open_store(o);
+  if (!s.ok()) return r.fail(o.store_url, s.status());
+  if (o.zero) (*s)->zero_stats();
+  const store::Stats st = (*s)->stats();
+  const ordered_json report = {{"store", (*s)->url()}, {"hits", st.hits}, {"misses", st.misses},
+                               {"puts", st.puts}, {"bytes_in", st.bytes_in},
+                               {"bytes_out", st.bytes_out}, {"errors", st.errors},
+                               {"timeouts", st.timeouts}};
+  std::string text = (*s)->url() + "\n";
+  for (const auto& [key, value] : report.items()) {
+    if (key != "store") text += "  " + key + ": " + value.dump() + "\n";
+  }
+  r.done(report, text.substr(0, text.size() - 1));
+  return kExitOk;
+}
+
 }  // namespace
 
 int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
@@ -363,6 +482,25 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   convert->add_option("--level", o.level, "zstd level for bundles")->check(CLI::Range(1, 19));
   keygen->add_option("OUT", o.output, "Signing key file; the public key goes to OUT.pub")->required();
 
+  CLI::App* push = app.add_subcommand("push", "Put a checked file into a store");
+  CLI::App* pull = app.add_subcommand("pull", "Get an entry from a store into a file, checked");
+  CLI::App* ls = app.add_subcommand("ls", "List a store's entries");
+  CLI::App* gc = app.add_subcommand("gc", "Evict least recently used entries down to a size");
+  CLI::App* stats = app.add_subcommand("stats", "Show (or --zero) a store's counters");
+  push->add_option("FILE", o.file, "Bundle, Mega-Cache blob or standalone file")->required();
+  push->add_option("--name", o.name, "Entry name (default: the file's name)");
+  pull->add_option("NAME", o.name, "Entry name")->required();
+  pull->add_option("-o,--output", o.output, "Where to write it")->required();
+  for (CLI::App* sub : {push, pull}) {
+    sub->add_option("--trusted-key", o.trusted, "Public key whose signatures to accept");
+  }
+  gc->add_option("--max-size", o.max_size, "Keep at most this much, e.g. 10G")->required();
+  stats->add_flag("--zero", o.zero, "Reset the counters");
+  for (CLI::App* sub : {push, pull, ls, gc, stats}) {
+    sub->add_option("--store", o.store_url, "Store URL (default: MEGACACHE_STORE, else the local store)");
+    sub->add_flag("--json", o.json, "Machine-readable output");
+  }
+
   std::vector<std::string> reversed(args.rbegin(), args.rend());
   try {
     app.parse(reversed);
@@ -378,6 +516,11 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   if (*verify) return cmd_verify(reporter, o);
   if (*convert) return cmd_convert(reporter, o);
   if (*keygen) return cmd_keygen(reporter, o);
+  if (*push) return cmd_push(reporter, o);
+  if (*pull) return cmd_pull(reporter, o);
+  if (*ls) return cmd_ls(reporter, o);
+  if (*gc) return cmd_gc(reporter, o);
+  if (*stats) return cmd_stats(reporter, o);
   return cmd_populate(reporter, o);
 }
 

@@ -14,6 +14,7 @@
 #include "megacache/mega_cache.h"
 #include "megacache/open.h"
 #include "megacache/populate.h"
+#include "megacache/store.h"
 #include "util/file_system.h"
 
 namespace nb = nanobind;
@@ -159,6 +160,63 @@ void write_file_atomic(const std::string& path, const nb::bytes& data) {
   if (!status.ok()) raise(status);
 }
 
+// A store handle for Python; the work is in megacache::store.
+class PyStore {
+ public:
+  explicit PyStore(const std::string& url) {
+    megacache::Result<std::unique_ptr<megacache::store::Store>> opened =
+        megacache::store::open(url.empty() ? megacache::store::default_url() : url);
+    if (!opened.ok()) raise(opened.status());
+    store_ = std::move(opened).value();
+  }
+  std::string url() const { return store_->url(); }
+  std::optional<nb::bytes> get(const std::string& name) {
+    std::optional<std::string> value;
+    {
+      nb::gil_scoped_release release;
+      value = store_->get(name);
+    }
+    if (!value) return std::nullopt;
+    return nb::bytes(value->data(), value->size());
+  }
+  void put(const std::string& name, const nb::bytes& value) {
+    megacache::Status status;
+    {
+      nb::gil_scoped_release release;
+      status = store_->put(name, view(value));
+    }
+    if (!status.ok()) raise(status);
+  }
+  bool contains(const std::string& name) {
+    nb::gil_scoped_release release;
+    return store_->contains(name);
+  }
+  void remove(const std::string& name) {
+    megacache::Status status = store_->remove(name);
+    if (!status.ok()) raise(status);
+  }
+  std::vector<std::tuple<std::string, uint64_t, int64_t>> list() {
+    std::vector<std::tuple<std::string, uint64_t, int64_t>> out;
+    for (const auto& entry : store_->list()) out.emplace_back(entry.name, entry.size, entry.last_used_unix);
+    return out;
+  }
+  uint64_t gc(uint64_t max_bytes) {
+    megacache::Result<uint64_t> freed = store_->gc(max_bytes);
+    if (!freed.ok()) raise(freed.status());
+    return *freed;
+  }
+  std::vector<std::pair<std::string, uint64_t>> stats() {
+    const megacache::store::Stats s = store_->stats();
+    return {{"hits", s.hits},         {"misses", s.misses}, {"puts", s.puts},
+            {"bytes_in", s.bytes_in}, {"bytes_out", s.bytes_out}, {"errors", s.errors},
+            {"timeouts", s.timeouts}};
+  }
+  void zero_stats() { store_->zero_stats(); }
+
+ private:
+  std::unique_ptr<megacache::store::Store> store_;
+};
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -192,6 +250,20 @@ NB_MODULE(_core, m) {
         "The Mega-Cache blob a file carries: itself, or a standalone_compile payload.");
   m.def("write_file_atomic", &write_file_atomic, "path"_a, "data"_a,
         "Write a file through a temp file and rename; readers never see a part.");
+
+  m.def("default_store_url", &megacache::store::default_url,
+        "MEGACACHE_STORE, else file://$MEGACACHE_DIR, else file://~/.cache/megacache.");
+  nb::class_<PyStore>(m, "Store")
+      .def(nb::init<const std::string&>(), "url"_a = "")
+      .def_prop_ro("url", &PyStore::url)
+      .def("get", &PyStore::get, "name"_a, "The value, or None on a miss (remote errors are misses).")
+      .def("put", &PyStore::put, "name"_a, "value"_a)
+      .def("contains", &PyStore::contains, "name"_a)
+      .def("remove", &PyStore::remove, "name"_a)
+      .def("list", &PyStore::list, "[(name, bytes, last_used_unix)]")
+      .def("gc", &PyStore::gc, "max_bytes"_a)
+      .def("stats", &PyStore::stats)
+      .def("zero_stats", &PyStore::zero_stats);
 
   nb::class_<megacache::ArtifactManager>(m, "ArtifactManager")
       .def(nb::init<>())

@@ -62,6 +62,7 @@ class FileStore final : public Store {
       return std::nullopt;
     }
     fs().touch(ref_path(name));
+    report_progress(value->size(), value->size());
     count({.hits = 1, .bytes_in = value->size()});
     return std::move(value).value();
   }
@@ -82,6 +83,7 @@ class FileStore final : public Store {
         !s.ok()) {
       return s;
     }
+    report_progress(value.size(), value.size());
     count({.puts = 1, .bytes_out = value.size()});
     if (max_size_ > 0) (void)gc(max_size_);
     return Status::OK();

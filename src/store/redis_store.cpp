@@ -10,6 +10,8 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <algorithm>
+#include <functional>
 #include <random>
 #include <thread>
 
@@ -68,8 +70,9 @@ class Connection {
     return std::move(replies.front());
   }
 
-  // Sends all commands, then reads all replies. Empty on failure.
-  std::vector<Reply> pipeline(Stats& stats, const std::vector<std::vector<std::string>>& commands) {
+  // Sends all commands, then reads all replies, calling `on_reply` after each. Empty on failure.
+  std::vector<Reply> pipeline(Stats& stats, const std::vector<std::vector<std::string>>& commands,
+                              const std::function<void(size_t)>& on_reply = {}) {
     std::vector<Reply> replies;
     if (disabled() || !connect(stats)) return replies;
     for (const std::vector<std::string>& args : commands) {
@@ -96,6 +99,7 @@ class Connection {
         replies.clear();
         return replies;
       }
+      if (on_reply) on_reply(i);
     }
     failures_ = 0;
     return replies;
@@ -176,7 +180,9 @@ class RedisStore final : public Store {
     }
     std::vector<std::vector<std::string>> commands;
     for (uint64_t i = 0; i < manifest->chunks; ++i) commands.push_back({"GET", chunk_key(manifest->id, i)});
-    std::vector<Reply> replies = connection_->pipeline(stats_, commands);
+    std::vector<Reply> replies = connection_->pipeline(stats_, commands, [&](size_t i) {
+      report_progress(std::min(manifest->size, (i + 1) * chunk_size_), manifest->size);
+    });
     std::string value;
     value.reserve(manifest->size);
     for (const Reply& reply : replies) {
@@ -204,7 +210,8 @@ class RedisStore final : public Store {
     }
     commands.push_back(with_ttl({"SET", ref_key(name), id + " " + std::to_string(chunks) + " " +
                                                            std::to_string(value.size()) + " " + checksum(value)}));
-    if (connection_->pipeline(stats_, commands).size() != commands.size()) {
+    const auto on_reply = [&](size_t i) { report_progress(std::min<uint64_t>(value.size(), (i + 1) * chunk_size_), value.size()); };
+    if (connection_->pipeline(stats_, commands, on_reply).size() != commands.size()) {
       return Status::IOError(url_ + ": could not store '" + name + "' (see the log above)");
     }
     if (previous) delete_chunks(*previous);

@@ -126,6 +126,38 @@ TEST(Cli, SignedBundlesAndTrustedKeys) {
   EXPECT_EQ(report["bundle"]["signature"]["trusted"], true);
 }
 
+TEST(Cli, PushPullListGcAndStats) {
+  test::TempDir dir;
+  const std::string store = "file://" + dir.path() + "/store";
+  ASSERT_EQ(run({"push", fixture("mega_mlp_infer.bin"), "--store", store}).code, 0);
+  ASSERT_EQ(run({"push", fixture("mega_dynamic.bin"), "--store", store, "--name", "dyn"}).code, 0);
+  const CliResult listed = run({"ls", "--store", store, "--json"});
+  ASSERT_EQ(listed.code, 0) << listed.err;
+  const auto entries = nlohmann::json::parse(listed.out)["entries"];
+  ASSERT_EQ(entries.size(), 2u);
+  EXPECT_EQ(entries[0]["name"], "dyn");
+  EXPECT_EQ(entries[1]["name"], "mega_mlp_infer.bin");
+
+  const std::string pulled = dir.path() + "/pulled.bin";
+  ASSERT_EQ(run({"pull", "dyn", "--store", store, "-o", pulled}).code, 0);
+  EXPECT_EQ(test::read_tree(dir.path()).at("pulled.bin"), test::read_test_file("mega_dynamic.bin"));
+  EXPECT_EQ(run({"pull", "nothing", "--store", store, "-o", pulled}).code, 1);
+
+  const auto stats = nlohmann::json::parse(run({"stats", "--store", store, "--json"}).out);
+  EXPECT_EQ(stats["hits"], 1);
+  EXPECT_EQ(stats["misses"], 1);
+  EXPECT_EQ(stats["puts"], 2);
+  EXPECT_EQ(nlohmann::json::parse(run({"stats", "--store", store, "--zero", "--json"}).out)["hits"], 0);
+
+  ASSERT_EQ(run({"gc", "--store", store, "--max-size", "300K"}).code, 0);
+  EXPECT_EQ(nlohmann::json::parse(run({"ls", "--store", store, "--json"}).out)["entries"].size(), 1u);
+
+  // Garbage never enters a store.
+  const std::string junk = dir.path() + "/junk.bin";
+  ASSERT_TRUE(util::FileSystem::real().write_atomic(junk, std::string(100, 'j')).ok());
+  EXPECT_EQ(run({"push", junk, "--store", store}).code, 1);
+}
+
 TEST(Cli, UsageErrorsExitTwo) {
   EXPECT_EQ(run({}).code, 2);
   EXPECT_EQ(run({"frobnicate"}).code, 2);

@@ -197,3 +197,19 @@ def test_cli_exit_codes(tmp_path):
     result = subprocess.run(["megacache", "verify", str(bad)], capture_output=True, text=True)
     assert result.returncode == 1
     assert "megacache:" in result.stderr
+
+
+def test_push_and_pull_through_stores(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEGACACHE_STORE", f"file://{tmp_path / 'store'}")
+    assert megacache.push(DATA / "bundle_v1_mlp.mcb", "mlp") == "mlp"
+    assert megacache.pull("mlp", tmp_path / "back.mcb")
+    assert (tmp_path / "back.mcb").read_bytes() == (DATA / "bundle_v1_mlp.mcb").read_bytes()
+    assert not megacache.pull("missing", tmp_path / "never.mcb")
+    assert not (tmp_path / "never.mcb").exists()
+    store = megacache.open_store()
+    assert [entry[0] for entry in store.list()] == ["mlp"]
+    assert dict(store.stats())["hits"] == 1
+    with pytest.raises(megacache.CorruptionError):
+        megacache.push(DATA.parent / "python" / "conftest.py", "junk")
+    with pytest.raises(megacache.InvalidInputError, match="unsupported store URL"):
+        megacache.open_store("ftp://nowhere")
