@@ -61,6 +61,8 @@ struct Bundle {
   // Decompresses entry `index` alone and checks its checksum. Errors: Corruption, naming the
   // artifact. Thread-safe.
   Result<std::string> read(size_t index) const;
+  // The same into `out`, which must hold entries[index].raw_size bytes.
+  Status read_into(size_t index, char* out) const;
 };
 
 // Parses the header and index and checks the trailing checksum; payloads are only located,

@@ -74,6 +74,10 @@ class Writer {
  public:
   Writer();
   void append_group(std::string_view type, const std::vector<Artifact>& artifacts);
+  // Appends a group whose contents the caller fills in afterwards (key, content size per
+  // artifact); returns where each content goes, valid until the next append or bytes().
+  std::vector<char*> append_group_reserved(
+      std::string_view type, const std::vector<std::pair<std::string_view, uint64_t>>& keys_and_sizes);
   // The whole blob with a valid crc; valid until the next append or clear.
   std::string_view bytes();
   void clear();
@@ -83,6 +87,7 @@ class Writer {
   void put_u64(uint64_t value);
   void put_bytes(std::string_view bytes);
   void put_str(std::string_view text);
+  void reserve_for(size_t more);
 
   std::string buffer_;
   uint32_t crc_ = 0;          // crc32 of buffer_[4 : crc_covered_]

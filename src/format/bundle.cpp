@@ -8,6 +8,7 @@
 
 #include <cctype>
 #include <cstring>
+#include <memory>
 #include <map>
 
 #include "util/byte_reader.h"
@@ -47,6 +48,17 @@ bool read_text(util::ByteReader& reader, std::string& out, size_t width, std::st
 }
 
 std::string describe(const Entry& entry) { return entry.type + " artifact '" + entry.key + "'"; }
+
+// zstd contexts cost a large allocation each; one per thread is reused across calls.
+ZSTD_CCtx* compression_context() {
+  static thread_local std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> context(ZSTD_createCCtx(), ZSTD_freeCCtx);
+  return context.get();
+}
+
+ZSTD_DCtx* decompression_context() {
+  static thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> context(ZSTD_createDCtx(), ZSTD_freeDCtx);
+  return context.get();
+}
 
 bool sodium_ready() {
   static const bool ready = sodium_init() >= 0;
@@ -90,7 +102,7 @@ std::string write(const mega_cache::MegaCache& cache, const Fingerprint& fingerp
   std::string payloads;
   // Identical payloads are stored once: checksum -> (entry that first stored it).
   std::multimap<std::array<uint8_t, 16>, size_t> stored_by_checksum;
-  ZSTD_CCtx* context = ZSTD_createCCtx();
+  ZSTD_CCtx* context = compression_context();
   std::string compressed;
   for (const auto& [group, artifact] : ordered) {
     Entry entry;
@@ -125,7 +137,6 @@ std::string write(const mega_cache::MegaCache& cache, const Fingerprint& fingerp
     }
     entries.push_back(std::move(entry));
   }
-  ZSTD_freeCCtx(context);
 
   std::string out(kMagic);
   append_uint_be(out, kVersion, 4);
@@ -282,29 +293,34 @@ Result<Bundle> parse(std::string_view file) {
 }
 
 Result<std::string> Bundle::read(size_t index) const {
+  std::string raw(entries.at(index).raw_size, '\0');
+  if (Status status = read_into(index, raw.data()); !status.ok()) return status;
+  return raw;
+}
+
+Status Bundle::read_into(size_t index, char* out) const {
   const Entry& entry = entries.at(index);
   const std::string_view stored = payloads.substr(entry.offset, entry.stored_size);
   const uint64_t at = static_cast<uint64_t>(stored.data() - header_and_index.data());
-  std::string raw;
   if (entry.compression == Compression::kNone) {
-    raw = stored;
+    std::memcpy(out, stored.data(), stored.size());
   } else {
     const unsigned long long declared = ZSTD_getFrameContentSize(stored.data(), stored.size());
     if (declared != entry.raw_size) {
       return Status::Corruption(at, describe(entry) + ": zstd frame does not declare the indexed " +
                                         std::to_string(entry.raw_size) + " bytes");
     }
-    raw.resize(entry.raw_size);
-    const size_t size = ZSTD_decompress(raw.data(), raw.size(), stored.data(), stored.size());
+    const size_t size = ZSTD_decompressDCtx(decompression_context(), out, entry.raw_size,
+                                            stored.data(), stored.size());
     if (ZSTD_isError(size) || size != entry.raw_size) {
       return Status::Corruption(at, describe(entry) + ": zstd payload does not decompress (" +
                                         (ZSTD_isError(size) ? ZSTD_getErrorName(size) : "short") + ")");
     }
   }
-  if (util::xxh3_128(raw) != entry.checksum) {
+  if (util::xxh3_128(std::string_view(out, entry.raw_size)) != entry.checksum) {
     return Status::Corruption(at, describe(entry) + ": payload checksum mismatch");
   }
-  return raw;
+  return Status::OK();
 }
 
 SignatureCheck check_signature(const Bundle& bundle) {
@@ -455,11 +471,21 @@ Result<Decoded> decode(const Bundle& bundle) {
 }
 
 Result<std::string> to_mega_cache(const Bundle& bundle) {
-  Result<Decoded> decoded = decode(bundle);
-  if (!decoded.ok()) return decoded.status();
+  // Each payload is decompressed straight into its place in the blob: one pass, one buffer.
   mega_cache::Writer writer;
-  for (const mega_cache::TypeGroup& group : decoded->cache.groups) {
-    writer.append_group(group.type, group.artifacts);
+  size_t i = 0;
+  while (i < bundle.entries.size()) {
+    size_t end = i;
+    while (end < bundle.entries.size() && bundle.entries[end].group == bundle.entries[i].group) ++end;
+    std::vector<std::pair<std::string_view, uint64_t>> keys_and_sizes;
+    for (size_t k = i; k < end; ++k) {
+      keys_and_sizes.emplace_back(bundle.entries[k].key, bundle.entries[k].raw_size);
+    }
+    const std::vector<char*> places = writer.append_group_reserved(bundle.entries[i].type, keys_and_sizes);
+    for (size_t k = i; k < end; ++k) {
+      if (Status status = bundle.read_into(k, places[k - i]); !status.ok()) return status;
+    }
+    i = end;
   }
   return std::string(writer.bytes());
 }

@@ -137,18 +137,41 @@ void verify(const nb::bytes& data, const std::string& trusted_keys) {
   if (!status.ok()) raise(status);
 }
 
-// The Mega-Cache blob a file carries (itself, or a standalone_compile payload).
-nb::bytes mega_cache_of(const nb::bytes& file) {
-  megacache::Result<megacache::mega_cache::FileContents> contents =
-      megacache::mega_cache::locate_mega_cache(view(file));
-  if (!contents.ok()) raise(contents.status());
-  if (contents->blob.empty()) {
-    raise(megacache::Status::InvalidArgument(
-        "this is a standalone_compile AOTCompiledArtifact, which holds no Mega-Cache artifacts; "
-        "load it with torch._inductor.CompiledArtifact.load"));
+// The Mega-Cache blob a file carries: itself, a standalone_compile payload, or a bundle's
+// artifacts converted back (byte for byte what the bundle was made from).
+nb::bytes mega_cache_of(const nb::bytes& file, const std::string& trusted_keys) {
+  std::string converted;
+  megacache::Status status;
+  bool same = false;
+  std::string_view blob;
+  {
+    nb::gil_scoped_release release;
+    status = [&]() -> megacache::Status {
+      megacache::Result<std::vector<megacache::bundle::PublicKey>> keys = trusted(trusted_keys);
+      if (!keys.ok()) return keys.status();
+      megacache::Result<megacache::OpenedFile> opened = megacache::open_file(view(file), *keys);
+      if (!opened.ok()) return opened.status();
+      if (opened->artifacts() == nullptr) {
+        return megacache::Status::InvalidArgument(
+            "this is a standalone_compile AOTCompiledArtifact, which holds no Mega-Cache "
+            "artifacts; load it with torch._inductor.CompiledArtifact.load");
+      }
+      if (opened->bundle) {
+        megacache::Result<std::string> back = megacache::bundle::to_mega_cache(*opened->bundle);
+        if (!back.ok()) return back.status();
+        converted = std::move(back).value();
+        blob = converted;
+      } else if (opened->standalone) {
+        blob = opened->standalone->payload;
+      } else {
+        same = true;
+      }
+      return megacache::Status::OK();
+    }();
   }
-  if (!contents->standalone) return file;
-  return nb::bytes(contents->blob.data(), contents->blob.size());
+  if (!status.ok()) raise(status);
+  if (same) return file;
+  return nb::bytes(blob.data(), blob.size());
 }
 
 void write_file_atomic(const std::string& path, const nb::bytes& data) {
@@ -246,8 +269,9 @@ NB_MODULE(_core, m) {
       "built"_a, "current"_a, "Fields whose values differ: (name, built, current).");
   m.def("verify", &verify, "data"_a, "trusted_keys"_a = "",
         "Check any supported file as populate would; write nothing.");
-  m.def("mega_cache_of", &mega_cache_of, "file"_a,
-        "The Mega-Cache blob a file carries: itself, or a standalone_compile payload.");
+  m.def("mega_cache_of", &mega_cache_of, "file"_a, "trusted_keys"_a = "",
+        "The Mega-Cache blob a file carries: itself, a standalone_compile payload, or what a "
+        "bundle was made from.");
   m.def("write_file_atomic", &write_file_atomic, "path"_a, "data"_a,
         "Write a file through a temp file and rename; readers never see a part.");
 

@@ -1,4 +1,7 @@
 import json
+import shutil
+import socket
+import time
 import os
 import subprocess
 import sys
@@ -39,3 +42,31 @@ def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("compiled")
     report = run_workload("compile-save", out, cache_dir=tmp_path_factory.mktemp("cold-cache"))
     return out, report
+
+
+@pytest.fixture
+def redis_url():
+    """A real redis-server on a free loopback port, for one test."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (make test installs it)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.kill()
+        server.wait()

@@ -213,3 +213,12 @@ def test_push_and_pull_through_stores(tmp_path, monkeypatch):
         megacache.push(DATA.parent / "python" / "conftest.py", "junk")
     with pytest.raises(megacache.InvalidInputError, match="unsupported store URL"):
         megacache.open_store("ftp://nowhere")
+
+
+def test_tiered_store_over_redis_backfills_the_local_store(tmp_path, redis_url):
+    megacache.push(DATA / "bundle_v1_mlp.mcb", "mlp", store=redis_url)
+    tiered = f"file://{tmp_path / 'local'},{redis_url}"
+    assert megacache.pull("mlp", tmp_path / "a.mcb", store=tiered)
+    local = megacache.open_store(f"file://{tmp_path / 'local'}")
+    assert local.get("mlp") == (DATA / "bundle_v1_mlp.mcb").read_bytes()
+    assert _core.mega_cache_of(local.get("mlp")) == (DATA / "mega_mlp_infer.bin").read_bytes()
