@@ -71,6 +71,8 @@ class Store {
   // Counters of this store, persistent for file stores; `zero_stats` resets them.
   virtual Stats stats() = 0;
   virtual void zero_stats() = 0;
+  // (url, counters) of every backend behind this store: one, or each tier.
+  virtual std::vector<std::pair<std::string, Stats>> backend_stats() { return {{url(), stats()}}; }
 
  protected:
   void report_progress(uint64_t done, uint64_t total) const {

@@ -438,15 +438,20 @@ int cmd_stats(const Reporter& r, const Options& o) {
   Result<std::unique_ptr<store::Store>> s = open_store(o);
   if (!s.ok()) return r.fail(o.store_url, s.status());
   if (o.zero) (*s)->zero_stats();
-  const store::Stats st = (*s)->stats();
-  const ordered_json report = {{"store", (*s)->url()}, {"hits", st.hits}, {"misses", st.misses},
-                               {"puts", st.puts}, {"bytes_in", st.bytes_in},
-                               {"bytes_out", st.bytes_out}, {"errors", st.errors},
-                               {"timeouts", st.timeouts}};
-  std::string text = (*s)->url() + "\n";
-  for (const auto& [key, value] : report.items()) {
-    if (key != "store") text += "  " + key + ": " + value.dump() + "\n";
+  ordered_json backends = ordered_json::array();
+  std::string text;
+  for (const auto& [url, st] : (*s)->backend_stats()) {
+    const ordered_json counters = {{"hits", st.hits},       {"misses", st.misses},
+                                   {"puts", st.puts},       {"bytes_in", st.bytes_in},
+                                   {"bytes_out", st.bytes_out}, {"errors", st.errors},
+                                   {"timeouts", st.timeouts}};
+    backends.push_back({{"store", url}, {"counters", counters}});
+    text += url + "\n";
+    for (const auto& [key, value] : counters.items()) text += "  " + key + ": " + value.dump() + "\n";
   }
+  ordered_json report = backends.front()["counters"];
+  report["store"] = (*s)->url();
+  report["backends"] = backends;
   r.done(report, text.substr(0, text.size() - 1));
   return kExitOk;
 }

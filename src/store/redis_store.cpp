@@ -309,8 +309,9 @@ class RedisStore final : public Store {
     unsigned long long chunks = 0;
     unsigned long long size = 0;
     const std::string text(reply.reply->str, reply.reply->len);
+    // A chunk holds at least one byte, so there are never more chunks than bytes.
     if (std::sscanf(text.c_str(), "%32s %llu %llu %32s", id, &chunks, &size, sum) != 4 ||
-        chunks > size / 1 + 1 || chunks > (uint64_t{1} << 20)) {
+        chunks > size || chunks > (uint64_t{1} << 20)) {
       return std::nullopt;
     }
     return Manifest{id, chunks, size, sum};

@@ -53,7 +53,17 @@ class TieredStore final : public Store {
 
   Result<uint64_t> gc(uint64_t max_bytes) override { return local_->gc(max_bytes); }
   Stats stats() override { return local_->stats(); }
-  void zero_stats() override { local_->zero_stats(); }
+  void zero_stats() override {
+    local_->zero_stats();
+    for (const std::unique_ptr<Store>& remote : remotes_) remote->zero_stats();
+  }
+  std::vector<std::pair<std::string, Stats>> backend_stats() override {
+    std::vector<std::pair<std::string, Stats>> out = local_->backend_stats();
+    for (const std::unique_ptr<Store>& remote : remotes_) {
+      for (auto& entry : remote->backend_stats()) out.push_back(std::move(entry));
+    }
+    return out;
+  }
 
  private:
   std::string url_;

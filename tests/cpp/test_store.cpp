@@ -205,6 +205,10 @@ TEST(TieredStore, BackfillsTheLocalStoreFromTheRemote) {
   auto tiered = open_or_die("file://" + local.path() + ",file://" + remote.path());
   EXPECT_EQ(tiered->get("m"), "from remote");
   EXPECT_EQ(open_or_die("file://" + local.path())->get("m"), "from remote");
+  const auto stats = tiered->backend_stats();
+  ASSERT_EQ(stats.size(), 2u);
+  EXPECT_EQ(stats[0].second.misses, 1u);  // local missed, then was backfilled
+  EXPECT_EQ(stats[1].second.hits, 1u);
 }
 
 TEST(StoreUrl, ParsesAndRefuses) {
