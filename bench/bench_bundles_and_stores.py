@@ -93,17 +93,26 @@ def bench_redis(blob, bundle, port, repeat):
             "torch_bytes_stored": torch_bytes, "megacache_bytes_stored": len(bundle)}
 
 
-def bench_local_hit(bundle, blob, repeat):
-    from torch._inductor.remote_cache import LocalCacheBackend
+def torch_local_read(path):
+    """torch's local cache read: LocalCacheBackend._get where torch has it (2.13), else the
+    plain open().read() its caches do (2.11)."""
+    try:
+        from torch._inductor.remote_cache import LocalCacheBackend
+    except ImportError:
+        return lambda: Path(path).read_bytes()
+    backend = LocalCacheBackend()
+    return lambda: backend._get(str(path))
 
+
+def bench_local_hit(bundle, blob, repeat):
     work = Path(tempfile.mkdtemp(prefix="megacache-bench-"))
     try:
         store = _core.Store(f"file://{work / 'store'}")
         store.put("model", bundle)
         path = work / "torch" / "blob"
-        LocalCacheBackend()._put(str(path), blob)
-        backend = LocalCacheBackend()
-        t = median_seconds(lambda: backend._get(str(path)), repeat)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(blob)
+        t = median_seconds(torch_local_read(path), repeat)
         o = median_seconds(lambda: store.get("model"), repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
