@@ -40,4 +40,9 @@ Result<std::vector<bundle::PublicKey>> parse_trusted_keys(std::string_view spec)
 // (see bundle::check_trust).
 Result<OpenedFile> open_file(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys);
 
+// open_file for callers that need cache artifacts: an AOTCompiledArtifact, which carries a
+// pickle instead, is refused with InvalidArgument saying how to load it.
+Result<OpenedFile> open_artifacts(std::string_view file,
+                                  const std::vector<bundle::PublicKey>& trusted_keys);
+
 }  // namespace megacache

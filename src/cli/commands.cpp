@@ -42,12 +42,16 @@ Result<std::vector<bundle::PublicKey>> trusted_keys(const std::vector<std::strin
   return parse_trusted_keys(spec);
 }
 
-Result<LoadedFile> load_file(const std::string& path, const std::vector<bundle::PublicKey>& trusted) {
+enum class Need : uint8_t { kAnyFile, kArtifacts };
+
+Result<LoadedFile> load_file(const std::string& path, const std::vector<bundle::PublicKey>& trusted,
+                             Need need) {
   Result<std::string> bytes = util::FileSystem::real().read_file(path);
   if (!bytes.ok()) return bytes.status();
   // The views inside point into `file.bytes`, so open only after it has its final home.
   Result<LoadedFile> result(LoadedFile{std::move(bytes).value(), {}});
-  Result<OpenedFile> opened = open_file(result->bytes, trusted);
+  Result<OpenedFile> opened = need == Need::kArtifacts ? open_artifacts(result->bytes, trusted)
+                                                       : open_file(result->bytes, trusted);
   if (!opened.ok()) return opened.status();
   result->opened = std::move(opened).value();
   return result;
@@ -230,7 +234,7 @@ int cmd_inspect(const Reporter& r, const Options& o) {
   Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
   if (!trusted.ok()) return r.fail(o.file, trusted.status());
   // inspect shows a bundle whatever its signature says; verify and populate enforce trust.
-  Result<LoadedFile> file = load_file(o.file, {});
+  Result<LoadedFile> file = load_file(o.file, {}, Need::kAnyFile);
   if (!file.ok()) return r.fail(o.file, file.status());
   const ordered_json report = describe(o.file, *file, *trusted);
   if (r.json) {
@@ -244,7 +248,7 @@ int cmd_inspect(const Reporter& r, const Options& o) {
 int cmd_verify(const Reporter& r, const Options& o) {
   Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
   if (!trusted.ok()) return r.fail(o.file, trusted.status());
-  Result<LoadedFile> file = load_file(o.file, *trusted);
+  Result<LoadedFile> file = load_file(o.file, *trusted, Need::kAnyFile);
   if (!file.ok()) return r.fail(o.file, file.status());
   size_t planned = 0;
   if (const mc::MegaCache* cache = file->opened.artifacts()) {
@@ -260,14 +264,9 @@ int cmd_verify(const Reporter& r, const Options& o) {
 int cmd_populate(const Reporter& r, const Options& o) {
   Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
   if (!trusted.ok()) return r.fail(o.file, trusted.status());
-  Result<LoadedFile> file = load_file(o.file, *trusted);
+  Result<LoadedFile> file = load_file(o.file, *trusted, Need::kArtifacts);
   if (!file.ok()) return r.fail(o.file, file.status());
-  const mc::MegaCache* cache = file->opened.artifacts();
-  if (cache == nullptr) {
-    return r.fail(o.file, Status::InvalidArgument("an AOTCompiledArtifact holds no Mega-Cache "
-                                                  "artifacts to populate; load it with torch"));
-  }
-  Result<PopulateReport> report = populate(*cache, o.cache_dir);
+  Result<PopulateReport> report = populate(*file->opened.artifacts(), o.cache_dir);
   if (!report.ok()) return r.fail(o.file, report.status());
   ordered_json counts = ordered_json::object();
   for (const auto& [type, keys] : report->info.entries()) counts[type] = keys.size();
@@ -286,13 +285,9 @@ int cmd_populate(const Reporter& r, const Options& o) {
 int cmd_convert(const Reporter& r, const Options& o) {
   Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
   if (!trusted.ok()) return r.fail(o.file, trusted.status());
-  Result<LoadedFile> file = load_file(o.file, *trusted);
+  Result<LoadedFile> file = load_file(o.file, *trusted, Need::kArtifacts);
   if (!file.ok()) return r.fail(o.file, file.status());
   const OpenedFile& opened = file->opened;
-  if (opened.artifacts() == nullptr) {
-    return r.fail(o.file, Status::InvalidArgument("an AOTCompiledArtifact holds no Mega-Cache "
-                                                  "artifacts to convert"));
-  }
   std::string output;
   std::string direction;
   if (opened.kind == FileKind::kBundle) {
@@ -362,7 +357,7 @@ int cmd_push(const Reporter& r, const Options& o) {
   Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
   if (!trusted.ok()) return r.fail(o.file, trusted.status());
   // Only what megacache itself would load goes into a store.
-  Result<LoadedFile> file = load_file(o.file, *trusted);
+  Result<LoadedFile> file = load_file(o.file, *trusted, Need::kArtifacts);
   if (!file.ok()) return r.fail(o.file, file.status());
   std::string name = o.name;
   if (name.empty()) name = o.file.substr(o.file.find_last_of('/') + 1);
@@ -387,7 +382,7 @@ int cmd_pull(const Reporter& r, const Options& o) {
   show_progress(**s, o.json);
   std::optional<std::string> value = (*s)->get(o.name);
   if (!value) return r.fail(o.name, Status::NotFound("no entry '" + o.name + "' in " + (*s)->url()));
-  if (Result<OpenedFile> opened = open_file(*value, *trusted); !opened.ok()) {
+  if (Result<OpenedFile> opened = open_artifacts(*value, *trusted); !opened.ok()) {
     return r.fail(o.name, opened.status());
   }
   if (Status written = util::FileSystem::real().write_atomic(o.output, *value); !written.ok()) {

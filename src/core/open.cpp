@@ -56,4 +56,15 @@ Result<OpenedFile> open_file(std::string_view file,
   return opened;
 }
 
+Result<OpenedFile> open_artifacts(std::string_view file,
+                                  const std::vector<bundle::PublicKey>& trusted_keys) {
+  Result<OpenedFile> opened = open_file(file, trusted_keys);
+  if (opened.ok() && opened->artifacts() == nullptr) {
+    return Status::InvalidArgument(
+        "this is a standalone_compile AOTCompiledArtifact, which holds a pickle and no Mega-Cache "
+        "artifacts; load it with torch._inductor.CompiledArtifact.load");
+  }
+  return opened;
+}
+
 }  // namespace megacache

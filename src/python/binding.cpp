@@ -52,8 +52,12 @@ std::string_view view(const nb::bytes& data) { return {data.c_str(), data.size()
 using TypeKeys = std::vector<std::pair<std::string, std::vector<std::string>>>;
 using Fields = std::vector<std::pair<std::string, std::string>>;
 
-megacache::Result<std::vector<megacache::bundle::PublicKey>> trusted(const std::string& spec) {
-  return megacache::parse_trusted_keys(spec);
+// open_artifacts with the trusted keys given as MEGACACHE_TRUSTED_KEYS text.
+megacache::Result<megacache::OpenedFile> open_artifacts(std::string_view file, const std::string& trusted_keys) {
+  megacache::Result<std::vector<megacache::bundle::PublicKey>> keys =
+      megacache::parse_trusted_keys(trusted_keys);
+  if (!keys.ok()) return keys.status();
+  return megacache::open_artifacts(file, *keys);
 }
 
 // Opens any supported file (Mega-Cache, standalone_compile, bundle) and populates
@@ -75,15 +79,8 @@ std::pair<TypeKeys, Fields> load_into(const nb::bytes& data, const std::string& 
   {
     nb::gil_scoped_release release;
     report = [&]() -> megacache::Result<megacache::PopulateReport> {
-      megacache::Result<std::vector<megacache::bundle::PublicKey>> keys = trusted(trusted_keys);
-      if (!keys.ok()) return keys.status();
-      megacache::Result<megacache::OpenedFile> opened = megacache::open_file(view(data), *keys);
+      megacache::Result<megacache::OpenedFile> opened = open_artifacts(view(data), trusted_keys);
       if (!opened.ok()) return opened.status();
-      if (opened->artifacts() == nullptr) {
-        return megacache::Status::InvalidArgument(
-            "this is a standalone_compile AOTCompiledArtifact, which holds no Mega-Cache "
-            "artifacts; load it with torch._inductor.CompiledArtifact.load");
-      }
       if (opened->bundle) fingerprint = opened->bundle->fingerprint;
       return megacache::populate(*opened->artifacts(), cache_dir, options);
     }();
@@ -107,11 +104,9 @@ nb::bytes bundle_of(const nb::bytes& data, const Fields& fingerprint, int zstd_l
         if (!parsed.ok()) return parsed.status();
         key = *parsed;
       }
-      megacache::Result<megacache::OpenedFile> opened = megacache::open_file(view(data), {});
+      megacache::Result<megacache::OpenedFile> opened = megacache::open_artifacts(view(data), {});
       if (!opened.ok()) return opened.status();
-      if (opened->artifacts() == nullptr || opened->bundle) {
-        return megacache::Status::InvalidArgument("bundle_of takes a Mega-Cache blob");
-      }
+      if (opened->bundle) return megacache::Status::InvalidArgument("this is a bundle already");
       out = megacache::bundle::write(*opened->artifacts(), fingerprint,
                                      {zstd_level, key ? &*key : nullptr});
       return megacache::Status::OK();
@@ -126,7 +121,8 @@ void verify(const nb::bytes& data, const std::string& trusted_keys) {
   {
     nb::gil_scoped_release release;
     status = [&]() -> megacache::Status {
-      megacache::Result<std::vector<megacache::bundle::PublicKey>> keys = trusted(trusted_keys);
+      megacache::Result<std::vector<megacache::bundle::PublicKey>> keys =
+          megacache::parse_trusted_keys(trusted_keys);
       if (!keys.ok()) return keys.status();
       megacache::Result<megacache::OpenedFile> opened = megacache::open_file(view(data), *keys);
       if (!opened.ok()) return opened.status();
@@ -147,15 +143,8 @@ nb::bytes mega_cache_of(const nb::bytes& file, const std::string& trusted_keys) 
   {
     nb::gil_scoped_release release;
     status = [&]() -> megacache::Status {
-      megacache::Result<std::vector<megacache::bundle::PublicKey>> keys = trusted(trusted_keys);
-      if (!keys.ok()) return keys.status();
-      megacache::Result<megacache::OpenedFile> opened = megacache::open_file(view(file), *keys);
+      megacache::Result<megacache::OpenedFile> opened = open_artifacts(view(file), trusted_keys);
       if (!opened.ok()) return opened.status();
-      if (opened->artifacts() == nullptr) {
-        return megacache::Status::InvalidArgument(
-            "this is a standalone_compile AOTCompiledArtifact, which holds no Mega-Cache "
-            "artifacts; load it with torch._inductor.CompiledArtifact.load");
-      }
       if (opened->bundle) {
         megacache::Result<std::string> back = megacache::bundle::to_mega_cache(*opened->bundle);
         if (!back.ok()) return back.status();
