@@ -42,10 +42,29 @@ Result<std::vector<bundle::PublicKey>> trusted_keys(const std::vector<std::strin
   return parse_trusted_keys(spec);
 }
 
+struct Options {
+  bool json = false;
+  bool zero = false;
+  std::string store_url;
+  std::string name;
+  std::string max_size;
+  std::string file;
+  std::string output;
+  std::string cache_dir;
+  std::string sign_key_file;
+  int level = 3;
+  std::vector<std::string> trusted;
+};
+
 enum class Need : uint8_t { kAnyFile, kArtifacts };
 
-Result<LoadedFile> load_file(const std::string& path, const std::vector<bundle::PublicKey>& trusted,
-                             Need need) {
+// Reads and opens `path`, holding bundles to the trusted keys of --trusted-key and
+// MEGACACHE_TRUSTED_KEYS (all of them, or none when `check_trust` is off).
+Result<LoadedFile> load_file(const std::string& path, const Options& o, Need need,
+                             bool check_trust = true) {
+  Result<std::vector<bundle::PublicKey>> keys = trusted_keys(o.trusted);
+  if (!keys.ok()) return keys.status();
+  const std::vector<bundle::PublicKey> trusted = check_trust ? *keys : std::vector<bundle::PublicKey>{};
   Result<std::string> bytes = util::FileSystem::real().read_file(path);
   if (!bytes.ok()) return bytes.status();
   // The views inside point into `file.bytes`, so open only after it has its final home.
@@ -216,25 +235,12 @@ struct Reporter {
   }
 };
 
-struct Options {
-  bool json = false;
-  bool zero = false;
-  std::string store_url;
-  std::string name;
-  std::string max_size;
-  std::string file;
-  std::string output;
-  std::string cache_dir;
-  std::string sign_key_file;
-  int level = 3;
-  std::vector<std::string> trusted;
-};
 
 int cmd_inspect(const Reporter& r, const Options& o) {
   Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
   if (!trusted.ok()) return r.fail(o.file, trusted.status());
   // inspect shows a bundle whatever its signature says; verify and populate enforce trust.
-  Result<LoadedFile> file = load_file(o.file, {}, Need::kAnyFile);
+  Result<LoadedFile> file = load_file(o.file, o, Need::kAnyFile, /*check_trust=*/false);
   if (!file.ok()) return r.fail(o.file, file.status());
   const ordered_json report = describe(o.file, *file, *trusted);
   if (r.json) {
@@ -246,9 +252,7 @@ int cmd_inspect(const Reporter& r, const Options& o) {
 }
 
 int cmd_verify(const Reporter& r, const Options& o) {
-  Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
-  if (!trusted.ok()) return r.fail(o.file, trusted.status());
-  Result<LoadedFile> file = load_file(o.file, *trusted, Need::kAnyFile);
+  Result<LoadedFile> file = load_file(o.file, o, Need::kAnyFile);
   if (!file.ok()) return r.fail(o.file, file.status());
   size_t planned = 0;
   if (const mc::MegaCache* cache = file->opened.artifacts()) {
@@ -262,9 +266,7 @@ int cmd_verify(const Reporter& r, const Options& o) {
 }
 
 int cmd_populate(const Reporter& r, const Options& o) {
-  Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
-  if (!trusted.ok()) return r.fail(o.file, trusted.status());
-  Result<LoadedFile> file = load_file(o.file, *trusted, Need::kArtifacts);
+  Result<LoadedFile> file = load_file(o.file, o, Need::kArtifacts);
   if (!file.ok()) return r.fail(o.file, file.status());
   Result<PopulateReport> report = populate(*file->opened.artifacts(), o.cache_dir);
   if (!report.ok()) return r.fail(o.file, report.status());
@@ -283,9 +285,7 @@ int cmd_populate(const Reporter& r, const Options& o) {
 }
 
 int cmd_convert(const Reporter& r, const Options& o) {
-  Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
-  if (!trusted.ok()) return r.fail(o.file, trusted.status());
-  Result<LoadedFile> file = load_file(o.file, *trusted, Need::kArtifacts);
+  Result<LoadedFile> file = load_file(o.file, o, Need::kArtifacts);
   if (!file.ok()) return r.fail(o.file, file.status());
   const OpenedFile& opened = file->opened;
   std::string output;
@@ -354,10 +354,8 @@ Result<std::unique_ptr<store::Store>> open_store(const Options& o) {
 }
 
 int cmd_push(const Reporter& r, const Options& o) {
-  Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
-  if (!trusted.ok()) return r.fail(o.file, trusted.status());
   // Only what megacache itself would load goes into a store.
-  Result<LoadedFile> file = load_file(o.file, *trusted, Need::kArtifacts);
+  Result<LoadedFile> file = load_file(o.file, o, Need::kArtifacts);
   if (!file.ok()) return r.fail(o.file, file.status());
   std::string name = o.name;
   if (name.empty()) name = o.file.substr(o.file.find_last_of('/') + 1);
@@ -376,7 +374,7 @@ int cmd_push(const Reporter& r, const Options& o) {
 
 int cmd_pull(const Reporter& r, const Options& o) {
   Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
-  if (!trusted.ok()) return r.fail(o.name, trusted.status());
+  if (!trusted.ok()) return r.fail(o.name, trusted.status());  // before any transfer
   Result<std::unique_ptr<store::Store>> s = open_store(o);
   if (!s.ok()) return r.fail(o.store_url, s.status());
   show_progress(**s, o.json);
