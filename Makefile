@@ -25,8 +25,11 @@ demo: python
 test: cpp-test python
 	$(PYTHON) -m pytest -q tests/python
 
+# The stores benchmark compares with torch's RedisRemoteCache, which needs redis-py.
 bench: python
+	$(PYTHON) -m pip install -q redis
 	$(PYTHON) bench/bench_mega_cache.py
+	$(PYTHON) bench/bench_bundles_and_stores.py
 
 # libFuzzer needs clang; the gcc build runs the same targets as replay tests under ctest.
 fuzz: deps

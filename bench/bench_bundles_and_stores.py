@@ -19,14 +19,12 @@ import os
 import platform
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import megacache
 from megacache import _core
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +35,6 @@ FINGERPRINT = _core.host_fingerprint()
 
 
 def artifacts_of(blob):
-    import torch  # noqa: F401  (registers the artifact types)
     from torch.compiler._cache import CacheArtifactManager
 
     CacheArtifactManager._ensure_cache_artifacts_registered()

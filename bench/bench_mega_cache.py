@@ -25,7 +25,6 @@ import torch
 from torch.compiler._cache import CacheArtifactManager
 
 import megacache
-from megacache import _core
 
 ROOT = Path(__file__).resolve().parent.parent
 
