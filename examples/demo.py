@@ -78,6 +78,9 @@ def main():
               f"same result: {abs(warm['checksum'] - cold['checksum']) < 1e-5}")
         print(f"first call: {cold['first_call_s']:.2f} s cold -> {warm['first_call_s']:.2f} s warm "
               f"({cold['first_call_s'] / warm['first_call_s']:.1f}x)")
+        print("note: on a CPU the FX graph is a cache hit, but torch still compiles every C++ kernel\n"
+              "      again in a fresh process, so the first call is barely faster yet: see\n"
+              "      docs/cpu-startup.md. On a GPU the warm first call is many times faster.")
 
 
 if __name__ == "__main__":
