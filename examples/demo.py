@@ -80,7 +80,8 @@ def main():
               f"({cold['first_call_s'] / warm['first_call_s']:.1f}x)")
         print("note: on a CPU the FX graph is a cache hit, but torch still compiles every C++ kernel\n"
               "      again in a fresh process, so the first call is barely faster yet: see\n"
-              "      docs/cpu-startup.md. On a GPU the warm first call is many times faster.")
+              "      docs/cpu-startup.md. On a GPU the artifacts carry the Triton kernels; torch\n"
+              "      measured 7.9 s cold against 2.1 s from Mega-Cache for a 6-layer transformer.")
 
 
 if __name__ == "__main__":
