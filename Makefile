@@ -4,7 +4,7 @@ PYTHON ?= python3
 BUILD ?= build/cpp
 JOBS ?= $(shell nproc)
 
-.PHONY: deps cpp cpp-test python demo test bench fuzz clean
+.PHONY: deps cpp cpp-test sanitize python demo test bench fuzz clean
 
 deps:
 	PYTHON=$(PYTHON) scripts/install-deps.sh
@@ -22,8 +22,22 @@ python: deps
 demo: python
 	$(PYTHON) examples/demo.py
 
-test: cpp-test python
+test: cpp-test sanitize python
 	$(PYTHON) -m pytest -q tests/python
+
+# The unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer (clang, with the
+# libFuzzer instrumentation), then each fuzz target for a few seconds from the golden files.
+FUZZ_SECONDS ?= 10
+sanitize: deps
+	CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DMEGACACHE_BUILD_TESTS=ON -DMEGACACHE_FUZZ=ON
+	cmake --build build/fuzz -j $(JOBS) --target megacache_tests fuzz_mega_cache fuzz_standalone fuzz_bundle
+	build/fuzz/tests/cpp/megacache_tests --gtest_brief=1
+	mkdir -p build/fuzz/corpus && cp tests/data/*.bin tests/data/*.mcb build/fuzz/corpus/
+	for target in fuzz_mega_cache fuzz_standalone fuzz_bundle; do \
+	  build/fuzz/fuzz/$$target -max_total_time=$(FUZZ_SECONDS) -max_len=70000 build/fuzz/corpus \
+	    > build/fuzz/$$target.log 2>&1 || { tail -n 60 build/fuzz/$$target.log; exit 1; }; \
+	  echo "$$target: $$(grep '^Done' build/fuzz/$$target.log)"; \
+	done
 
 # The stores benchmark compares with torch's RedisRemoteCache, which needs redis-py.
 bench: python
@@ -31,16 +45,9 @@ bench: python
 	$(PYTHON) bench/bench_mega_cache.py
 	$(PYTHON) bench/bench_bundles_and_stores.py
 
-# libFuzzer needs clang; the gcc build runs the same targets as replay tests under ctest.
-fuzz: deps
-	apt-get install -y -qq clang libclang-rt-14-dev >/dev/null
-	CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DMEGACACHE_BUILD_TESTS=ON -DMEGACACHE_FUZZ=ON \
-	  -DMEGACACHE_BUILD_CLI=ON
-	cmake --build build/fuzz --target fuzz_mega_cache fuzz_standalone fuzz_bundle
-	mkdir -p build/fuzz/corpus && cp tests/data/*.bin build/fuzz/corpus/
-	build/fuzz/fuzz/fuzz_mega_cache -max_total_time=60 build/fuzz/corpus
-	build/fuzz/fuzz/fuzz_standalone -max_total_time=30 build/fuzz/corpus
-	build/fuzz/fuzz/fuzz_bundle -max_total_time=60 build/fuzz/corpus
+# Longer fuzzing: make fuzz FUZZ_SECONDS=600
+fuzz: FUZZ_SECONDS = 120
+fuzz: sanitize
 
 clean:
 	rm -rf build

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libssl-dev libdeflate-dev libzstd-dev libxxhash-dev libsodium-dev libhiredis-dev redis-server
   libgtest-dev libgmock-dev nlohmann-json3-dev libcli11-dev
+  clang libclang-rt-14-dev
 )
 
 missing=()

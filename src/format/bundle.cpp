@@ -21,7 +21,6 @@ namespace {
 constexpr uint32_t kFlagSigned = 1;
 constexpr uint32_t kKnownFlags = kFlagSigned;
 constexpr uint32_t kMaxFingerprintFields = 256;
-constexpr uint64_t kMaxFieldBytes = 64 * 1024;
 constexpr uint64_t kMaxArtifactBytes = uint64_t{4} << 30;  // per artifact, decompressed
 constexpr size_t kTrailerBytes = 8;
 // type(2+) key(4+) group(4) compression(1) offset(8) stored(8) raw(8) checksum(16)

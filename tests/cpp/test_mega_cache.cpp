@@ -185,15 +185,15 @@ TEST(Standalone, ReadsAFileTorchWrote) {
 
 TEST(Standalone, ParsesAotAndHeaderlessLayouts) {
   const std::string torch_key(32, '\x22');
-  Result<StandaloneArtifact> aot =
-      parse_standalone(standalone_file({"AOTCompiledArtifact", torch_key, "pickle"}));
+  const std::string aot_file = standalone_file({"AOTCompiledArtifact", torch_key, "pickle"});
+  Result<StandaloneArtifact> aot = parse_standalone(aot_file);  // views into aot_file
   ASSERT_TRUE(aot.ok()) << aot.status().to_string();
   EXPECT_EQ(aot->kind, StandaloneKind::kAOTCompiledArtifact);
   EXPECT_EQ(aot->payload, "pickle");
 
   const std::string blob = make_blob({{"aot_autograd", {{"k", "v"}}}});
-  Result<StandaloneArtifact> old =
-      parse_standalone(standalone_file({torch_key, util::base64_encode("k"), blob}));
+  const std::string old_file = standalone_file({torch_key, util::base64_encode("k"), blob});
+  Result<StandaloneArtifact> old = parse_standalone(old_file);
   ASSERT_TRUE(old.ok()) << old.status().to_string();
   EXPECT_EQ(old->kind, StandaloneKind::kHeaderless2_8);
   EXPECT_EQ(old->payload, blob);

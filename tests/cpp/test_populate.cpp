@@ -15,6 +15,7 @@ using mega_cache::MegaCache;
 using test::make_blob;
 using test::read_tree;
 
+// The result views into `blob`, which must outlive it.
 MegaCache parsed(const std::string& blob) {
   Result<MegaCache> cache = mega_cache::parse(blob);
   EXPECT_TRUE(cache.ok()) << cache.status().to_string();
@@ -41,7 +42,8 @@ TEST(Populate, WritesEachTypeWhereTorchDoes) {
 }
 
 TEST(Populate, IsIdempotentAndRepairsChangedFiles) {
-  const MegaCache cache = parsed(test::small_blob());
+  const std::string blob = test::small_blob();
+  const MegaCache cache = parsed(blob);
   test::TempDir dir;
   ASSERT_TRUE(populate(cache, dir.path()).ok());
   const auto first = read_tree(dir.path());
@@ -63,7 +65,8 @@ TEST(Populate, IsIdempotentAndRepairsChangedFiles) {
 }
 
 TEST(Populate, RewritesPgoMastKeysToTheLoadingJob) {
-  const MegaCache cache = parsed(make_blob({{"pgo", {{"mast:oldjob:3:0:tag", "state"}}}}));
+  const std::string blob = make_blob({{"pgo", {{"mast:oldjob:3:0:tag", "state"}}}});
+  const MegaCache cache = parsed(blob);
   test::TempDir dir;
   int calls = 0;
   PopulateOptions options{[&] {
@@ -103,7 +106,8 @@ class FailingFileSystem final : public util::FileSystem {
 };
 
 TEST(Populate, AnIoErrorStopsWithWholeFilesAndNoTempFiles) {
-  const MegaCache cache = parsed(test::small_blob());
+  const std::string blob = test::small_blob();
+  const MegaCache cache = parsed(blob);
   test::TempDir dir;
   FailingFileSystem fs(2);
   Result<PopulateReport> report = populate(cache, dir.path(), {}, fs);
@@ -165,7 +169,8 @@ TEST(Populate, ConcurrentThreadsAndProcessesOnOneDirAgree) {
 }
 
 TEST(Populate, PgoKeyIsOnlyAskedForWhenAMastKeyIsPresent) {
-  const MegaCache cache = parsed(test::small_blob());  // pgo key "job:0:", not mast
+  const std::string blob = test::small_blob();  // pgo key "job:0:", not mast
+  const MegaCache cache = parsed(blob);
   test::TempDir dir;
   PopulateOptions options{[]() -> std::string {
     ADD_FAILURE() << "asked for the PGO key without a mast: key";
@@ -175,7 +180,8 @@ TEST(Populate, PgoKeyIsOnlyAskedForWhenAMastKeyIsPresent) {
 }
 
 TEST(Populate, EmptyCacheDirIsRefused) {
-  const MegaCache cache = parsed(test::small_blob());
+  const std::string blob = test::small_blob();
+  const MegaCache cache = parsed(blob);
   EXPECT_EQ(populate(cache, "").status().code(), Status::Code::kInvalidArgument);
 }
 

@@ -86,7 +86,7 @@ inline std::string with_fixed_crc(std::string blob) {
 // A small blob with every type, a repeated group and binary content.
 inline std::string small_blob() {
   return make_blob({
-      {"inductor", {{"fabcdefghijklmnop", std::string("\x80\x04\x95pickle\0bytes", 18)}}},
+      {"inductor", {{"fabcdefghijklmnop", std::string("\x80\x04\x95pickle\0bytes", 15)}}},
       {"autotune", {{"ab/0123456789abcdef.best_config", R"({"XBLOCK": 64, "num_warps": 4})"}}},
       {"aot_autograd", {{"aqrstuvwxyz", "aot pickle"}}},
       {"inductor", {{"fabcdefghijklmnop", "graph v2"}, {"fzyxwvu", "second graph"}}},
