@@ -38,7 +38,9 @@ class _Recorder:
 
     def _drain(self) -> None:
         seen = CacheArtifactManager._seen_artifacts
-        if self._last is not None and (seen is not self._seen or self._last not in seen):
+        if self._last is not None and (
+            seen is not self._seen or len(seen) < self._count or self._last not in seen
+        ):
             # torch's manager was cleared or swapped (with_fresh_cache): start over, as torch does.
             self.manager.clear()
             self._count, self._last, self._blob = 0, None, None
