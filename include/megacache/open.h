@@ -40,6 +40,10 @@ Result<std::vector<bundle::PublicKey>> parse_trusted_keys(std::string_view spec)
 // (see bundle::check_trust).
 Result<OpenedFile> open_file(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys);
 
+// Everything loading `file` would check (format, checksums, signature and trust, every key),
+// without writing. Returns how many files populate would write (0 for an AOTCompiledArtifact).
+Result<size_t> verify_file(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys);
+
 // open_file for callers that need cache artifacts: an AOTCompiledArtifact, which carries a
 // pickle instead, is refused with InvalidArgument saying how to load it.
 Result<OpenedFile> open_artifacts(std::string_view file,

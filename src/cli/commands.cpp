@@ -252,16 +252,14 @@ int cmd_inspect(const Reporter& r, const Options& o) {
 }
 
 int cmd_verify(const Reporter& r, const Options& o) {
-  Result<LoadedFile> file = load_file(o.file, o, Need::kAnyFile);
-  if (!file.ok()) return r.fail(o.file, file.status());
-  size_t planned = 0;
-  if (const mc::MegaCache* cache = file->opened.artifacts()) {
-    Result<std::vector<PlannedFile>> plan = plan_populate(*cache);
-    if (!plan.ok()) return r.fail(o.file, plan.status());
-    planned = plan->size();
-  }
-  r.done({{"ok", true}, {"file", o.file}, {"files_to_populate", planned}},
-         o.file + ": OK, " + std::to_string(planned) + " artifacts would be populated");
+  Result<std::string> bytes = util::FileSystem::real().read_file(o.file);
+  if (!bytes.ok()) return r.fail(o.file, bytes.status());
+  Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
+  if (!trusted.ok()) return r.fail(o.file, trusted.status());
+  Result<size_t> planned = verify_file(*bytes, *trusted);
+  if (!planned.ok()) return r.fail(o.file, planned.status());
+  r.done({{"ok", true}, {"file", o.file}, {"files_to_populate", *planned}},
+         o.file + ": OK, " + std::to_string(*planned) + " artifacts would be populated");
   return kExitOk;
 }
 

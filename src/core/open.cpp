@@ -1,5 +1,6 @@
 #include "megacache/open.h"
 
+#include "megacache/populate.h"
 #include "util/file_system.h"
 
 namespace megacache {
@@ -54,6 +55,15 @@ Result<OpenedFile> open_file(std::string_view file,
   }
   opened.direct = std::move(cache).value();
   return opened;
+}
+
+Result<size_t> verify_file(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys) {
+  Result<OpenedFile> opened = open_file(file, trusted_keys);
+  if (!opened.ok()) return opened.status();
+  if (opened->artifacts() == nullptr) return size_t{0};
+  Result<std::vector<PlannedFile>> plan = plan_populate(*opened->artifacts());
+  if (!plan.ok()) return plan.status();
+  return plan->size();
 }
 
 Result<OpenedFile> open_artifacts(std::string_view file,

@@ -124,10 +124,7 @@ void verify(const nb::bytes& data, const std::string& trusted_keys) {
       megacache::Result<std::vector<megacache::bundle::PublicKey>> keys =
           megacache::parse_trusted_keys(trusted_keys);
       if (!keys.ok()) return keys.status();
-      megacache::Result<megacache::OpenedFile> opened = megacache::open_file(view(data), *keys);
-      if (!opened.ok()) return opened.status();
-      if (opened->artifacts() == nullptr) return megacache::Status::OK();
-      return megacache::plan_populate(*opened->artifacts()).status();
+      return megacache::verify_file(view(data), *keys).status();
     }();
   }
   if (!status.ok()) raise(status);
