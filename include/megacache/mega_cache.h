@@ -81,7 +81,6 @@ class Writer {
   // The whole blob with a valid crc; valid until the next append or clear.
   std::string_view bytes();
   void clear();
-  size_t size() const { return buffer_.size(); }
 
  private:
   void put_u64(uint64_t value);
