@@ -97,7 +97,8 @@ Status check_name(std::string_view name);
 // Single flight: the value under `name`, produced by exactly one caller among all processes
 // sharing the store. A miss takes the lock, looks again, and only then calls `produce` and
 // publishes its result. If the lock is not had within `wait`, produces anyway rather than
-// stall. `produced` is set when this caller produced.
+// stall, so `wait` should exceed a typical produce (compile) time. `produced` is set when this
+// caller produced.
 Result<std::string> get_or_produce(Store& store, const std::string& name,
                                    const std::function<Result<std::string>()>& produce,
                                    std::chrono::milliseconds wait, bool* produced = nullptr);

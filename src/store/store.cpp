@@ -113,7 +113,8 @@ Result<std::string> get_or_produce(Store& store, const std::string& name,
                                    std::chrono::milliseconds wait, bool* produced) {
   if (produced) *produced = false;
   if (std::optional<std::string> value = store.get(name)) return std::move(*value);
-  // The producer's own lifetime bounds the lock: a holder that dies releases it by expiry.
+  // Waiters give up after `wait` and produce themselves, so the lock need not outlive twice
+  // that; a holder that dies releases it by then (file locks: at once).
   const std::unique_ptr<Lock> lock = store.lock(name, wait, wait * 2);
   if (lock) {
     if (std::optional<std::string> value = store.get(name)) return std::move(*value);
