@@ -51,18 +51,26 @@ class ArtifactManager {
   void clear();
 
  private:
-  struct Pending {
-    std::string type;
-    std::vector<mega_cache::Artifact> artifacts;  // contents view into seen_
-  };
-
-  // Exact-repeat detection: hash of (type, key, content) -> recorded artifacts with it.
-  struct Seen {
+  // A recorded artifact. Its bytes live here until serialize() appends them to the blob;
+  // after that only their place in the blob is kept, so each payload is held once.
+  struct Recorded {
     std::string type;
     std::string key;
-    std::string content;
+    std::string pending_content;
+    uint64_t offset = 0;  // in the blob, once serialized
+    uint64_t size = 0;
+    bool serialized = false;
   };
-  std::unordered_multimap<uint64_t, Seen> seen_;
+  struct Pending {
+    std::string type;
+    std::vector<size_t> recorded;  // indices into recorded_, in record order
+  };
+
+  std::string_view content_of(const Recorded& artifact);
+
+  std::vector<Recorded> recorded_;
+  // Exact-repeat detection: hash of (type, key, content) -> indices into recorded_.
+  std::unordered_multimap<uint64_t, size_t> by_hash_;
   std::vector<Pending> pending_;  // in order of first record since the last serialize
   mega_cache::Writer writer_;
   CacheInfo info_;

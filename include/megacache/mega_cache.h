@@ -73,13 +73,19 @@ Result<MegaCache> parse(std::string_view blob);
 class Writer {
  public:
   Writer();
-  void append_group(std::string_view type, const std::vector<Artifact>& artifacts);
+  // `content_offsets`, if given, receives where each content starts in the blob.
+  void append_group(std::string_view type, const std::vector<Artifact>& artifacts,
+                    std::vector<uint64_t>* content_offsets = nullptr);
   // Appends a group whose contents the caller fills in afterwards (key, content size per
   // artifact); returns where each content goes, valid until the next append or bytes().
   std::vector<char*> append_group_reserved(
       std::string_view type, const std::vector<std::pair<std::string_view, uint64_t>>& keys_and_sizes);
   // The whole blob with a valid crc; valid until the next append or clear.
   std::string_view bytes();
+  // Bytes already appended, without fixing the crc; valid until the next append or clear.
+  std::string_view appended(uint64_t offset, uint64_t size) const {
+    return std::string_view(buffer_).substr(offset, size);
+  }
   void clear();
 
  private:

@@ -35,34 +35,51 @@ size_t CacheInfo::count(std::string_view type) const {
   return 0;
 }
 
+std::string_view ArtifactManager::content_of(const Recorded& artifact) {
+  return artifact.serialized ? writer_.appended(artifact.offset, artifact.size)
+                             : std::string_view(artifact.pending_content);
+}
+
 bool ArtifactManager::record(std::string_view type, std::string_view key,
                              std::string_view content) {
   const uint64_t h = artifact_hash(type, key, content);
-  auto [first, last] = seen_.equal_range(h);
+  auto [first, last] = by_hash_.equal_range(h);
   for (auto it = first; it != last; ++it) {
-    const Seen& seen = it->second;
-    if (seen.type == type && seen.key == key && seen.content == content) {
+    const Recorded& seen = recorded_[it->second];
+    if (seen.type == type && seen.key == key && content_of(seen) == content) {
       return false;
     }
   }
-  const Seen& stored =
-      seen_.emplace(h, Seen{std::string(type), std::string(key), std::string(content)})->second;
+  const size_t index = recorded_.size();
+  recorded_.push_back(Recorded{std::string(type), std::string(key), std::string(content), 0,
+                               content.size(), false});
+  by_hash_.emplace(h, index);
   auto group = std::find_if(pending_.begin(), pending_.end(),
                             [&](const Pending& p) { return p.type == type; });
   if (group == pending_.end()) {
     pending_.push_back(Pending{std::string(type), {}});
     group = pending_.end() - 1;
   }
-  group->artifacts.push_back(mega_cache::Artifact{stored.type, stored.key, stored.content});
+  group->recorded.push_back(index);
   return true;
 }
 
 std::string_view ArtifactManager::serialize() {
   for (const Pending& group : pending_) {
-    for (const mega_cache::Artifact& artifact : group.artifacts) {
+    std::vector<mega_cache::Artifact> artifacts;
+    for (size_t index : group.recorded) {
+      const Recorded& artifact = recorded_[index];
+      artifacts.push_back({artifact.type, artifact.key, artifact.pending_content});
       info_.add(artifact.type, artifact.key);
     }
-    writer_.append_group(group.type, group.artifacts);
+    std::vector<uint64_t> offsets;
+    writer_.append_group(group.type, artifacts, &offsets);
+    for (size_t i = 0; i < group.recorded.size(); ++i) {
+      Recorded& artifact = recorded_[group.recorded[i]];
+      artifact.offset = offsets[i];
+      artifact.serialized = true;
+      std::string().swap(artifact.pending_content);  // the blob holds the bytes now
+    }
   }
   pending_.clear();
   if (info_.empty()) {
@@ -72,7 +89,8 @@ std::string_view ArtifactManager::serialize() {
 }
 
 void ArtifactManager::clear() {
-  seen_.clear();
+  recorded_.clear();
+  by_hash_.clear();
   pending_.clear();
   writer_.clear();
   info_.clear();

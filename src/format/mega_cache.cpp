@@ -276,7 +276,8 @@ std::vector<char*> Writer::append_group_reserved(
   return places;
 }
 
-void Writer::append_group(std::string_view type, const std::vector<Artifact>& artifacts) {
+void Writer::append_group(std::string_view type, const std::vector<Artifact>& artifacts,
+                          std::vector<uint64_t>* content_offsets) {
   size_t more = 64 + type.size() * 2;
   for (const Artifact& artifact : artifacts) more += 16 + artifact.key.size() * 2 + artifact.content.size();
   reserve_for(more);
@@ -284,7 +285,9 @@ void Writer::append_group(std::string_view type, const std::vector<Artifact>& ar
   put_u64(artifacts.size());
   for (const Artifact& artifact : artifacts) {
     put_str(artifact.key);
-    put_bytes(artifact.content);
+    put_u64(artifact.content.size());
+    if (content_offsets) content_offsets->push_back(buffer_.size());
+    buffer_.append(artifact.content);
   }
 }
 
