@@ -122,7 +122,8 @@ struct Decoded {
 };
 Result<Decoded> decode(const Bundle& bundle);
 
-// The Mega-Cache blob the bundle was made from (2.8+ layout). Errors: Corruption.
+// The Mega-Cache blob the bundle was made from (2.8+ layout): decode, then
+// mega_cache::write_groups, which callers holding a Decoded use directly. Errors: Corruption.
 Result<std::string> to_mega_cache(const Bundle& bundle);
 
 }  // namespace megacache::bundle

@@ -76,10 +76,6 @@ class Writer {
   // `content_offsets`, if given, receives where each content starts in the blob.
   void append_group(std::string_view type, const std::vector<Artifact>& artifacts,
                     std::vector<uint64_t>* content_offsets = nullptr);
-  // Appends a group whose contents the caller fills in afterwards (key, content size per
-  // artifact); returns where each content goes, valid until the next append or bytes().
-  std::vector<char*> append_group_reserved(
-      std::string_view type, const std::vector<std::pair<std::string_view, uint64_t>>& keys_and_sizes);
   // The whole blob with a valid crc; valid until the next append or clear.
   std::string_view bytes();
   // Bytes already appended, without fixing the crc; valid until the next append or clear.
@@ -92,7 +88,6 @@ class Writer {
   void put_u64(uint64_t value);
   void put_bytes(std::string_view bytes);
   void put_str(std::string_view text);
-  void reserve_for(size_t more);
 
   std::string buffer_;
   uint32_t crc_ = 0;          // crc32 of buffer_[4 : crc_covered_]
@@ -102,6 +97,10 @@ class Writer {
 // Writes artifacts in the 2.8+ layout with each type exactly once, types in order of
 // first appearance. Thread-safe.
 std::string write(const std::vector<const Artifact*>& artifacts);
+
+// Writes every group of `cache` as it stands, repeats included, in the 2.8+ layout: a 2.8+
+// blob parsed and written back gives the same bytes. Thread-safe.
+std::string write_groups(const MegaCache& cache);
 
 // standalone_compile's binary files: torch._inductor.CompiledArtifact.save(format="binary").
 enum class StandaloneKind : uint8_t {

@@ -289,9 +289,7 @@ int cmd_convert(const Reporter& r, const Options& o) {
   std::string output;
   std::string direction;
   if (opened.kind == FileKind::kBundle) {
-    Result<std::string> blob = bundle::to_mega_cache(*opened.bundle);
-    if (!blob.ok()) return r.fail(o.file, blob.status());
-    output = std::move(blob).value();
+    output = mc::write_groups(*opened.artifacts());  // already decoded and checked
     direction = "torch Mega-Cache";
   } else {
     std::optional<bundle::SigningKey> key;

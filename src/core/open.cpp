@@ -17,7 +17,8 @@ Result<std::vector<bundle::PublicKey>> parse_trusted_keys(std::string_view spec)
       Result<std::string> text = util::FileSystem::real().read_file(item);
       if (!text.ok()) {
         return Status::InvalidArgument("trusted key '" + item +
-                                       "' is neither 64 hex digits nor a readable .pub file");
+                                       "' is neither 64 hex digits nor a readable .pub file (" +
+                                       text.status().message() + ")");
       }
       key = bundle::parse_public_key(*text);
       if (!key.ok()) return Status::InvalidArgument(item + ": " + key.status().message());

@@ -427,35 +427,39 @@ Fingerprint host_fingerprint() {
 }
 
 Result<Decoded> decode(const Bundle& bundle) {
-  Decoded decoded;
+  // Each stored payload is decompressed once, straight into one arena sized up front; an
+  // entry sharing it must carry the same checksum as the entry that was verified against it.
+  std::map<std::pair<uint64_t, uint64_t>, size_t> first_user;  // (offset, raw size) -> entry
+  std::vector<size_t> arena_start(bundle.entries.size());
   uint64_t total = 0;
-  for (const Entry& entry : bundle.entries) total += entry.raw_size;
+  for (size_t i = 0; i < bundle.entries.size(); ++i) {
+    const Entry& entry = bundle.entries[i];
+    const auto [it, first] = first_user.try_emplace({entry.offset, entry.raw_size}, i);
+    if (first) {
+      arena_start[i] = total;
+      total += entry.raw_size;
+    } else if (bundle.entries[it->second].checksum != entry.checksum) {
+      return Status::Corruption(0, describe(entry) + ": payload checksum mismatch");
+    } else {
+      arena_start[i] = arena_start[it->second];
+    }
+  }
   if (total > mega_cache::kMaxBlobBytes) {
     return Status::Corruption(0, "artifacts add up to " + std::to_string(total) + " bytes");
   }
-  // Shared payloads are decompressed once; views are taken after the arena is complete.
-  std::map<uint64_t, std::pair<size_t, size_t>> arena_of_offset;  // offset -> (start, size)
-  std::vector<std::pair<size_t, size_t>> ranges;
-  for (size_t i = 0; i < bundle.entries.size(); ++i) {
-    auto found = arena_of_offset.find(bundle.entries[i].offset);
-    if (found == arena_of_offset.end() || found->second.second != bundle.entries[i].raw_size) {
-      Result<std::string> raw = bundle.read(i);
-      if (!raw.ok()) return raw.status();
-      const std::pair<size_t, size_t> range{decoded.storage.size(), raw->size()};
-      decoded.storage.insert(decoded.storage.end(), raw->begin(), raw->end());
-      found = arena_of_offset.insert_or_assign(bundle.entries[i].offset, range).first;
-    } else if (util::xxh3_128(std::string_view(decoded.storage.data() + found->second.first,
-                                               found->second.second)) !=
-               bundle.entries[i].checksum) {
-      return Status::Corruption(0, describe(bundle.entries[i]) + ": payload checksum mismatch");
+  Decoded decoded;
+  decoded.storage.resize(total);
+  for (const auto& [place, i] : first_user) {
+    if (Status status = bundle.read_into(i, decoded.storage.data() + arena_start[i]); !status.ok()) {
+      return status;
     }
-    ranges.push_back(found->second);
   }
   mega_cache::MegaCache& cache = decoded.cache;
   cache.layout = mega_cache::Layout::kV2_8;
   for (size_t i = 0; i < bundle.entries.size(); ++i) {
     const Entry& entry = bundle.entries[i];
-    if (cache.groups.empty() || i == 0 || bundle.entries[i - 1].group != entry.group) {
+    if (i == 0 || bundle.entries[i - 1].group != entry.group) {
+      // A bundle has no blob offsets: a group's offset is the index of its first entry.
       cache.groups.push_back(mega_cache::TypeGroup{entry.type, i, {}, false});
     } else if (cache.groups.back().type != entry.type) {
       return Status::Corruption(0, describe(entry) + " shares group " + std::to_string(entry.group) +
@@ -463,30 +467,16 @@ Result<Decoded> decode(const Bundle& bundle) {
     }
     cache.groups.back().artifacts.push_back(mega_cache::Artifact{
         entry.type, entry.key,
-        std::string_view(decoded.storage.data() + ranges[i].first, ranges[i].second)});
+        std::string_view(decoded.storage.data() + arena_start[i], entry.raw_size)});
   }
   mega_cache::mark_dropped_groups(cache);
   return decoded;
 }
 
 Result<std::string> to_mega_cache(const Bundle& bundle) {
-  // Each payload is decompressed straight into its place in the blob: one pass, one buffer.
-  mega_cache::Writer writer;
-  size_t i = 0;
-  while (i < bundle.entries.size()) {
-    size_t end = i;
-    while (end < bundle.entries.size() && bundle.entries[end].group == bundle.entries[i].group) ++end;
-    std::vector<std::pair<std::string_view, uint64_t>> keys_and_sizes;
-    for (size_t k = i; k < end; ++k) {
-      keys_and_sizes.emplace_back(bundle.entries[k].key, bundle.entries[k].raw_size);
-    }
-    const std::vector<char*> places = writer.append_group_reserved(bundle.entries[i].type, keys_and_sizes);
-    for (size_t k = i; k < end; ++k) {
-      if (Status status = bundle.read_into(k, places[k - i]); !status.ok()) return status;
-    }
-    i = end;
-  }
-  return std::string(writer.bytes());
+  Result<Decoded> decoded = decode(bundle);
+  if (!decoded.ok()) return decoded.status();
+  return mega_cache::write_groups(decoded->cache);
 }
 
 }  // namespace megacache::bundle

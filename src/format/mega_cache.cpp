@@ -252,35 +252,13 @@ void Writer::put_bytes(std::string_view bytes) {
 
 void Writer::put_str(std::string_view text) { put_bytes(util::base64_encode(text)); }
 
-void Writer::reserve_for(size_t more) {
-  const size_t needed = buffer_.size() + more;
-  if (needed > buffer_.capacity()) buffer_.reserve(std::max(needed, buffer_.capacity() * 2));
-}
-
-std::vector<char*> Writer::append_group_reserved(
-    std::string_view type, const std::vector<std::pair<std::string_view, uint64_t>>& keys_and_sizes) {
-  size_t more = 64 + type.size() * 2;
-  for (const auto& [key, size] : keys_and_sizes) more += 16 + key.size() * 2 + size;
-  reserve_for(more);
-  put_str(type);
-  put_u64(keys_and_sizes.size());
-  std::vector<size_t> offsets;
-  for (const auto& [key, size] : keys_and_sizes) {
-    put_str(key);
-    put_u64(size);
-    offsets.push_back(buffer_.size());
-    buffer_.resize(buffer_.size() + size);
-  }
-  std::vector<char*> places;
-  for (size_t offset : offsets) places.push_back(buffer_.data() + offset);
-  return places;
-}
-
 void Writer::append_group(std::string_view type, const std::vector<Artifact>& artifacts,
                           std::vector<uint64_t>* content_offsets) {
-  size_t more = 64 + type.size() * 2;
-  for (const Artifact& artifact : artifacts) more += 16 + artifact.key.size() * 2 + artifact.content.size();
-  reserve_for(more);
+  size_t needed = buffer_.size() + 64 + type.size() * 2;
+  for (const Artifact& artifact : artifacts) {
+    needed += 16 + artifact.key.size() * 2 + artifact.content.size();
+  }
+  if (needed > buffer_.capacity()) buffer_.reserve(std::max(needed, buffer_.capacity() * 2));
   put_str(type);
   put_u64(artifacts.size());
   for (const Artifact& artifact : artifacts) {
@@ -310,6 +288,12 @@ std::string write(const std::vector<const Artifact*>& artifacts) {
   for (std::string_view type : type_order) {
     writer.append_group(type, by_type[type]);
   }
+  return std::string(writer.bytes());
+}
+
+std::string write_groups(const MegaCache& cache) {
+  Writer writer;
+  for (const TypeGroup& group : cache.groups) writer.append_group(group.type, group.artifacts);
   return std::string(writer.bytes());
 }
 

@@ -143,9 +143,7 @@ nb::bytes mega_cache_of(const nb::bytes& file, const std::string& trusted_keys) 
       megacache::Result<megacache::OpenedFile> opened = open_artifacts(view(file), trusted_keys);
       if (!opened.ok()) return opened.status();
       if (opened->bundle) {
-        megacache::Result<std::string> back = megacache::bundle::to_mega_cache(*opened->bundle);
-        if (!back.ok()) return back.status();
-        converted = std::move(back).value();
+        converted = megacache::mega_cache::write_groups(*opened->artifacts());
         blob = converted;
       } else if (opened->standalone) {
         blob = opened->standalone->payload;

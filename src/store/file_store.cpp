@@ -56,9 +56,12 @@ class FileStore final : public Store {
     }
     Result<std::string> value = fs().read_file(object_path(ref->hash));
     if (!value.ok() || value->size() != ref->size || hash_hex(*value) != ref->hash) {
-      // Collected or damaged under us: a miss, and the ref goes so the next put repairs it.
+      // Collected or damaged under us: a miss, and the ref goes (unless a put has just replaced
+      // it) so the next put repairs the entry.
       count({.misses = 1, .errors = value.ok() ? 1u : 0u});
-      (void)fs().remove_file(ref_path(name));
+      if (const std::optional<Ref> now = read_ref(name); now && now->hash == ref->hash) {
+        (void)fs().remove_file(ref_path(name));
+      }
       return std::nullopt;
     }
     fs().touch(ref_path(name));
