@@ -120,6 +120,11 @@ struct StandaloneArtifact {
 // Errors: Corruption(offset, reason).
 Result<StandaloneArtifact> parse_standalone(std::string_view file);
 
+// The binary file torch's CompiledArtifact.save(format="binary") writes for `artifact`
+// (CacheCompiledArtifact or the headerless 2.8 layout; an AOTCompiledArtifact with its
+// pickle). parse_standalone(write_standalone(a)) gives `a` back. Thread-safe.
+std::string write_standalone(const StandaloneArtifact& artifact);
+
 // What a file holds, judged from its first bytes.
 enum class FileFormat : uint8_t { kUnknown, kMegaCache2_7, kMegaCache2_8, kStandalone };
 FileFormat sniff(std::string_view bytes);

@@ -23,6 +23,7 @@ class Status {
     kInvalidArgument = 2,  // well-formed input that we refuse (hostile key, unknown type)
     kIOError = 3,          // the file system failed
     kNotFound = 4,
+    kMismatch = 5,  // a package built for another environment or function
   };
 
   Status() = default;
@@ -38,6 +39,9 @@ class Status {
   }
   static Status NotFound(std::string message) {
     return Status(Code::kNotFound, std::move(message), std::nullopt);
+  }
+  static Status Mismatch(std::string message) {
+    return Status(Code::kMismatch, std::move(message), std::nullopt);
   }
 
   bool ok() const { return code_ == Code::kOk; }

@@ -94,6 +94,17 @@ std::string default_url();
 // Store names are 1-200 characters of [A-Za-z0-9._-] and never start with '.'.
 Status check_name(std::string_view name);
 
+// Single flight in two steps, for producers that cannot run inside a callback (a compile that
+// happens on a function's first call). Either `value` is set, or this caller holds `claim`
+// and is the one expected to produce: it publishes with put() and then drops the claim.
+// Waiting for another holder is bounded by `wait`; when it runs out, `value` and `claim` are
+// both empty and the caller produces without a claim rather than stall.
+struct Claimed {
+  std::optional<std::string> value;
+  std::unique_ptr<Lock> claim;
+};
+Claimed get_or_claim(Store& store, const std::string& name, std::chrono::milliseconds wait);
+
 // Single flight: the value under `name`, produced by exactly one caller among all processes
 // sharing the store. A miss takes the lock, looks again, and only then calls `produce` and
 // publishes its result. If the lock is not had within `wait`, produces anyway rather than

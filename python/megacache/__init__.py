@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from megacache._core import CorruptionError, InvalidInputError, __version__
+from megacache._core import CorruptionError, InvalidInputError, PackageMismatchError, __version__
 from megacache import _core
 
 if TYPE_CHECKING:
@@ -19,7 +19,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CorruptionError",
     "InvalidInputError",
+    "PackageMismatchError",
     "__version__",
+    "compile",
+    "disable",
+    "enable",
+    "load_package",
+    "save_package",
+    "standalone_compile",
     "load",
     "load_cache_artifacts",
     "open_store",
@@ -112,3 +119,71 @@ def trusted_keys() -> str:
     return os.environ.get("MEGACACHE_TRUSTED_KEYS", "")
 
 
+
+
+def compile(fn: Callable[..., Any], *, package: Optional[str | os.PathLike[str]] = None,
+            ignore_source_changes: bool = False, **torch_compile_kwargs: Any) -> Any:
+    """torch.compile(fn, **torch_compile_kwargs) that loads from `package` (a file, an unpacked
+    directory, or a store URL such as redis://host:6379/0) when it holds this function, so the
+    first call neither traces nor compiles. The result has .save_package(path=package,
+    format="binary"|"unpacked") and .load_package(path=package).
+
+    A package built for another environment, function, signature or source raises
+    PackageMismatchError naming the field and both values; ignore_source_changes=True accepts
+    changed source. A missing package just compiles."""
+    from megacache.torch import precompile
+
+    return precompile.compile_function(
+        fn, os.fspath(package) if package is not None else None, ignore_source_changes,
+        torch_compile_kwargs,
+    )
+
+
+def enable(store: Optional[str] = None, *, wait_seconds: float = 600.0) -> None:
+    """Automatic mode, for every function torch.compile wraps from now on: on its first call
+    megacache looks its package up in `store` (default MEGACACHE_STORE or the local store;
+    "local,redis://..." for a fleet); a hit runs at once, a miss compiles under a lock that
+    makes the other processes wait for this compile (up to wait_seconds) and then publishes.
+    Call it before torch.compile. A package that cannot be used is logged and compiled over."""
+    from megacache.torch import precompile
+
+    precompile.enable(store, wait_seconds)
+
+
+def disable() -> None:
+    """Ends automatic mode for functions wrapped from now on."""
+    from megacache.torch import precompile
+
+    precompile.disable()
+
+
+def save_package(path: str | os.PathLike[str], *, format: str = "binary",
+                 sign_with: Optional[str | os.PathLike[str]] = None) -> None:
+    """Saves every function this process compiled (or loaded) with megacache.compile or
+    automatic mode as one package: a file (binary), a directory a person can read and edit
+    (unpacked), or a store URL."""
+    from megacache.torch import precompile
+
+    precompile.save(os.fspath(path), format=format, keys=None,
+                    sign_with=os.fspath(sign_with) if sign_with else None)
+
+
+def load_package(path: str | os.PathLike[str], *, ignore_source_changes: bool = False) -> List[str]:
+    """Checks a package file or directory against this environment, writes its kernels and
+    cache artifacts, and makes each of its functions load from it when torch.compile wraps
+    it next. Returns the functions' qualified names. Raises PackageMismatchError,
+    CorruptionError, InvalidInputError or OSError."""
+    from megacache.torch import precompile
+
+    return precompile.load_package(os.fspath(path), ignore_source_changes)
+
+
+def standalone_compile(gm: Any, example_inputs: Sequence[Any], *, dynamic_shapes: str = "from_graph",
+                       options: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Any:
+    """torch._inductor.standalone_compile, returning an artifact whose save(path,
+    format="binary"|"unpacked") and CompiledArtifact.load(path, format=...) read and write
+    torch's own files (binary files in C++)."""
+    from megacache.torch import standalone
+
+    return standalone.standalone_compile(gm, example_inputs, dynamic_shapes=dynamic_shapes,
+                                         options=options, **kwargs)

@@ -14,6 +14,8 @@ std::string Status::to_string() const {
       return "I/O error: " + message_;
     case Code::kNotFound:
       return "not found: " + message_;
+    case Code::kMismatch:
+      return "mismatch: " + message_;
   }
   return message_;
 }

@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cstring>
 #include <memory>
+#include <fstream>
 #include <map>
 
 #include "util/byte_reader.h"
@@ -415,11 +416,28 @@ std::vector<FingerprintMismatch> compare_fingerprints(const Fingerprint& built,
   return out;
 }
 
+namespace {
+// Compiled kernels use the instruction sets the building CPU reported (torch compiles with
+// -march=native), so they travel only between CPUs reporting the same flags.
+std::string cpu_flags_digest() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("flags", 0) == 0 || line.rfind("Features", 0) == 0) {
+      const size_t colon = line.find(':');
+      return util::sha256_hex(colon == std::string::npos ? line : line.substr(colon + 1)).substr(0, 16);
+    }
+  }
+  return {};
+}
+}  // namespace
+
 Fingerprint host_fingerprint() {
   struct utsname host;
   Fingerprint out;
   if (::uname(&host) == 0) {
     out.emplace_back("cpu_arch", host.machine);
+    if (std::string flags = cpu_flags_digest(); !flags.empty()) out.emplace_back("cpu_flags", flags);
     out.emplace_back("os", std::string(host.sysname));
   }
   out.emplace_back("megacache", MEGACACHE_VERSION);

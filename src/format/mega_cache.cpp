@@ -297,6 +297,28 @@ std::string write_groups(const MegaCache& cache) {
   return std::string(writer.bytes());
 }
 
+std::string write_standalone(const StandaloneArtifact& artifact) {
+  // torch's BytesWriter: crc32 placeholder, then u64-length-prefixed fields; strings are
+  // base64 text, as in the Mega-Cache blob.
+  std::string out(kCrcBytes, '\0');
+  auto put_bytes = [&out](std::string_view bytes) {
+    util::append_u64_be(out, bytes.size());
+    out.append(bytes);
+  };
+  switch (artifact.kind) {
+    case StandaloneKind::kCacheCompiledArtifact: put_bytes(kCacheHeader); break;
+    case StandaloneKind::kAOTCompiledArtifact: put_bytes(kAotHeader); break;
+    case StandaloneKind::kHeaderless2_8: break;
+  }
+  put_bytes(artifact.torch_key);
+  if (artifact.kind != StandaloneKind::kAOTCompiledArtifact) {
+    put_bytes(util::base64_encode(artifact.aot_autograd_key));
+  }
+  put_bytes(artifact.payload);
+  util::store_u32_be(out.data(), util::crc32(std::string_view(out).substr(kCrcBytes)));
+  return out;
+}
+
 Result<StandaloneArtifact> parse_standalone(std::string_view file) {
   if (file.size() < 12) {
     return Status::Corruption(0, "only " + std::to_string(file.size()) +

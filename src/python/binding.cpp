@@ -3,7 +3,10 @@
 #include <nanobind/nanobind.h>
 
 #include <stdexcept>
+#include <sys/stat.h>
+
 #include <nanobind/stl/function.h>
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -14,6 +17,7 @@
 #include "megacache/mega_cache.h"
 #include "megacache/open.h"
 #include "megacache/populate.h"
+#include "megacache/precompile.h"
 #include "megacache/store.h"
 #include "util/file_system.h"
 
@@ -30,6 +34,9 @@ struct CorruptionError : std::runtime_error {
 struct InvalidInputError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+struct PackageMismatchError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 [[noreturn]] void raise(const megacache::Status& status) {
   const std::string message = status.to_string();
@@ -38,6 +45,8 @@ struct InvalidInputError : std::runtime_error {
       throw CorruptionError(message);
     case megacache::Status::Code::kInvalidArgument:
       throw InvalidInputError(message);
+    case megacache::Status::Code::kMismatch:
+      throw PackageMismatchError(status.message());
     case megacache::Status::Code::kNotFound:
       PyErr_SetString(PyExc_FileNotFoundError, message.c_str());
       throw nb::python_error();
@@ -167,6 +176,13 @@ void write_file_atomic(const std::string& path, const nb::bytes& data) {
   if (!status.ok()) raise(status);
 }
 
+// A single-flight claim; release() (or garbage collection) drops the lock.
+struct PyClaim {
+  std::shared_ptr<megacache::store::Lock> lock;
+  void release() { lock.reset(); }
+  bool held() const { return lock != nullptr; }
+};
+
 // A store handle for Python; the work is in megacache::store.
 class PyStore {
  public:
@@ -219,10 +235,175 @@ class PyStore {
             {"timeouts", s.timeouts}};
   }
   void zero_stats() { store_->zero_stats(); }
+  // (value, None) on a hit; (None, claim) when this caller should produce and publish;
+  // (None, None) when waiting for another producer ran out.
+  std::pair<std::optional<nb::bytes>, std::optional<PyClaim>> get_or_claim(const std::string& name,
+                                                                           double wait_seconds) {
+    megacache::store::Claimed claimed;
+    {
+      nb::gil_scoped_release release;
+      claimed = megacache::store::get_or_claim(
+          *store_, name, std::chrono::milliseconds(static_cast<int64_t>(wait_seconds * 1000)));
+    }
+    std::pair<std::optional<nb::bytes>, std::optional<PyClaim>> out;
+    if (claimed.value) out.first = nb::bytes(claimed.value->data(), claimed.value->size());
+    if (claimed.claim) out.second = PyClaim{std::shared_ptr<megacache::store::Lock>(std::move(claimed.claim))};
+    return out;
+  }
 
  private:
   std::unique_ptr<megacache::store::Store> store_;
 };
+
+namespace pc = megacache::precompile;
+
+using Kernels = std::vector<std::pair<std::string, nb::bytes>>;
+
+megacache::Result<std::optional<megacache::bundle::SigningKey>> signing_key_of(const std::string& hex) {
+  if (hex.empty()) return std::optional<megacache::bundle::SigningKey>();
+  megacache::Result<megacache::bundle::SigningKey> key = megacache::bundle::parse_signing_key(hex);
+  if (!key.ok()) return key.status();
+  return std::optional<megacache::bundle::SigningKey>(*key);
+}
+
+// A package held by Python: read from a file, a directory or bytes, or made by a
+// PrecompileContext; checked, populated and written by the core.
+struct PyPackage {
+  pc::Package package;
+
+  static PyPackage from_bytes(const nb::bytes& data, const std::string& trusted_keys) {
+    megacache::Result<pc::Package> read = megacache::Status::OK();
+    {
+      nb::gil_scoped_release release;
+      read = [&]() -> megacache::Result<pc::Package> {
+        megacache::Result<std::vector<megacache::bundle::PublicKey>> keys =
+            megacache::parse_trusted_keys(trusted_keys);
+        if (!keys.ok()) return keys.status();
+        megacache::Result<megacache::bundle::Bundle> bundle = megacache::bundle::parse(view(data));
+        if (!bundle.ok()) return bundle.status();
+        if (megacache::Status trust = megacache::bundle::check_trust(*bundle, *keys); !trust.ok()) {
+          return trust;
+        }
+        return pc::read_package(*bundle);
+      }();
+    }
+    if (!read.ok()) raise(read.status());
+    return PyPackage{std::move(read).value()};
+  }
+
+  // A directory is the unpacked format; a file the binary one.
+  static PyPackage read(const std::string& path, const std::string& trusted_keys) {
+    struct stat info {};
+    if (::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode)) {
+      megacache::Result<pc::Package> read = megacache::Status::OK();
+      {
+        nb::gil_scoped_release release;
+        read = pc::read_unpacked(path);
+      }
+      if (!read.ok()) raise(read.status());
+      return PyPackage{std::move(read).value()};
+    }
+    megacache::Result<std::string> bytes = megacache::util::FileSystem::real().read_file(path);
+    if (!bytes.ok()) raise(bytes.status());
+    return from_bytes(nb::bytes(bytes->data(), bytes->size()), trusted_keys);
+  }
+
+  nb::bytes to_bytes(const std::string& signing_key, int zstd_level) const {
+    megacache::Result<std::optional<megacache::bundle::SigningKey>> key = signing_key_of(signing_key);
+    if (!key.ok()) raise(key.status());
+    std::string out;
+    {
+      nb::gil_scoped_release release;
+      out = pc::write_package(package, {zstd_level, *key ? &**key : nullptr});
+    }
+    return nb::bytes(out.data(), out.size());
+  }
+
+  void write_unpacked(const std::string& dir) const {
+    megacache::Status status;
+    {
+      nb::gil_scoped_release release;
+      status = pc::write_unpacked(package, dir);
+    }
+    if (!status.ok()) raise(status);
+  }
+
+  void check(const Fields& current, std::optional<nb::dict> function, bool ignore_source_changes,
+             std::optional<nb::callable> module_source) const {
+    pc::LoadCheck check;
+    check.current = current;
+    check.ignore_source_changes = ignore_source_changes;
+    if (function) {
+      const nb::dict& f = *function;
+      check.function = pc::FunctionIdentity{
+          nb::cast<std::string>(f["qualname"]), nb::cast<std::string>(f["module"]),
+          nb::cast<uint32_t>(f["first_line"]), nb::cast<std::string>(f["signature"]),
+          nb::cast<std::string>(f["source_sha256"])};
+    }
+    if (module_source) {
+      check.module_source = [&](const std::string& module) -> std::optional<std::string> {
+        nb::object text = (*module_source)(module);
+        if (text.is_none()) return std::nullopt;
+        return nb::cast<std::string>(text);
+      };
+    }
+    megacache::Status status = pc::check_package(package, check);
+    if (!status.ok()) raise(status);
+  }
+
+  std::pair<size_t, size_t> populate(const std::string& cache_dir) const {
+    megacache::Result<megacache::PopulateReport> report = megacache::Status::OK();
+    {
+      nb::gil_scoped_release release;
+      report = pc::populate_package(package, cache_dir);
+    }
+    if (!report.ok()) raise(report.status());
+    return {report->files_written, report->files_unchanged};
+  }
+
+  std::vector<std::string> keys() const {
+    std::vector<std::string> out;
+    for (const pc::FunctionPackage& f : package.functions) out.push_back(f.entry.key());
+    return out;
+  }
+
+  // What the torch adapter needs to rebuild torch's PrecompileCacheEntry.
+  nb::dict function(const std::string& key) const {
+    const pc::FunctionPackage* f = package.find(key);
+    if (!f) raise(megacache::Status::NotFound("the package has no function with source key " + key));
+    nb::dict out;
+    out["qualname"] = f->entry.function.qualname;
+    out["module"] = f->entry.function.module;
+    out["first_line"] = f->entry.function.first_line;
+    out["device_type"] = f->entry.device_type;
+    out["dynamo"] = nb::bytes(f->entry.pickle.data(), f->entry.pickle.size());
+    nb::dict backends;
+    for (const auto& [id, pickle] : f->backends) backends[id.c_str()] = nb::bytes(pickle.data(), pickle.size());
+    out["backends"] = backends;
+    nb::list bypassed;
+    for (const pc::Bypass& b : f->bypassed) bypassed.append(nb::make_tuple(b.code, b.backend_id, b.reason));
+    out["bypassed"] = bypassed;
+    return out;
+  }
+
+  nb::bytes mega_cache() const { return nb::bytes(package.mega_cache.data(), package.mega_cache.size()); }
+};
+
+void record_dynamo_entry(pc::PrecompileContext& self, const nb::dict& function,
+                         const std::string& device_type,
+                         const std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>>& codes,
+                         const std::vector<std::tuple<std::string, uint32_t, uint32_t, std::string>>& sources,
+                         const nb::bytes& pickle) {
+  pc::DynamoEntry entry;
+  entry.function = {nb::cast<std::string>(function["qualname"]), nb::cast<std::string>(function["module"]),
+                    nb::cast<uint32_t>(function["first_line"]), nb::cast<std::string>(function["signature"]),
+                    nb::cast<std::string>(function["source_sha256"])};
+  entry.device_type = device_type;
+  for (const auto& [names, ids] : codes) entry.codes.push_back({names, ids});
+  for (const auto& [module, first, last, sha] : sources) entry.inlined_sources.push_back({module, first, last, sha});
+  entry.pickle.assign(view(pickle));
+  self.record_dynamo_entry(std::move(entry));
+}
 
 }  // namespace
 
@@ -232,6 +413,7 @@ NB_MODULE(_core, m) {
 
   nb::exception<CorruptionError>(m, "CorruptionError", PyExc_ValueError);
   nb::exception<InvalidInputError>(m, "InvalidInputError", PyExc_ValueError);
+  nb::exception<PackageMismatchError>(m, "PackageMismatchError", PyExc_RuntimeError);
 
   m.def("load_into", &load_into, "data"_a, "cache_dir"_a, "pgo_cache_key"_a = nb::none(),
         "trusted_keys"_a = "",
@@ -256,6 +438,31 @@ NB_MODULE(_core, m) {
   m.def("mega_cache_of", &mega_cache_of, "file"_a, "trusted_keys"_a = "",
         "The Mega-Cache blob a file carries: itself, a standalone_compile payload, or what a "
         "bundle was made from.");
+  m.def(
+      "standalone_file",
+      [](const nb::bytes& torch_key, const std::string& aot_autograd_key, const nb::bytes& blob) {
+        megacache::mega_cache::StandaloneArtifact artifact;
+        artifact.torch_key = view(torch_key);
+        artifact.aot_autograd_key = aot_autograd_key;
+        artifact.payload = view(blob);
+        const std::string file = megacache::mega_cache::write_standalone(artifact);
+        return nb::bytes(file.data(), file.size());
+      },
+      "torch_key"_a, "aot_autograd_key"_a, "blob"_a,
+      "The bytes of torch's CacheCompiledArtifact binary file for a Mega-Cache blob.");
+  m.def(
+      "standalone_parts",
+      [](const nb::bytes& file) {
+        megacache::Result<megacache::mega_cache::StandaloneArtifact> parsed =
+            megacache::mega_cache::parse_standalone(view(file));
+        if (!parsed.ok()) raise(parsed.status());
+        return nb::make_tuple(static_cast<int>(parsed->kind),
+                              nb::bytes(parsed->torch_key.data(), parsed->torch_key.size()),
+                              parsed->aot_autograd_key,
+                              nb::bytes(parsed->payload.data(), parsed->payload.size()));
+      },
+      "file"_a, "(kind, torch_key, aot_autograd_key, payload) of a standalone_compile binary file; "
+      "kind 0 CacheCompiledArtifact, 1 AOTCompiledArtifact, 2 headerless 2.8.");
   m.def("write_file_atomic", &write_file_atomic, "path"_a, "data"_a,
         "Write a file through a temp file and rename; readers never see a part.");
 
@@ -271,7 +478,85 @@ NB_MODULE(_core, m) {
       .def("list", &PyStore::list, "[(name, bytes, last_used_unix)]")
       .def("gc", &PyStore::gc, "max_bytes"_a)
       .def("stats", &PyStore::stats)
-      .def("zero_stats", &PyStore::zero_stats);
+      .def("zero_stats", &PyStore::zero_stats)
+      .def("get_or_claim", &PyStore::get_or_claim, "name"_a, "wait_seconds"_a,
+           "Single flight: (value, None) on a hit, (None, claim) when this caller must produce "
+           "and put, (None, None) when waiting for another producer ran out.");
+  nb::class_<PyClaim>(m, "Claim")
+      .def("release", &PyClaim::release)
+      .def_prop_ro("held", &PyClaim::held);
+
+  nb::class_<PyPackage>(m, "Package")
+      .def_static("read", &PyPackage::read, "path"_a, "trusted_keys"_a = "",
+                  "A package file (binary) or directory (unpacked).")
+      .def_static("from_bytes", &PyPackage::from_bytes, "data"_a, "trusted_keys"_a = "")
+      .def("to_bytes", &PyPackage::to_bytes, "signing_key"_a = "", "zstd_level"_a = 3)
+      .def("write_unpacked", &PyPackage::write_unpacked, "dir"_a)
+      .def("check", &PyPackage::check, "current"_a, "function"_a = nb::none(),
+           "ignore_source_changes"_a = false, "module_source"_a = nb::none(),
+           "Raise PackageMismatchError if the package does not fit here (see check_package).")
+      .def("populate", &PyPackage::populate, "cache_dir"_a,
+           "Write the kernels and Mega-Cache artifacts; returns (written, unchanged).")
+      .def("keys", &PyPackage::keys)
+      .def("function", &PyPackage::function, "key"_a)
+      .def("mega_cache", &PyPackage::mega_cache)
+      .def("describe", [](const PyPackage& self) { return pc::describe(self.package); })
+      .def_prop_ro("fingerprint", [](const PyPackage& self) { return self.package.fingerprint; })
+      .def_prop_ro("kernel_paths",
+                   [](const PyPackage& self) {
+                     std::vector<std::string> paths;
+                     for (const pc::KernelFile& k : self.package.kernels) paths.push_back(k.path);
+                     return paths;
+                   })
+      .def("bypassed", [](const PyPackage& self) {
+        std::vector<std::tuple<std::string, uint32_t, std::string>> out;
+        for (const pc::FunctionPackage& f : self.package.functions) {
+          for (const pc::Bypass& b : f.bypassed) out.emplace_back(f.entry.function.qualname, b.code, b.reason);
+        }
+        return out;
+      }, "(qualname, code index, reason) of every code that will compile again on load.");
+
+  nb::class_<pc::PrecompileContext>(m, "PrecompileContext")
+      .def(nb::init<>())
+      .def(
+          "record_backend",
+          [](pc::PrecompileContext& self, const std::string& id, const nb::bytes& pickle) {
+            self.record_backend(id, std::string(view(pickle)));
+          },
+          "backend_id"_a, "pickle"_a)
+      .def("record_dynamo_entry", &record_dynamo_entry, "function"_a, "device_type"_a, "codes"_a,
+           "inlined_sources"_a, "pickle"_a)
+      .def(
+          "serialize_artifact_by_key",
+          [](const pc::PrecompileContext& self, const std::string& id) -> std::optional<nb::bytes> {
+            std::optional<std::string> pickle = self.serialize_artifact_by_key(id);
+            if (!pickle) return std::nullopt;
+            return nb::bytes(pickle->data(), pickle->size());
+          },
+          "backend_id"_a)
+      .def(
+          "edit_artifact",
+          [](pc::PrecompileContext& self, const std::string& id, nb::callable edit) {
+            megacache::Status status = self.edit_artifact(id, [&](std::string_view old) -> megacache::Result<std::string> {
+              nb::bytes edited = nb::cast<nb::bytes>(edit(nb::bytes(old.data(), old.size())));
+              return std::string(view(edited));
+            });
+            if (!status.ok()) raise(status);
+          },
+          "backend_id"_a, "edit"_a, "Replace a backend's pickle with edit(old_bytes).")
+      .def(
+          "package",
+          [](const pc::PrecompileContext& self, const Fields& fingerprint, const Kernels& kernels,
+             const nb::bytes& mega_cache, const std::vector<std::string>& only) {
+            std::vector<pc::KernelFile> files;
+            for (const auto& [path, bytes] : kernels) files.push_back({path, std::string(view(bytes))});
+            return PyPackage{self.package(fingerprint, std::move(files), std::string(view(mega_cache)), only)};
+          },
+          "fingerprint"_a, "kernels"_a, "mega_cache"_a, "only"_a = std::vector<std::string>(),
+          "Stitch every entry with its backends into a Package.")
+      .def("debug_info", &pc::PrecompileContext::debug_info_json)
+      .def("clear", &pc::PrecompileContext::clear)
+      .def("empty", &pc::PrecompileContext::empty);
 
   nb::class_<megacache::ArtifactManager>(m, "ArtifactManager")
       .def(nb::init<>())

@@ -108,17 +108,26 @@ Status check_name(std::string_view name) {
   return Status::OK();
 }
 
+Claimed get_or_claim(Store& store, const std::string& name, std::chrono::milliseconds wait) {
+  Claimed result;
+  result.value = store.get(name);
+  if (result.value) return result;
+  // Waiters give up after `wait` and produce themselves, so the lock need not outlive twice
+  // that; a holder that dies releases it by then (file locks: at once).
+  result.claim = store.lock(name, wait, wait * 2);
+  if (result.claim) {
+    result.value = store.get(name);
+    if (result.value) result.claim.reset();
+  }
+  return result;
+}
+
 Result<std::string> get_or_produce(Store& store, const std::string& name,
                                    const std::function<Result<std::string>()>& produce,
                                    std::chrono::milliseconds wait, bool* produced) {
   if (produced) *produced = false;
-  if (std::optional<std::string> value = store.get(name)) return std::move(*value);
-  // Waiters give up after `wait` and produce themselves, so the lock need not outlive twice
-  // that; a holder that dies releases it by then (file locks: at once).
-  const std::unique_ptr<Lock> lock = store.lock(name, wait, wait * 2);
-  if (lock) {
-    if (std::optional<std::string> value = store.get(name)) return std::move(*value);
-  }
+  Claimed claimed = get_or_claim(store, name, wait);
+  if (claimed.value) return std::move(*claimed.value);
   Result<std::string> value = produce();
   if (!value.ok()) return value;
   if (produced) *produced = true;

@@ -88,6 +88,12 @@ def save_cache_artifacts() -> Optional[Tuple[bytes, CacheInfo]]:
     return _recorder.save()
 
 
+def recorded_blob() -> Optional[bytes]:
+    """The Mega-Cache blob of everything recorded so far (no precompile entries)."""
+    saved = _recorder.save()
+    return saved[0] if saved else None
+
+
 def _torch_cache_dir() -> str:
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
@@ -117,7 +123,7 @@ def current_fingerprint() -> List[Tuple[str, str]]:
     return sorted(fields.items())
 
 
-def _load_blob(data: bytes, cache_dir: Optional[str]) -> CacheInfo:
+def load_bytes(data: bytes, cache_dir: Optional[str] = None) -> CacheInfo:
     from megacache import trusted_keys
 
     entries, fingerprint = _core.load_into(
@@ -138,7 +144,7 @@ def load_cache_artifacts(serialized_artifacts: bytes) -> Optional[CacheInfo]:
     # torch's contract: a blob that cannot be loaded is a logged no-op. A full or read-only
     # disk is one too, so that the job compiles instead of failing.
     try:
-        return _load_blob(serialized_artifacts, None)
+        return load_bytes(serialized_artifacts, None)
     except (_core.CorruptionError, _core.InvalidInputError, OSError) as error:
         log.warning("megacache: not loading cache artifacts: %s", error)
         return None
@@ -157,4 +163,4 @@ def save(path: str, *, signing_key: str = "", level: int = 3) -> Optional[CacheI
 def load(path: str, *, cache_dir: Optional[str] = None) -> CacheInfo:
     with open(path, "rb") as f:
         data = f.read()
-    return _load_blob(data, cache_dir)
+    return load_bytes(data, cache_dir)

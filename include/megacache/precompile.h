@@ -1,0 +1,185 @@
+// Precompile packages: everything a fresh process needs to run torch.compile'd functions
+// without tracing or compiling. PrecompileContext mirrors torch's
+// torch._dynamo.precompile_context.PrecompileContext: it holds backend artifacts by backend
+// id and Dynamo cache entries by source key, and stitches them into per-function packages.
+// A Package adds the environment fingerprint, the compiled C++ kernel libraries and torch's
+// Mega-Cache artifacts (the fallback for frames torch could not precompile).
+//
+// Pickles stay opaque here: every fact that validation needs (function identity, source
+// hashes, device type, backend ids) is recorded beside the pickle when the package is made,
+// so a package is checked before anything in it is unpickled. Formats: docs/package-format.md.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "megacache/bundle.h"
+#include "megacache/populate.h"
+#include "megacache/status.h"
+
+namespace megacache::precompile {
+
+// What identifies a compiled Python function.
+struct FunctionIdentity {
+  std::string qualname;       // innermost function's __qualname__
+  std::string module;         // its __module__
+  uint32_t first_line = 0;    // co_firstlineno
+  std::string signature;      // str(inspect.signature(fn)), "" when unknown
+  std::string source_sha256;  // hex sha256 of the function's own source, "" when unknown
+};
+
+// torch's source_id: hex sha256 of qualname then str(first_line), both UTF-8.
+std::string source_key(std::string_view qualname, uint32_t first_line);
+
+// A region of a module whose source a compiled function inlined (torch's InlinedSource):
+// sha256 is torch's checksum of the lines [first_line, last_line).
+struct InlinedSource {
+  std::string module;
+  uint32_t first_line = 0;
+  uint32_t last_line = 0;
+  std::string sha256;
+};
+
+// One guarded code object of an entry (torch's _DynamoCodeCacheEntry).
+struct Code {
+  std::vector<std::string> function_names;
+  std::vector<std::string> backend_ids;
+};
+
+// One torch _DynamoCacheEntry: the pickle plus what is checked without unpickling it.
+struct DynamoEntry {
+  FunctionIdentity function;
+  std::string device_type;  // "cpu", "cuda", ...
+  std::vector<Code> codes;
+  std::vector<InlinedSource> inlined_sources;
+  std::string pickle;
+
+  std::string key() const { return source_key(function.qualname, function.first_line); }
+};
+
+// A code whose backend was not recorded: torch cannot run it from the package, so the loader
+// marks it bypassed (torch's _DynamoCodeCacheEntry.bypassed) and that frame compiles again.
+struct Bypass {
+  uint32_t code = 0;  // index into DynamoEntry::codes
+  std::string backend_id;
+  std::string reason;
+};
+
+// One function, stitched: its entry and the backends its codes reference.
+struct FunctionPackage {
+  DynamoEntry entry;
+  std::map<std::string, std::string> backends;  // backend id -> pickled BackendCacheArtifact
+  std::vector<Bypass> bypassed;
+};
+
+// A compiled library from torch's cache dir, e.g. "5u/c5ujs...yugwe.so".
+// True for "<2 of [a-z0-9_]>/<name of [a-z0-9_.]>.so": the only paths a kernel may have.
+bool is_kernel_path(std::string_view path);
+
+struct KernelFile {
+  std::string path;  // relative to the cache dir: <2 chars>/<name>.so
+  std::string bytes;
+};
+
+struct Package {
+  bundle::Fingerprint fingerprint;
+  std::vector<FunctionPackage> functions;
+  std::vector<KernelFile> kernels;
+  std::string mega_cache;  // torch's Mega-Cache blob (2.8+ layout); may be empty
+
+  const FunctionPackage* find(std::string_view source_key) const;
+};
+
+// Mirrors torch's PrecompileContext. Thread-safe: every method takes an internal lock.
+class PrecompileContext {
+ public:
+  // Replaces any artifact recorded under the same id.
+  void record_backend(std::string backend_id, std::string pickle);
+  // Replaces any entry recorded under the same source key.
+  void record_dynamo_entry(DynamoEntry entry);
+
+  // Every entry with the backends it references. A backend that is missing does not drop the
+  // entry: the code is listed in FunctionPackage::bypassed with the reason.
+  // `only` limits the result to these source keys (empty: every entry).
+  std::vector<FunctionPackage> stitch(const std::vector<std::string>& only = {}) const;
+
+  // A copy of the recorded backend pickle, or nullopt.
+  std::optional<std::string> serialize_artifact_by_key(std::string_view backend_id) const;
+  // Replaces a backend's pickle by edit(old). Errors: NotFound naming the id; the edit's own
+  // error, leaving the artifact unchanged.
+  Status edit_artifact(std::string_view backend_id,
+                       const std::function<Result<std::string>(std::string_view)>& edit);
+
+  // stitch() with the environment, the kernels and the Mega-Cache blob, which come from the
+  // caller who knows the torch cache dir.
+  Package package(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
+                  std::string mega_cache, const std::vector<std::string>& only = {}) const;
+  // package() in the binary format (write_package).
+  std::string serialize(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
+                        std::string mega_cache, const bundle::WriteOptions& options = {}) const;
+
+  // {"dynamo": [{key, fn_name, fn_first_lineno, module, device_type, num_codes, backend_ids,
+  //   bypassed}], "backends": [ids]}, like torch's dump_debug_info.
+  std::string debug_info_json() const;
+
+  void clear();
+  bool empty() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::string, std::string> backends_;
+  std::map<std::string, DynamoEntry> entries_;
+};
+
+// The JSON text torch-independent tools show for a package (manifest plus fingerprint).
+std::string describe(const Package& package);
+
+// Binary format: a bundle container (docs/bundle-format.md) whose artifacts are the manifest,
+// the pickles, the kernels and the Mega-Cache blob. Thread-safe.
+std::string write_package(const Package& package, const bundle::WriteOptions& options = {});
+// True when `bundle` is a package rather than a plain Mega-Cache bundle.
+bool is_package(const bundle::Bundle& bundle);
+// Errors: Corruption (container or manifest), InvalidArgument (a kernel path or key that
+// could escape the cache dir, a manifest naming an artifact that is not there).
+Result<Package> read_package(const bundle::Bundle& bundle);
+
+// Unpacked format: a directory a person can read and edit (manifest.json, pickles, kernels,
+// mega_cache.bin). write_unpacked replaces `dir` as a whole: it is built beside it and renamed.
+// Errors: IOError; read_unpacked also InvalidArgument and Corruption naming the file.
+Status write_unpacked(const Package& package, const std::string& dir);
+Result<Package> read_unpacked(const std::string& dir);
+
+// What the loading process is, and what it asks for.
+struct LoadCheck {
+  bundle::Fingerprint current;  // this process's environment, same field names
+  // The function being loaded; nullopt accepts every function in the package.
+  std::optional<FunctionIdentity> function;
+  bool ignore_source_changes = false;
+  // The live text of a module, for re-hashing inlined sources; nullopt when it has none.
+  std::function<std::optional<std::string>(const std::string& module)> module_source;
+};
+
+// Refuses a package that would be unsound here: Python or torch differ; for CUDA entries the
+// toolkit, Triton or GPU differ; with kernels the CPU, its flags or the compiler differ; the
+// function or its signature differ; its source or an inlined source changed (unless
+// ignore_source_changes). Errors: Mismatch naming the field and both values, e.g.
+// "package built with torch 2.11.0+cu130, this is 2.13.0+cpu". Thread-safe.
+Status check_package(const Package& package, const LoadCheck& check);
+
+// Writes the Mega-Cache artifacts (as populate) and the kernels into `cache_dir`, each file
+// atomically; kernel paths are validated before anything is written. Pickles are not written:
+// the caller hands them to torch. Errors: InvalidArgument, IOError.
+Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir);
+
+// Torch's line slicing of a module's source (inspect.getsourcelines(m)[0][first-1:last-1]),
+// hashed as torch does: hex sha256 of the joined lines.
+std::string hash_source_lines(std::string_view module_source, uint32_t first_line,
+                              uint32_t last_line);
+
+}  // namespace megacache::precompile

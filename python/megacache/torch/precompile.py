@@ -1,0 +1,536 @@
+"""Precompile packages and automatic mode: torch's precompile machinery on megacache's core.
+
+torch records, with `torch._dynamo.config.caching_precompile` on, one Dynamo cache entry per
+compiled function (keyed by a hash of its qualified name and first line) and one bundled
+backend artifact per compiled graph. This module copies them, as pickles plus the facts the
+core checks, into the C++ PrecompileContext, which stitches and writes packages. On load the
+core validates a package before anything is unpickled; then torch's own CompilePackage
+installs the entry, so the first call runs without a Dynamo trace or an Inductor compile.
+
+torch asks `torch._dynamo.package.DynamoCache` for an entry whenever torch.compile wraps a
+function; megacache puts its own DynamoCache there, which answers from an explicit package
+(megacache.compile), from the store (automatic mode), or as torch's would.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import logging
+import os
+import pickle
+import platform
+import subprocess
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import torch
+from torch._dynamo import package as dynamo_package
+from torch._dynamo import precompile_context as torch_precompile_context
+from torch._dynamo.package import CompilePackage, DiskDynamoCache, PrecompileCacheEntry
+from torch._dynamo.utils import counters
+
+from megacache import _core
+
+log = logging.getLogger("megacache")
+
+# Everything this process loaded or compiled, as pickles: what a package is made of.
+_context = _core.PrecompileContext()
+# Backend ids already copied from torch's PrecompileContext (their pickles do not change).
+_copied_backends: Set[str] = set()
+# source key -> the live function, for identity and source checks.
+_functions: Dict[str, Callable[..., Any]] = {}
+# source key -> where megacache.compile() was told to load that function from.
+_explicit: Dict[str, "_PackageSource"] = {}
+# Compiled libraries megacache wrote after checking CPU, compiler and torch: torch's vector-ISA
+# probe need not dlopen them again in a child process.
+_verified_libraries: Set[str] = set()
+_lock = threading.RLock()
+
+
+# --- identity and environment ---------------------------------------------------------------
+
+
+def _innermost(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from torch._dynamo.eval_frame import innermost_fn
+
+    if isinstance(fn, torch.nn.Module):
+        fn = fn.forward
+    return innermost_fn(fn)
+
+
+def source_key(fn: Callable[..., Any]) -> str:
+    """torch's source_id of a function (CompilePackage.source_id_from_fn)."""
+    return CompilePackage.source_id_from_fn(_innermost(fn))
+
+
+def identity(fn: Callable[..., Any]) -> Dict[str, Any]:
+    inner = _innermost(fn)
+    code = inner.__code__
+    try:
+        signature = str(inspect.signature(inner))
+    except (TypeError, ValueError):
+        signature = ""
+    try:
+        source_sha256 = hashlib.sha256(inspect.getsource(inner).encode()).hexdigest()
+    except (OSError, TypeError):
+        source_sha256 = ""
+    return {
+        "qualname": inner.__qualname__,
+        "module": getattr(inner, "__module__", "") or "",
+        "first_line": code.co_firstlineno,
+        "signature": signature,
+        "source_sha256": source_sha256,
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler() -> str:
+    """The C++ compiler torch builds CPU kernels with, and its version line."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    compiler = get_cpp_compiler()
+    try:
+        version = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        version = []
+    return f"{compiler}: {version[0] if version else 'unknown version'}"
+
+
+@functools.lru_cache(maxsize=None)
+def environment() -> Tuple[Tuple[str, str], ...]:
+    """What a package records and checks of the environment: cheap to compute, since automatic
+    mode needs it before the first call."""
+    fields = dict(_core.host_fingerprint())  # cpu_arch, cpu_flags, os, megacache
+    fields["python"] = platform.python_version()
+    fields["torch"] = torch.__version__
+    fields["torch_git"] = torch.version.git_version
+    fields["cuda"] = torch.version.cuda or ""
+    fields["cxx"] = _compiler()
+    try:
+        import triton
+
+        fields["triton"] = triton.__version__
+    except ImportError:
+        fields["triton"] = ""
+    fields["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    return tuple(sorted(fields.items()))
+
+
+def _module_source(module: str) -> Optional[str]:
+    loaded = sys.modules.get(module)
+    if loaded is None:
+        return None
+    try:
+        return "".join(inspect.getsourcelines(loaded)[0])
+    except (OSError, TypeError):
+        return None
+
+
+# --- from torch to the core -----------------------------------------------------------------
+
+
+def _torch_context() -> Any:
+    return torch_precompile_context.PrecompileContext
+
+
+def _copy_from_torch() -> None:
+    """Copies torch's recorded entries and new backends into the C++ context."""
+    torch_context = _torch_context()
+    for key, entry in list(torch_context._dynamo_cache_entries.items()):
+        fn = _functions.get(key)
+        function = identity(fn) if fn is not None else {
+            "qualname": entry.fn_name or "",
+            "module": "",
+            "first_line": int(entry.fn_first_lineno or 0),
+            "signature": "",
+            "source_sha256": "",
+        }
+        _context.record_dynamo_entry(
+            function,
+            entry.device_type,
+            [(list(code.function_names), list(code.backend_ids)) for code in entry.codes],
+            [
+                (s.module, s.firstlineno, s.lastlineno, s.checksum)
+                for s in entry.source_info.inlined_sources
+            ],
+            pickle.dumps(entry),
+        )
+    for backend_id, artifact in list(torch_context._backend_artifacts_by_key.items()):
+        if backend_id not in _copied_backends:
+            _context.record_backend(backend_id, pickle.dumps(artifact))
+            _copied_backends.add(backend_id)
+
+
+def _kernels(cache_dir: str) -> List[Tuple[str, bytes]]:
+    """Every compiled library in torch's cache dir (<cache_dir>/<2 chars>/<name>.so): the CPU
+    kernels and the vector-ISA probes, which a fresh dir would build again with the compiler."""
+    found = []
+    try:
+        subdirs = sorted((e for e in os.scandir(cache_dir) if len(e.name) == 2 and e.is_dir()), key=lambda e: e.name)
+    except FileNotFoundError:
+        return found
+    for subdir in subdirs:
+        for entry in sorted(os.scandir(subdir.path), key=lambda e: e.name):
+            if entry.name.endswith(".so") and entry.is_file():
+                with open(entry.path, "rb") as f:
+                    found.append((f"{subdir.name}/{entry.name}", f.read()))
+    return found
+
+
+def _torch_cache_dir() -> str:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
+
+
+def build_package(keys: Optional[List[str]] = None) -> "_core.Package":
+    """What this process compiled or loaded (only `keys`, if given), stitched into a package."""
+    from megacache import torch as adapter
+
+    with _lock:
+        _copy_from_torch()
+        blob = adapter.recorded_blob()
+        package = _context.package(
+            list(environment()), _kernels(_torch_cache_dir()), blob or b"", keys or []
+        )
+    for qualname, code, reason in package.bypassed():
+        log.warning("megacache: %s, code %d will compile again on load: %s", qualname, code, reason)
+    return package
+
+
+# --- from the core to torch -----------------------------------------------------------------
+
+
+def _install_probe_shortcut() -> None:
+    from torch._inductor import cpu_vec_isa
+
+    original = cpu_vec_isa.VecISA._probe_load
+    if getattr(original, "_megacache", False):
+        return
+
+    @functools.wraps(original)
+    def probe_load(self: Any, output_path: str) -> bool:
+        if os.path.realpath(output_path) in _verified_libraries:
+            return True
+        return original(self, output_path)
+
+    probe_load._megacache = True  # type: ignore[attr-defined]
+    cpu_vec_isa.VecISA._probe_load = probe_load
+
+
+def install_files(package: "_core.Package") -> None:
+    """Writes the package's kernels and Mega-Cache artifacts into torch's cache dir."""
+    cache_dir = _torch_cache_dir()
+    package.populate(cache_dir)
+    if package.kernel_paths:
+        for path in package.kernel_paths:
+            _verified_libraries.add(os.path.realpath(os.path.join(cache_dir, path)))
+        _install_probe_shortcut()
+
+
+def entry_for(package: "_core.Package", key: str, *, ignore_source_changes: bool = False) -> PrecompileCacheEntry:
+    """torch's PrecompileCacheEntry for one function of a checked package."""
+    function = package.function(key)
+    dynamo = pickle.loads(function["dynamo"])
+    for code_index, backend_id, reason in function["bypassed"]:
+        dynamo.codes[code_index].bypassed = True
+        log.warning("megacache: %s: %s", function["qualname"], reason)
+    if ignore_source_changes:
+        dynamo.source_info.inlined_sources = set()
+    backends = {}
+    for backend_id, pickled in function["backends"].items():
+        backends[backend_id] = pickle.loads(pickled)
+        # Saving again must not need torch to have recorded what came from a package.
+        _context.record_backend(backend_id, pickled)
+        _copied_backends.add(backend_id)
+    return PrecompileCacheEntry(dynamo=dynamo, backends=backends)
+
+
+def check(package: "_core.Package", fn: Optional[Callable[..., Any]], ignore_source_changes: bool) -> None:
+    package.check(
+        list(environment()),
+        identity(fn) if fn is not None else None,
+        ignore_source_changes,
+        _module_source,
+    )
+
+
+class _PackageSource:
+    """Where megacache.compile() loads one function from: a path or a store URL."""
+
+    def __init__(self, location: str, ignore_source_changes: bool) -> None:
+        self.location = location
+        self.ignore_source_changes = ignore_source_changes
+
+    def is_store(self) -> bool:
+        return "://" in self.location
+
+    def read(self, key: str) -> Optional["_core.Package"]:
+        from megacache import trusted_keys
+
+        if self.is_store():
+            data = _core.Store(self.location).get(store_name(key))
+            return None if data is None else _core.Package.from_bytes(data, trusted_keys())
+        if not os.path.exists(self.location):
+            return None
+        return _core.Package.read(self.location, trusted_keys())
+
+    def load(self, fn: Callable[..., Any], key: str) -> Optional[PrecompileCacheEntry]:
+        package = self.read(key)
+        if package is None:
+            counters["dynamo_cache"]["dynamo_cache_miss"] += 1
+            return None
+        check(package, fn, self.ignore_source_changes)
+        install_files(package)
+        counters["dynamo_cache"]["dynamo_cache_hit"] += 1
+        return entry_for(package, key, ignore_source_changes=self.ignore_source_changes)
+
+
+def store_name(key: str) -> str:
+    """The store name of one function's package here: its source key and the environment
+    facts a package must match, so that other machines' packages are never even fetched."""
+    fn = _functions.get(key)
+    digest = hashlib.sha256(repr((key, identity(fn)["source_sha256"] if fn else "", environment())).encode())
+    qualname = identity(fn)["qualname"] if fn else "fn"
+    readable = "".join(c if c.isalnum() or c in "._-" else "_" for c in qualname)[:60]
+    return f"precompile-{readable}-{digest.hexdigest()[:32]}"
+
+
+class _AutomaticMode:
+    """megacache.enable(): look up on wrap, single flight on a miss, publish after compiles."""
+
+    def __init__(self, store_url: str, wait_seconds: float) -> None:
+        self.store = _core.Store(store_url)
+        self.wait_seconds = wait_seconds
+        self.claims: Dict[str, Any] = {}  # source key -> claim held while this process compiles
+        self.missed: Set[str] = set()  # keys this process compiles (and publishes)
+        self.dirty: Set[str] = set()  # keys with compiles not yet published
+        self.stats = {"hits": 0, "misses": 0, "published": 0, "refused": 0}
+
+    def load(self, fn: Callable[..., Any], key: str) -> Optional[PrecompileCacheEntry]:
+        from megacache import trusted_keys
+
+        name = store_name(key)
+        value, claim = self.store.get_or_claim(name, self.wait_seconds)
+        if value is not None:
+            try:
+                package = _core.Package.from_bytes(value, trusted_keys())
+                check(package, fn, ignore_source_changes=False)
+                install_files(package)
+                entry = entry_for(package, key)
+            except (_core.CorruptionError, _core.InvalidInputError, _core.PackageMismatchError,
+                    OSError, pickle.UnpicklingError, AttributeError, ImportError) as error:
+                # Never worse than no cache: this function compiles, and its package replaces
+                # the one that could not be used.
+                log.warning("megacache: not using stored package %s: %s", name, error)
+                self.stats["refused"] += 1
+                counters["dynamo_cache"]["dynamo_cache_error"] += 1
+            else:
+                self.stats["hits"] += 1
+                counters["dynamo_cache"]["dynamo_cache_hit"] += 1
+                return entry
+        self.stats["misses"] += 1
+        counters["dynamo_cache"]["dynamo_cache_miss"] += 1
+        if claim is not None:
+            self.claims[key] = claim
+        self.missed.add(key)
+        return None
+
+    def publish(self, key: str) -> None:
+        """Puts the function's package into the store and drops the claim; never raises into
+        the job (a failed publish costs other processes a compile, nothing more)."""
+        self.dirty.discard(key)
+        try:
+            package = build_package()
+            if key in package.keys():
+                self.store.put(store_name(key), package.to_bytes())
+                self.stats["published"] += 1
+        except (OSError, _core.InvalidInputError, _core.CorruptionError, pickle.PicklingError) as error:
+            log.warning("megacache: could not publish the package of %s: %s", key, error)
+        finally:
+            claim = self.claims.pop(key, None)
+            if claim is not None:
+                claim.release()
+
+
+_automatic: Optional[_AutomaticMode] = None
+
+
+class _MegacacheDynamoCache(DiskDynamoCache):
+    """torch's DynamoCache, answering from megacache first."""
+
+    def load(self, fn: Callable[..., Any]) -> Optional[PrecompileCacheEntry]:
+        key = source_key(fn)
+        _functions[key] = fn
+        source = _explicit.get(key)
+        if source is not None:
+            return source.load(fn, key)  # errors reach the caller of megacache.compile
+        if _automatic is not None:
+            return _automatic.load(fn, key)
+        return super().load(fn)
+
+    def record_package(self, package: CompilePackage) -> None:
+        super().record_package(package)
+        if _automatic is not None and package.source_id in _automatic.missed:
+            _automatic.dirty.add(package.source_id)
+
+
+_installed = False
+
+
+def install_hooks() -> None:
+    """Turns on torch's caching precompile and puts megacache's DynamoCache in torch's place."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        torch._dynamo.config.caching_precompile = True
+        cache = _MegacacheDynamoCache(dynamo_package.DynamoCache.path_prefix())
+        dynamo_package.DynamoCache = cache
+        torch_precompile_context.DynamoCache = cache
+        _installed = True
+
+
+# --- after the first call: publish ------------------------------------------------------------
+
+_call_depth = threading.local()
+
+
+def _publish_after_calls(compiled: Callable[..., Any], key: str) -> Callable[..., Any]:
+    """Wraps a compiled callable so that when an outermost call returns after compiles (the
+    first call, a recompile), the function's package is published."""
+
+    @functools.wraps(compiled)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        depth = getattr(_call_depth, "value", 0)
+        _call_depth.value = depth + 1
+        try:
+            return compiled(*args, **kwargs)
+        finally:
+            _call_depth.value = depth
+            mode = _automatic
+            if depth == 0 and mode is not None and key in mode.dirty:
+                mode.publish(key)
+
+    return call
+
+
+def wrap_for_publishing(compiled: Any, original: Callable[..., Any]) -> Any:
+    mode = _automatic
+    if mode is None:
+        return compiled
+    key = source_key(original)
+    if key not in mode.missed:
+        return compiled
+    if isinstance(compiled, torch.nn.Module):
+        compiled.forward = _publish_after_calls(compiled.forward, key)
+        return compiled
+    return _publish_after_calls(compiled, key)
+
+
+def enable(store: Optional[str], wait_seconds: float) -> None:
+    global _automatic
+    install_hooks()
+    with _lock:
+        _automatic = _AutomaticMode(store or _core.default_store_url(), wait_seconds)
+        if not getattr(torch.compile, "_megacache", False):
+            original_compile = torch.compile
+
+            @functools.wraps(original_compile)
+            def compile(model: Any = None, **kwargs: Any) -> Any:
+                if model is None:
+                    return lambda m: compile(m, **kwargs)
+                return wrap_for_publishing(original_compile(model, **kwargs), model)
+
+            compile._megacache = True  # type: ignore[attr-defined]
+            torch.compile = compile
+
+
+def disable() -> None:
+    global _automatic
+    _automatic = None
+
+
+def automatic_stats() -> Dict[str, int]:
+    return dict(_automatic.stats) if _automatic else {}
+
+
+# --- megacache.compile ---------------------------------------------------------------------
+
+
+def compile_function(fn: Callable[..., Any], package: Optional[str], ignore_source_changes: bool,
+            torch_compile_kwargs: Dict[str, Any]) -> Any:
+    install_hooks()
+    key = source_key(fn)
+    if package is not None:
+        _explicit[key] = _PackageSource(os.fspath(package), ignore_source_changes)
+    compiled = torch.compile(fn, **torch_compile_kwargs)
+    compiled = wrap_for_publishing(compiled, fn)
+
+    def save_package(path: Optional[str] = None, format: str = "binary", *, sign_with: Optional[str] = None) -> str:
+        target = os.fspath(path) if path is not None else package
+        if target is None:
+            raise ValueError("save_package needs a path: none was given to megacache.compile")
+        save(target, format=format, keys=[key], sign_with=sign_with)
+        return target
+
+    def load_package(path: Optional[str] = None, *, ignore_source_changes: bool = ignore_source_changes) -> Any:
+        """A new compiled callable of the same function, loaded from `path`."""
+        source = os.fspath(path) if path is not None else package
+        if source is None:
+            raise ValueError("load_package needs a path: none was given to megacache.compile")
+        return compile_function(fn, source, ignore_source_changes, torch_compile_kwargs)
+
+    compiled.save_package = save_package
+    compiled.load_package = load_package
+    return compiled
+
+
+def save(target: str, *, format: str, keys: Optional[List[str]], sign_with: Optional[str]) -> None:
+    """Writes the package of `keys` (default: every function) to a file, a directory
+    (format="unpacked") or a store URL."""
+    from pathlib import Path
+
+    package = build_package(keys)
+    missing = [k for k in (keys or []) if k not in package.keys()]
+    if missing or not package.keys():
+        raise RuntimeError(
+            "nothing to save yet: a torch.compile'd function compiles on its first call, so call it once first"
+        )
+    signing_key = Path(sign_with).read_text().strip() if sign_with else ""
+    if "://" in target:
+        if format != "binary":
+            raise ValueError("a store holds binary packages; format must be 'binary'")
+        for key in package.keys():
+            _core.Store(target).put(store_name(key), package.to_bytes(signing_key))
+        return
+    if format == "binary":
+        _core.write_file_atomic(target, package.to_bytes(signing_key))
+    elif format == "unpacked":
+        if signing_key:
+            raise ValueError("unpacked packages are meant to be edited and cannot be signed")
+        package.write_unpacked(target)
+    else:
+        raise ValueError(f"format must be 'binary' or 'unpacked', not {format!r}")
+
+
+def load_package(path: str, ignore_source_changes: bool) -> List[str]:
+    """Reads and checks a package (every function in it), writes its files, and makes each of
+    its functions load from it when torch.compile next wraps it. Returns the qualified names."""
+    install_hooks()
+    from megacache import trusted_keys
+
+    source = _PackageSource(path, ignore_source_changes)
+    package = _core.Package.read(path, trusted_keys())
+    check(package, None, ignore_source_changes)
+    install_files(package)
+    names = []
+    for key in package.keys():
+        _explicit[key] = source
+        names.append(package.function(key)["qualname"])
+    return names

@@ -1,0 +1,253 @@
+#include "megacache/precompile.h"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "util/file_system.h"
+#include "util/hash.h"
+
+namespace megacache::precompile {
+
+std::string source_key(std::string_view qualname, uint32_t first_line) {
+  return util::sha256_hex(std::string(qualname) + std::to_string(first_line));
+}
+
+std::string hash_source_lines(std::string_view source, uint32_t first_line, uint32_t last_line) {
+  // inspect.getsourcelines keeps each line's "\n"; the slice [first-1 : last-1] excludes
+  // last_line itself, exactly as torch's _hash_sourcelines does.
+  std::string selected;
+  uint32_t line = 1;
+  size_t start = 0;
+  while (start < source.size() && line < last_line) {
+    size_t end = source.find('\n', start);
+    end = end == std::string_view::npos ? source.size() : end + 1;
+    if (line >= first_line) selected.append(source.substr(start, end - start));
+    start = end;
+    ++line;
+  }
+  return util::sha256_hex(selected);
+}
+
+// --- PrecompileContext ---
+
+void PrecompileContext::record_backend(std::string backend_id, std::string pickle) {
+  std::lock_guard lock(mutex_);
+  backends_[std::move(backend_id)] = std::move(pickle);
+}
+
+void PrecompileContext::record_dynamo_entry(DynamoEntry entry) {
+  std::lock_guard lock(mutex_);
+  std::string key = entry.key();
+  entries_[std::move(key)] = std::move(entry);
+}
+
+std::vector<FunctionPackage> PrecompileContext::stitch(const std::vector<std::string>& only) const {
+  std::lock_guard lock(mutex_);
+  std::vector<FunctionPackage> packages;
+  for (const auto& [key, entry] : entries_) {
+    if (!only.empty() && std::find(only.begin(), only.end(), key) == only.end()) continue;
+    FunctionPackage package{entry, {}, {}};
+    for (uint32_t i = 0; i < entry.codes.size(); ++i) {
+      for (const std::string& id : entry.codes[i].backend_ids) {
+        auto it = backends_.find(id);
+        if (it == backends_.end()) {
+          // torch stops at the first missing backend of a code, as do we.
+          package.bypassed.push_back(
+              {i, id, "backend " + id + " was not recorded (its compile did not produce a "
+                      "bundled AOTAutograd artifact), so this frame compiles again on load"});
+          break;
+        }
+        package.backends[id] = it->second;
+      }
+    }
+    // A bypassed code's backends that were found are still not needed.
+    for (const Bypass& b : package.bypassed) {
+      for (const std::string& id : entry.codes[b.code].backend_ids) package.backends.erase(id);
+    }
+    packages.push_back(std::move(package));
+  }
+  return packages;
+}
+
+std::optional<std::string> PrecompileContext::serialize_artifact_by_key(std::string_view id) const {
+  std::lock_guard lock(mutex_);
+  auto it = backends_.find(std::string(id));
+  if (it == backends_.end()) return std::nullopt;
+  return it->second;
+}
+
+Status PrecompileContext::edit_artifact(
+    std::string_view id, const std::function<Result<std::string>(std::string_view)>& edit) {
+  std::lock_guard lock(mutex_);
+  auto it = backends_.find(std::string(id));
+  if (it == backends_.end()) return Status::NotFound("no backend artifact '" + std::string(id) + "'");
+  Result<std::string> edited = edit(it->second);
+  if (!edited.ok()) return edited.status();
+  it->second = std::move(edited).value();
+  return Status::OK();
+}
+
+Package PrecompileContext::package(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
+                                   std::string mega_cache, const std::vector<std::string>& only) const {
+  return Package{std::move(fingerprint), stitch(only), std::move(kernels), std::move(mega_cache)};
+}
+
+std::string PrecompileContext::serialize(bundle::Fingerprint fingerprint,
+                                         std::vector<KernelFile> kernels, std::string mega_cache,
+                                         const bundle::WriteOptions& options) const {
+  return write_package(package(std::move(fingerprint), std::move(kernels), std::move(mega_cache)),
+                       options);
+}
+
+std::string PrecompileContext::debug_info_json() const {
+  const std::vector<FunctionPackage> packages = stitch();
+  nlohmann::ordered_json dynamo = nlohmann::ordered_json::array();
+  for (const FunctionPackage& p : packages) {
+    std::set<std::string> ids;
+    for (const Code& code : p.entry.codes) ids.insert(code.backend_ids.begin(), code.backend_ids.end());
+    nlohmann::ordered_json bypassed = nlohmann::ordered_json::array();
+    for (const Bypass& b : p.bypassed) bypassed.push_back({{"backend_id", b.backend_id}, {"reason", b.reason}});
+    dynamo.push_back({{"key", p.entry.key()},
+                      {"fn_name", p.entry.function.qualname},
+                      {"fn_first_lineno", p.entry.function.first_line},
+                      {"module", p.entry.function.module},
+                      {"device_type", p.entry.device_type},
+                      {"num_codes", p.entry.codes.size()},
+                      {"backend_ids", ids},
+                      {"bypassed", bypassed}});
+  }
+  nlohmann::ordered_json backends = nlohmann::ordered_json::array();
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [id, pickle] : backends_) backends.push_back(id);
+  }
+  return nlohmann::ordered_json{{"dynamo", dynamo}, {"backends", backends}}.dump();
+}
+
+void PrecompileContext::clear() {
+  std::lock_guard lock(mutex_);
+  backends_.clear();
+  entries_.clear();
+}
+
+bool PrecompileContext::empty() const {
+  std::lock_guard lock(mutex_);
+  return backends_.empty() && entries_.empty();
+}
+
+// --- check_package ---
+
+namespace {
+
+std::string field(const bundle::Fingerprint& fingerprint, std::string_view name) {
+  for (const auto& [n, value] : fingerprint) {
+    if (n == name) return value;
+  }
+  return {};
+}
+
+std::string describe_function(const FunctionIdentity& f) {
+  return f.module + "." + f.qualname + " (line " + std::to_string(f.first_line) + ")";
+}
+
+}  // namespace
+
+Status check_package(const Package& package, const LoadCheck& check) {
+  // Which environment facts make a package unsound when they differ.
+  std::vector<std::string_view> required = {"python", "torch", "torch_git"};
+  bool accelerator = false;
+  for (const FunctionPackage& f : package.functions) {
+    accelerator = accelerator || (f.entry.device_type != "cpu" && !f.entry.device_type.empty());
+  }
+  if (accelerator) required.insert(required.end(), {"cuda", "triton", "gpu"});
+  if (!package.kernels.empty()) required.insert(required.end(), {"cpu_arch", "cpu_flags", "cxx"});
+  for (std::string_view name : required) {
+    const std::string built = field(package.fingerprint, name);
+    const std::string current = field(check.current, name);
+    if (built != current) {
+      return Status::Mismatch("package built with " + std::string(name) + " " +
+                              (built.empty() ? "(none)" : built) + ", this is " +
+                              (current.empty() ? "(none)" : current));
+    }
+  }
+
+  std::vector<const FunctionPackage*> selected;
+  if (check.function) {
+    const FunctionIdentity& want = *check.function;
+    const FunctionPackage* found = package.find(source_key(want.qualname, want.first_line));
+    if (!found) {
+      std::string held;
+      for (const FunctionPackage& f : package.functions) {
+        held += (held.empty() ? "" : ", ") + describe_function(f.entry.function);
+      }
+      return Status::Mismatch("package holds no entry for " + describe_function(want) +
+                              "; it holds " + (held.empty() ? "nothing" : held));
+    }
+    const FunctionIdentity& built = found->entry.function;
+    if (!built.signature.empty() && !want.signature.empty() && built.signature != want.signature) {
+      return Status::Mismatch("package built for " + built.qualname + built.signature +
+                              ", this function is " + want.qualname + want.signature);
+    }
+    if (!check.ignore_source_changes && !built.source_sha256.empty() &&
+        !want.source_sha256.empty() && built.source_sha256 != want.source_sha256) {
+      return Status::Mismatch("source of " + describe_function(want) +
+                              " changed since the package was built (sha256 " +
+                              built.source_sha256.substr(0, 12) + ", now " +
+                              want.source_sha256.substr(0, 12) +
+                              "); compile again, or pass ignore_source_changes=True");
+    }
+    selected.push_back(found);
+  } else {
+    for (const FunctionPackage& f : package.functions) selected.push_back(&f);
+  }
+
+  if (check.ignore_source_changes || !check.module_source) return Status::OK();
+  for (const FunctionPackage* f : selected) {
+    for (const InlinedSource& s : f->entry.inlined_sources) {
+      const std::optional<std::string> text = check.module_source(s.module);
+      const std::string now = text ? hash_source_lines(*text, s.first_line, s.last_line) : "";
+      if (now != s.sha256) {
+        return Status::Mismatch("source of " + s.module + " lines " + std::to_string(s.first_line) +
+                                "-" + std::to_string(s.last_line) + ", which " +
+                                f->entry.function.qualname + " inlined, " +
+                                (text ? "changed" : "cannot be read") +
+                                " since the package was built; compile again, or pass "
+                                "ignore_source_changes=True");
+      }
+    }
+  }
+  return Status::OK();
+}
+
+// --- populate_package ---
+
+Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir) {
+  for (const KernelFile& k : package.kernels) {
+    if (!is_kernel_path(k.path)) {
+      return Status::InvalidArgument("kernel path '" + k.path + "' is not <2 chars>/<name>.so");
+    }
+  }
+  PopulateReport report;
+  if (!package.mega_cache.empty()) {
+    Result<mega_cache::MegaCache> cache = mega_cache::parse(package.mega_cache);
+    if (!cache.ok()) return cache.status();
+    Result<PopulateReport> populated = populate(*cache, cache_dir);
+    if (!populated.ok()) return populated.status();
+    report = std::move(populated).value();
+  }
+  util::FileSystem& files = util::FileSystem::real();
+  for (const KernelFile& k : package.kernels) {
+    const std::string path = cache_dir + "/" + k.path;
+    if (files.file_equals(path, k.bytes)) {
+      ++report.files_unchanged;
+      continue;
+    }
+    if (Status s = files.create_directories(cache_dir + "/" + k.path.substr(0, 2)); !s.ok()) return s;
+    if (Status s = files.write_atomic(path, k.bytes); !s.ok()) return s;
+    ++report.files_written;
+  }
+  return report;
+}
+
+}  // namespace megacache::precompile

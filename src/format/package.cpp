@@ -1,0 +1,481 @@
+// Package codecs: binary (inside a bundle container) and unpacked (a directory).
+// Grammar and layout: docs/package-format.md.
+#include <algorithm>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <unistd.h>
+
+#include "megacache/mega_cache.h"
+#include "megacache/precompile.h"
+#include "util/file_system.h"
+
+namespace megacache::precompile {
+namespace {
+
+using nlohmann::ordered_json;
+
+// Artifact types inside a package's bundle container; on-disk names, never change them.
+constexpr std::string_view kManifestType = "package";
+constexpr std::string_view kManifestKey = "manifest";
+constexpr std::string_view kDynamoType = "dynamo";
+constexpr std::string_view kBackendType = "backend";
+constexpr std::string_view kKernelType = "kernel";
+constexpr std::string_view kMegaCacheType = "mega_cache";
+constexpr std::string_view kMegaCacheKey = "fallback";
+
+constexpr std::string_view kFormatName = "megacache-package";
+constexpr int kManifestVersion = 1;
+
+ordered_json identity_json(const FunctionIdentity& f) {
+  return {{"qualname", f.qualname},   {"module", f.module},
+          {"first_line", f.first_line}, {"signature", f.signature},
+          {"source_sha256", f.source_sha256}};
+}
+
+ordered_json function_json(const FunctionPackage& function) {
+  const DynamoEntry& entry = function.entry;
+  ordered_json codes = ordered_json::array();
+  for (const Code& code : entry.codes) {
+    codes.push_back({{"function_names", code.function_names}, {"backend_ids", code.backend_ids}});
+  }
+  ordered_json sources = ordered_json::array();
+  for (const InlinedSource& s : entry.inlined_sources) {
+    sources.push_back({{"module", s.module},
+                       {"first_line", s.first_line},
+                       {"last_line", s.last_line},
+                       {"sha256", s.sha256}});
+  }
+  ordered_json bypassed = ordered_json::array();
+  for (const Bypass& b : function.bypassed) {
+    bypassed.push_back({{"code", b.code}, {"backend_id", b.backend_id}, {"reason", b.reason}});
+  }
+  return {{"source_key", entry.key()},    {"function", identity_json(entry.function)},
+          {"device_type", entry.device_type}, {"codes", codes},
+          {"inlined_sources", sources},   {"bypassed", bypassed}};
+}
+
+ordered_json manifest_json(const Package& package) {
+  ordered_json functions = ordered_json::array();
+  for (const FunctionPackage& f : package.functions) functions.push_back(function_json(f));
+  ordered_json kernels = ordered_json::array();
+  for (const KernelFile& k : package.kernels) kernels.push_back(k.path);
+  return {{"format", kFormatName},
+          {"version", kManifestVersion},
+          {"functions", functions},
+          {"kernels", kernels}};
+}
+
+// Reading JSON written by someone else: every field is checked for presence and type, and a
+// failure names the field.
+class ManifestReader {
+ public:
+  explicit ManifestReader(std::string where) : where_(std::move(where)) {}
+
+  const ordered_json* field(const ordered_json& object, const char* name,
+                            ordered_json::value_t type) {
+    if (!error_.empty()) return nullptr;
+    if (!object.is_object() || !object.contains(name)) {
+      error_ = "missing field '" + std::string(name) + "'";
+      return nullptr;
+    }
+    const ordered_json& value = object.at(name);
+    const bool number = type == ordered_json::value_t::number_unsigned;
+    if (number ? !value.is_number_unsigned() : value.type() != type) {
+      error_ = "field '" + std::string(name) + "' has the wrong type";
+      return nullptr;
+    }
+    return &value;
+  }
+  std::string text(const ordered_json& object, const char* name) {
+    const ordered_json* v = field(object, name, ordered_json::value_t::string);
+    return v ? v->get<std::string>() : std::string();
+  }
+  uint32_t number(const ordered_json& object, const char* name) {
+    const ordered_json* v = field(object, name, ordered_json::value_t::number_unsigned);
+    if (!v) return 0;
+    if (v->get<uint64_t>() > UINT32_MAX) {
+      error_ = "field '" + std::string(name) + "' is out of range";
+      return 0;
+    }
+    return static_cast<uint32_t>(v->get<uint64_t>());
+  }
+  std::vector<std::string> texts(const ordered_json& object, const char* name) {
+    std::vector<std::string> out;
+    const ordered_json* v = field(object, name, ordered_json::value_t::array);
+    if (!v) return out;
+    for (const ordered_json& item : *v) {
+      if (!item.is_string()) {
+        error_ = "field '" + std::string(name) + "' holds a non-string";
+        return out;
+      }
+      out.push_back(item.get<std::string>());
+    }
+    return out;
+  }
+  const ordered_json& array(const ordered_json& object, const char* name) {
+    static const ordered_json kEmpty = ordered_json::array();
+    const ordered_json* v = field(object, name, ordered_json::value_t::array);
+    return v ? *v : kEmpty;
+  }
+  bool ok() const { return error_.empty(); }
+  Status status(const std::string& context) const {
+    return Status::Corruption(0, where_ + ": " + context + ": " + error_);
+  }
+
+ private:
+  std::string where_;
+  std::string error_;
+};
+
+// The manifest's view of a package: functions without pickles, kernel paths without bytes.
+Result<Package> parse_manifest(std::string_view text, const std::string& where) {
+  ordered_json json = ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) return Status::Corruption(0, where + ": not valid JSON");
+  ManifestReader r(where);
+  if (r.text(json, "format") != kFormatName && r.ok()) {
+    return Status::Corruption(0, where + ": 'format' is not " + std::string(kFormatName));
+  }
+  const uint32_t version = r.number(json, "version");
+  if (!r.ok()) return r.status("manifest");
+  if (version != kManifestVersion) {
+    return Status::Corruption(0, where + ": manifest version " + std::to_string(version) +
+                                     " is not supported (this megacache reads version " +
+                                     std::to_string(kManifestVersion) + ")");
+  }
+  Package package;
+  for (const ordered_json& f : r.array(json, "functions")) {
+    FunctionPackage function;
+    DynamoEntry& entry = function.entry;
+    const std::string key = r.text(f, "source_key");
+    const ordered_json* id = r.field(f, "function", ordered_json::value_t::object);
+    if (id) {
+      entry.function = {r.text(*id, "qualname"), r.text(*id, "module"),
+                        r.number(*id, "first_line"), r.text(*id, "signature"),
+                        r.text(*id, "source_sha256")};
+    }
+    entry.device_type = r.text(f, "device_type");
+    for (const ordered_json& c : r.array(f, "codes")) {
+      entry.codes.push_back({r.texts(c, "function_names"), r.texts(c, "backend_ids")});
+    }
+    for (const ordered_json& s : r.array(f, "inlined_sources")) {
+      entry.inlined_sources.push_back({r.text(s, "module"), r.number(s, "first_line"),
+                                       r.number(s, "last_line"), r.text(s, "sha256")});
+    }
+    for (const ordered_json& b : r.array(f, "bypassed")) {
+      function.bypassed.push_back({r.number(b, "code"), r.text(b, "backend_id"), r.text(b, "reason")});
+    }
+    if (!r.ok()) return r.status("function '" + key + "'");
+    if (key != entry.key()) {
+      return Status::Corruption(0, where + ": function " + entry.function.qualname +
+                                       " has source_key " + key + ", expected " + entry.key());
+    }
+    for (const Bypass& b : function.bypassed) {
+      if (b.code >= entry.codes.size()) {
+        return Status::Corruption(0, where + ": bypass of code " + std::to_string(b.code) +
+                                         " in " + entry.function.qualname + ", which has " +
+                                         std::to_string(entry.codes.size()) + " codes");
+      }
+    }
+    package.functions.push_back(std::move(function));
+  }
+  for (std::string& path : r.texts(json, "kernels")) package.kernels.push_back({std::move(path), {}});
+  if (!r.ok()) return r.status("manifest");
+  return package;
+}
+
+// Every backend a non-bypassed code names must be present; nothing may be left unnamed.
+Status check_complete(const Package& package, const std::string& where) {
+  std::set<std::string> keys;
+  for (const FunctionPackage& f : package.functions) {
+    if (!keys.insert(f.entry.key()).second) {
+      return Status::Corruption(0, where + ": function " + f.entry.function.qualname + " appears twice");
+    }
+    if (f.entry.pickle.empty()) {
+      return Status::InvalidArgument(where + ": the Dynamo entry of " + f.entry.function.qualname +
+                                     " is missing");
+    }
+    std::set<uint32_t> bypassed;
+    for (const Bypass& b : f.bypassed) bypassed.insert(b.code);
+    for (uint32_t i = 0; i < f.entry.codes.size(); ++i) {
+      if (bypassed.count(i)) continue;
+      for (const std::string& id : f.entry.codes[i].backend_ids) {
+        if (!f.backends.count(id)) {
+          return Status::InvalidArgument(where + ": backend " + id + " of " +
+                                         f.entry.function.qualname + " is missing");
+        }
+      }
+    }
+  }
+  return Status::OK();
+}
+
+FunctionPackage* find_mutable(Package& package, std::string_view key) {
+  for (FunctionPackage& f : package.functions) {
+    if (f.entry.key() == key) return &f;
+  }
+  return nullptr;
+}
+
+// Which function a backend id belongs to (ids are unique per process, so per package).
+FunctionPackage* owner_of_backend(Package& package, std::string_view id) {
+  for (FunctionPackage& f : package.functions) {
+    for (const Code& code : f.entry.codes) {
+      for (const std::string& b : code.backend_ids) {
+        if (b == id) return &f;
+      }
+    }
+  }
+  return nullptr;
+}
+
+// A backend id becomes a file name in the unpacked form; torch's ids are
+// "__compiled_fn_<n>_<uuid>", so anything else is refused rather than escaped.
+bool is_safe_name(std::string_view name) {
+  if (name.empty() || name.size() > 200 || name.front() == '.') return false;
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '-' || c == '.';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool is_kernel_path(std::string_view path) {
+  // torch writes compiled libraries to <cache_dir>/<key[1:3]>/<key>[.<part>].so.
+  const size_t slash = path.find('/');
+  if (slash != 2 || path.size() <= 3 + 3 || path.size() > 3 + 200) return false;
+  const std::string_view name = path.substr(3);
+  if (name.front() == '.' || !name.ends_with(".so")) return false;
+  auto safe = [](char c, bool dot_ok) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || (dot_ok && c == '.');
+  };
+  return safe(path[0], false) && safe(path[1], false) &&
+         std::all_of(name.begin(), name.end(), [&](char c) { return safe(c, true); });
+}
+
+const FunctionPackage* Package::find(std::string_view key) const {
+  for (const FunctionPackage& f : functions) {
+    if (f.entry.key() == key) return &f;
+  }
+  return nullptr;
+}
+
+std::string describe(const Package& package) {
+  ordered_json json = manifest_json(package);
+  ordered_json fingerprint = ordered_json::object();
+  for (const auto& [name, value] : package.fingerprint) fingerprint[name] = value;
+  json["fingerprint"] = fingerprint;
+  return json.dump(2);
+}
+
+std::string write_package(const Package& package, const bundle::WriteOptions& options) {
+  const std::string manifest = manifest_json(package).dump(2);
+  mega_cache::MegaCache cache;
+  auto add = [&cache](std::string_view type, std::string key, std::string_view content) {
+    if (cache.groups.empty() || cache.groups.back().type != type) {
+      cache.groups.push_back(mega_cache::TypeGroup{std::string(type), 0, {}, false});
+    }
+    cache.groups.back().artifacts.push_back({std::string(type), std::move(key), content});
+  };
+  add(kManifestType, std::string(kManifestKey), manifest);
+  for (const FunctionPackage& f : package.functions) add(kDynamoType, f.entry.key(), f.entry.pickle);
+  for (const FunctionPackage& f : package.functions) {
+    for (const auto& [id, pickle] : f.backends) add(kBackendType, id, pickle);
+  }
+  for (const KernelFile& k : package.kernels) add(kKernelType, k.path, k.bytes);
+  if (!package.mega_cache.empty()) add(kMegaCacheType, std::string(kMegaCacheKey), package.mega_cache);
+  return bundle::write(cache, package.fingerprint, options);
+}
+
+bool is_package(const bundle::Bundle& bundle) {
+  return !bundle.entries.empty() && bundle.entries.front().type == kManifestType &&
+         bundle.entries.front().key == kManifestKey;
+}
+
+Result<Package> read_package(const bundle::Bundle& bundle) {
+  if (!is_package(bundle)) {
+    return Status::InvalidArgument(
+        "this bundle holds Mega-Cache artifacts, not a precompile package; load it with "
+        "megacache.load");
+  }
+  Result<bundle::Decoded> decoded = bundle::decode(bundle);
+  if (!decoded.ok()) return decoded.status();
+  const mega_cache::MegaCache& cache = decoded->cache;
+  Result<Package> parsed = parse_manifest(cache.groups.front().artifacts.front().content, "package manifest");
+  if (!parsed.ok()) return parsed.status();
+  Package package = std::move(parsed).value();
+  package.fingerprint = bundle.fingerprint;
+  std::map<std::string, std::string> kernels;
+  for (const mega_cache::TypeGroup& group : cache.groups) {
+    for (const mega_cache::Artifact& a : group.artifacts) {
+      const std::string what = a.type + " artifact '" + a.key + "'";
+      if (a.type == kManifestType) {
+        if (&group != &cache.groups.front()) return Status::Corruption(0, "a second package manifest");
+      } else if (a.type == kDynamoType) {
+        FunctionPackage* f = find_mutable(package, a.key);
+        if (!f) return Status::InvalidArgument(what + " is not in the manifest");
+        f->entry.pickle.assign(a.content);
+      } else if (a.type == kBackendType) {
+        FunctionPackage* f = owner_of_backend(package, a.key);
+        if (!f) return Status::InvalidArgument(what + " is named by no function in the manifest");
+        f->backends[a.key].assign(a.content);
+      } else if (a.type == kKernelType) {
+        if (!is_kernel_path(a.key)) {
+          return Status::InvalidArgument(what + " is not a kernel path <2 chars>/<name>.so");
+        }
+        kernels[a.key].assign(a.content);
+      } else if (a.type == kMegaCacheType && a.key == kMegaCacheKey) {
+        package.mega_cache.assign(a.content);
+      } else {
+        return Status::InvalidArgument(what + " is not part of the package format");
+      }
+    }
+  }
+  for (KernelFile& k : package.kernels) {
+    auto it = kernels.find(k.path);
+    if (it == kernels.end()) return Status::InvalidArgument("kernel " + k.path + " is missing");
+    k.bytes = std::move(it->second);
+    kernels.erase(it);
+  }
+  if (!kernels.empty()) {
+    return Status::InvalidArgument("kernel " + kernels.begin()->first + " is not in the manifest");
+  }
+  if (Status complete = check_complete(package, "package"); !complete.ok()) return complete;
+  return package;
+}
+
+// --- unpacked ---
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::string_view kManifestFile = "manifest.json";
+constexpr std::string_view kFingerprintFile = "fingerprint.json";
+constexpr std::string_view kMegaCacheFile = "mega_cache.bin";
+
+Status write_file(util::FileSystem& files, const fs::path& path, std::string_view bytes) {
+  if (Status s = files.create_directories(path.parent_path().string()); !s.ok()) return s;
+  return files.write_atomic(path.string(), bytes);
+}
+
+std::string unique_suffix() {
+  std::random_device random;
+  return std::to_string(::getpid()) + "-" + std::to_string(random());
+}
+
+}  // namespace
+
+Status write_unpacked(const Package& package, const std::string& dir) {
+  util::FileSystem& files = util::FileSystem::real();
+  const fs::path target = fs::path(dir).lexically_normal();
+  const fs::path building = target.string() + ".tmp-" + unique_suffix();
+  auto fail = [&](Status status) {
+    std::error_code ignored;
+    fs::remove_all(building, ignored);
+    return status;
+  };
+  if (Status s = write_file(files, building / kManifestFile, manifest_json(package).dump(2) + "\n"); !s.ok()) {
+    return fail(s);
+  }
+  ordered_json fingerprint = ordered_json::object();
+  for (const auto& [name, value] : package.fingerprint) fingerprint[name] = value;
+  if (Status s = write_file(files, building / kFingerprintFile, fingerprint.dump(2) + "\n"); !s.ok()) {
+    return fail(s);
+  }
+  for (const FunctionPackage& f : package.functions) {
+    const fs::path function_dir = building / "functions" / f.entry.key();
+    if (Status s = write_file(files, function_dir / "dynamo.pkl", f.entry.pickle); !s.ok()) return fail(s);
+    for (const auto& [id, pickle] : f.backends) {
+      if (!is_safe_name(id)) return fail(Status::InvalidArgument("backend id '" + id + "' is not a safe file name"));
+      if (Status s = write_file(files, function_dir / "backends" / (id + ".pkl"), pickle); !s.ok()) {
+        return fail(s);
+      }
+    }
+  }
+  for (const KernelFile& k : package.kernels) {
+    if (!is_kernel_path(k.path)) return fail(Status::InvalidArgument("kernel path '" + k.path + "' is unsafe"));
+    if (Status s = write_file(files, building / "kernels" / k.path, k.bytes); !s.ok()) return fail(s);
+  }
+  if (!package.mega_cache.empty()) {
+    if (Status s = write_file(files, building / kMegaCacheFile, package.mega_cache); !s.ok()) return fail(s);
+  }
+  // Swap the whole directory in: readers see the old package or the new one.
+  std::error_code error;
+  const fs::path old = target.string() + ".old-" + unique_suffix();
+  const bool had_old = fs::exists(target, error);
+  if (had_old) {
+    fs::rename(target, old, error);
+    if (error) return fail(Status::IOError("cannot move aside " + target.string() + ": " + error.message()));
+  }
+  fs::rename(building, target, error);
+  if (error) {
+    if (had_old) fs::rename(old, target, error);
+    return fail(Status::IOError("cannot rename into " + target.string() + ": " + error.message()));
+  }
+  if (had_old) fs::remove_all(old, error);
+  return Status::OK();
+}
+
+Result<Package> read_unpacked(const std::string& dir) {
+  util::FileSystem& files = util::FileSystem::real();
+  const fs::path root(dir);
+  auto read = [&](const fs::path& path) { return files.read_file(path.string()); };
+  Result<std::string> manifest = read(root / kManifestFile);
+  if (!manifest.ok()) return manifest.status();
+  Result<Package> parsed = parse_manifest(*manifest, (root / kManifestFile).string());
+  if (!parsed.ok()) return parsed.status();
+  Package package = std::move(parsed).value();
+
+  Result<std::string> fingerprint_text = read(root / kFingerprintFile);
+  if (!fingerprint_text.ok()) return fingerprint_text.status();
+  ordered_json fingerprint = ordered_json::parse(*fingerprint_text, nullptr, false);
+  if (!fingerprint.is_object()) {
+    return Status::Corruption(0, (root / kFingerprintFile).string() + ": not a JSON object");
+  }
+  for (const auto& [name, value] : fingerprint.items()) {
+    if (!value.is_string()) {
+      return Status::Corruption(0, (root / kFingerprintFile).string() + ": field '" + name +
+                                       "' is not a string");
+    }
+    package.fingerprint.emplace_back(name, value.get<std::string>());
+  }
+  std::sort(package.fingerprint.begin(), package.fingerprint.end());
+
+  for (FunctionPackage& f : package.functions) {
+    const fs::path function_dir = root / "functions" / f.entry.key();
+    Result<std::string> dynamo = read(function_dir / "dynamo.pkl");
+    if (!dynamo.ok()) return dynamo.status();
+    f.entry.pickle = std::move(dynamo).value();
+    for (const Code& code : f.entry.codes) {
+      for (const std::string& id : code.backend_ids) {
+        if (f.backends.count(id)) continue;
+        if (!is_safe_name(id)) return Status::InvalidArgument("backend id '" + id + "' is not a safe file name");
+        const fs::path path = function_dir / "backends" / (id + ".pkl");
+        if (!files.file_info(path.string())) continue;  // a bypassed code's backend
+        Result<std::string> backend = read(path);
+        if (!backend.ok()) return backend.status();
+        f.backends[id] = std::move(backend).value();
+      }
+    }
+  }
+  for (KernelFile& k : package.kernels) {
+    if (!is_kernel_path(k.path)) return Status::InvalidArgument("kernel path '" + k.path + "' is unsafe");
+    Result<std::string> bytes = read(root / "kernels" / k.path);
+    if (!bytes.ok()) return bytes.status();
+    k.bytes = std::move(bytes).value();
+  }
+  if (files.file_info((root / kMegaCacheFile).string())) {
+    Result<std::string> blob = read(root / kMegaCacheFile);
+    if (!blob.ok()) return blob.status();
+    package.mega_cache = std::move(blob).value();
+  }
+  if (Status complete = check_complete(package, dir); !complete.ok()) return complete;
+  return package;
+}
+
+}  // namespace megacache::precompile
