@@ -410,6 +410,10 @@ void record_dynamo_entry(pc::PrecompileContext& self, const nb::dict& function,
 NB_MODULE(_core, m) {
   m.doc() = "megacache C++ core (see the megacache package for the Python API)";
   m.attr("__version__") = MEGACACHE_VERSION;
+  // The torch adapter keeps a PrecompileContext and hooks installed into torch for the life of
+  // the process; torch's modules still reference them when the interpreter tears down, which
+  // nanobind would report as leaks at every exit.
+  nb::set_leak_warnings(false);
 
   nb::exception<CorruptionError>(m, "CorruptionError", PyExc_ValueError);
   nb::exception<InvalidInputError>(m, "InvalidInputError", PyExc_ValueError);

@@ -1,0 +1,951 @@
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <tuple>
+
+#include "megacache/bundle.h"
+#include "megacache/populate.h"
+#include "megacache/precompile.h"
+#include "test_util.h"
+#include "util/file_system.h"
+
+namespace megacache::precompile {
+namespace {
+
+using mega_cache::MegaCache;
+using test::read_tree;
+
+// Sorted by name, as bundle::Fingerprint is and as read_unpacked returns it.
+const bundle::Fingerprint kFingerprint = {
+    {"cpu_arch", "x86_64"},  {"cpu_flags", "avx2 avx512f"}, {"cuda", "13.0"},
+    {"cxx", "g++ 13.3.0"},   {"gpu", "NVIDIA H200"},        {"python", "3.11.7"},
+    {"torch", "2.11.0+cu130"}, {"torch_git", "0123abcd"},   {"triton", "3.5.0"}};
+
+// The fingerprint with one field set to `value`.
+bundle::Fingerprint with(bundle::Fingerprint fingerprint, const std::string& name,
+                         const std::string& value) {
+  for (auto& [n, v] : fingerprint) {
+    if (n == name) v = value;
+  }
+  return fingerprint;
+}
+
+// A module's text, and the torch checksum of its lines [3, 5) (see HashSourceLines below).
+const std::string kLayersSource = "import torch\n\ndef helper(x):\n    return x * 2\n\nlast = 1\n";
+const std::string kLayersLines3To5 = "dc91b93f5c9c051ce2e9eb8aff84f4ca629baca14b76c86b51fad3bb572693f3";
+
+DynamoEntry make_entry(std::string qualname, std::string module, uint32_t line, std::string device,
+                       std::vector<Code> codes, std::string pickle) {
+  DynamoEntry entry;
+  entry.function = {std::move(qualname), std::move(module), line, "", ""};
+  entry.device_type = std::move(device);
+  entry.codes = std::move(codes);
+  entry.pickle = std::move(pickle);
+  return entry;
+}
+
+// Two functions (one on CUDA with a bypassed code and an inlined source, one on CPU), two
+// kernels and a Mega-Cache blob; pickles and kernels hold NUL and high bytes.
+Package sample_package() {
+  Package package;
+  package.fingerprint = kFingerprint;
+
+  FunctionPackage forward;
+  forward.entry = make_entry("Model.forward", "app.model", 12, "cuda",
+                             {{{"forward"}, {"__compiled_fn_1_aaa"}},
+                              {{"forward", "torch_dynamo_resume_in_forward_at_15"}, {"__compiled_fn_3_ccc"}}},
+                             std::string("\x80\x05dynamo\0forward\xff", 16));
+  forward.entry.function.signature = "(self, x)";
+  forward.entry.function.source_sha256 = std::string(64, 'a');
+  forward.entry.inlined_sources = {{"app.layers", 3, 5, kLayersLines3To5}};
+  forward.backends = {{"__compiled_fn_1_aaa", std::string("\x80\x05" "backend one\0", 14)}};
+  forward.bypassed = {{1, "__compiled_fn_3_ccc", "backend __compiled_fn_3_ccc was not recorded"}};
+
+  FunctionPackage helper;
+  helper.entry = make_entry("helper", "app.util", 4, "cpu", {{{"helper", "inner"}, {"__compiled_fn_2_bbb"}}},
+                            "\x80\x05helper entry");
+  helper.entry.function.signature = "(x, y=1)";
+  helper.backends = {{"__compiled_fn_2_bbb", "\x80\x05" "backend two"}};
+
+  package.functions = {std::move(forward), std::move(helper)};
+  package.kernels = {{"ab/cabcdefghij.so", std::string("\x7f" "ELF\0\1\2kernel one", 17)},
+                     {"x_/cx_9.kernel.so", "\x7f" "ELF kernel two"}};
+  package.mega_cache = test::small_blob();
+  return package;
+}
+
+// The first field in which two packages differ, or "" when they are equal. Written field by
+// field so that a field the codecs forget is caught here rather than compared away.
+std::string difference(const Package& a, const Package& b) {
+  if (a.fingerprint != b.fingerprint) return "fingerprint";
+  if (a.mega_cache != b.mega_cache) return "mega_cache";
+  if (a.kernels.size() != b.kernels.size()) return "kernel count";
+  for (size_t i = 0; i < a.kernels.size(); ++i) {
+    if (a.kernels[i].path != b.kernels[i].path) return "kernel path " + a.kernels[i].path;
+    if (a.kernels[i].bytes != b.kernels[i].bytes) return "kernel bytes " + a.kernels[i].path;
+  }
+  if (a.functions.size() != b.functions.size()) return "function count";
+  for (size_t i = 0; i < a.functions.size(); ++i) {
+    const FunctionPackage& x = a.functions[i];
+    const FunctionPackage& y = b.functions[i];
+    const std::string name = "function " + x.entry.function.qualname + ": ";
+    const FunctionIdentity& f = x.entry.function;
+    const FunctionIdentity& g = y.entry.function;
+    if (std::tie(f.qualname, f.module, f.first_line, f.signature, f.source_sha256) !=
+        std::tie(g.qualname, g.module, g.first_line, g.signature, g.source_sha256)) {
+      return name + "identity";
+    }
+    if (x.entry.device_type != y.entry.device_type) return name + "device_type";
+    if (x.entry.pickle != y.entry.pickle) return name + "pickle";
+    if (x.entry.codes.size() != y.entry.codes.size()) return name + "code count";
+    for (size_t c = 0; c < x.entry.codes.size(); ++c) {
+      if (x.entry.codes[c].function_names != y.entry.codes[c].function_names) return name + "function_names";
+      if (x.entry.codes[c].backend_ids != y.entry.codes[c].backend_ids) return name + "backend_ids";
+    }
+    if (x.entry.inlined_sources.size() != y.entry.inlined_sources.size()) return name + "inlined count";
+    for (size_t s = 0; s < x.entry.inlined_sources.size(); ++s) {
+      const InlinedSource& p = x.entry.inlined_sources[s];
+      const InlinedSource& q = y.entry.inlined_sources[s];
+      if (std::tie(p.module, p.first_line, p.last_line, p.sha256) !=
+          std::tie(q.module, q.first_line, q.last_line, q.sha256)) {
+        return name + "inlined source";
+      }
+    }
+    if (x.bypassed.size() != y.bypassed.size()) return name + "bypass count";
+    for (size_t k = 0; k < x.bypassed.size(); ++k) {
+      const Bypass& p = x.bypassed[k];
+      const Bypass& q = y.bypassed[k];
+      if (std::tie(p.code, p.backend_id, p.reason) != std::tie(q.code, q.backend_id, q.reason)) {
+        return name + "bypass";
+      }
+    }
+    if (x.backends != y.backends) return name + "backends";
+  }
+  return "";
+}
+
+Result<Package> read_binary(const std::string& file) {
+  Result<bundle::Bundle> parsed = bundle::parse(file);
+  if (!parsed.ok()) return parsed.status();
+  return read_package(*parsed);
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// --- keys and source hashes ---
+
+TEST(Precompile, SourceKeyIsTorchsSourceId) {
+  // torch._dynamo.package._hash_source... source_id for qualname "f" at line 7, from torch.
+  EXPECT_EQ(source_key("f", 7), "9327ca99aaea2b8f025e61e53b64fcdd38d7e5c0ad893c4ed271d3622ac14548");
+  EXPECT_EQ(source_key("f", 7), util::sha256_hex("f7"));
+  // torch concatenates without a separator, so "f1" at line 7 and "f" at line 17 share a key.
+  EXPECT_EQ(source_key("f", 17), source_key("f1", 7));
+  EXPECT_NE(source_key("f", 17), source_key("f", 7));
+  EXPECT_EQ(make_entry("Model.forward", "m", 12, "cpu", {}, "").key(), util::sha256_hex("Model.forward12"));
+}
+
+TEST(Precompile, HashSourceLinesMirrorsTorch) {
+  // Expected values computed with python3 (hashlib only), slicing as inspect.getsourcelines
+  // does (linecache reads the file with readlines(), which keeps each "\n"):
+  //   lines = io.StringIO(text).readlines()
+  //   hashlib.sha256("".join(lines[first - 1:last - 1]).encode()).hexdigest()
+  const std::string& text = kLayersSource;  // 6 lines, final newline
+  EXPECT_EQ(hash_source_lines(text, 1, 7), "bd649f04990089df7365f808adcc43eeefcb087eeea5f470145021913b33b956");
+  EXPECT_EQ(hash_source_lines(text, 1, 7), util::sha256_hex(text));
+  EXPECT_EQ(hash_source_lines(text, 3, 5), kLayersLines3To5);
+  EXPECT_EQ(hash_source_lines(text, 3, 5), util::sha256_hex("def helper(x):\n    return x * 2\n"));
+  EXPECT_EQ(hash_source_lines(text, 1, 2), "b91a3bc5e2064d025a8ae122555c96948ec5b4895d53d809c4b66b71a4915133");
+  EXPECT_EQ(hash_source_lines(text, 6, 7), "027e5c8ff4801bb6510be3ca89f16b824cda0953eb2bb5ef4024cfc08f11f4a0");
+  // last_line beyond the end: the slice stops at the end.
+  EXPECT_EQ(hash_source_lines(text, 4, 100), "580f93d5e25b0e4d1e5e47415218b56d2a9eb2d532602823ae454a7e5a0d0728");
+  // last_line is exclusive: [3, 3) is empty.
+  EXPECT_EQ(hash_source_lines(text, 3, 3), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+
+  const std::string no_newline = "a = 1\nb = 2\nc = 3";  // no final newline
+  EXPECT_EQ(hash_source_lines(no_newline, 1, 4), "39a11e4e460e09b0692d3be509dfdefd4b38893fa09cad4a8dd4f376595e0c62");
+  EXPECT_EQ(hash_source_lines(no_newline, 2, 4), "d224ff9ee9a2a0e9ba7849ea2a16fab0e2039684fea925b1f09586d3ea8501a6");
+  EXPECT_EQ(hash_source_lines(no_newline, 3, 10), "46c7044c8b0a3ba6a3ac891861ab9c33aecfb2256765eda0474b7314ff49e2d2");
+}
+
+// --- PrecompileContext ---
+
+// "fa" (line 1) has code 0 -> b1 and code 1 -> b3, b2; "gb" (line 2) has code 0 -> b4.
+// b2 is never recorded.
+void record_two(PrecompileContext& context) {
+  context.record_dynamo_entry(make_entry("fa", "mod", 1, "cuda", {{{"fa"}, {"b1"}}, {{"fa_resume"}, {"b3", "b2"}}},
+                                         "entry fa"));
+  context.record_dynamo_entry(make_entry("gb", "mod", 2, "cpu", {{{"gb"}, {"b4"}}}, "entry gb"));
+  context.record_backend("b1", "pickle b1");
+  context.record_backend("b3", "pickle b3");
+  context.record_backend("b4", "pickle b4");
+}
+
+const FunctionPackage* find_in(const std::vector<FunctionPackage>& packages, const std::string& qualname) {
+  for (const FunctionPackage& p : packages) {
+    if (p.entry.function.qualname == qualname) return &p;
+  }
+  return nullptr;
+}
+
+TEST(PrecompileContext, StitchesBackendsPerFunctionAndBypassesMissingOnes) {
+  PrecompileContext context;
+  record_two(context);
+  const std::vector<FunctionPackage> packages = context.stitch();
+  ASSERT_EQ(packages.size(), 2u);
+
+  const FunctionPackage* gb = find_in(packages, "gb");
+  ASSERT_NE(gb, nullptr);
+  EXPECT_EQ(gb->entry.pickle, "entry gb");
+  EXPECT_EQ(gb->backends, (std::map<std::string, std::string>{{"b4", "pickle b4"}}));
+  EXPECT_TRUE(gb->bypassed.empty());
+
+  // fa keeps its entry; code 1 is bypassed for b2, and b3 (found, but of that code) is left out.
+  const FunctionPackage* fa = find_in(packages, "fa");
+  ASSERT_NE(fa, nullptr);
+  EXPECT_EQ(fa->entry.pickle, "entry fa");
+  EXPECT_EQ(fa->entry.codes.size(), 2u);
+  EXPECT_EQ(fa->backends, (std::map<std::string, std::string>{{"b1", "pickle b1"}}));
+  ASSERT_EQ(fa->bypassed.size(), 1u);
+  EXPECT_EQ(fa->bypassed[0].code, 1u);
+  EXPECT_EQ(fa->bypassed[0].backend_id, "b2");
+  EXPECT_TRUE(contains(fa->bypassed[0].reason, "b2")) << fa->bypassed[0].reason;
+
+  // `only` selects by source key.
+  const std::vector<FunctionPackage> only = context.stitch({source_key("gb", 2)});
+  ASSERT_EQ(only.size(), 1u);
+  EXPECT_EQ(only[0].entry.function.qualname, "gb");
+  EXPECT_TRUE(context.stitch({source_key("nothing", 9)}).empty());
+
+  // Recording the missing backend later un-bypasses the code.
+  context.record_backend("b2", "pickle b2");
+  const FunctionPackage* again = find_in(context.stitch(), "fa");
+  ASSERT_NE(again, nullptr);
+  EXPECT_TRUE(again->bypassed.empty());
+  EXPECT_EQ(again->backends.size(), 3u);
+}
+
+TEST(PrecompileContext, RecordReplacesByKeyAndId) {
+  PrecompileContext context;
+  record_two(context);
+  context.record_dynamo_entry(make_entry("fa", "mod", 1, "cpu", {{{"fa"}, {"b1"}}}, "entry fa v2"));
+  context.record_backend("b1", "pickle b1 v2");
+  const std::vector<FunctionPackage> packages = context.stitch();
+  ASSERT_EQ(packages.size(), 2u);
+  const FunctionPackage* fa = find_in(packages, "fa");
+  ASSERT_NE(fa, nullptr);
+  EXPECT_EQ(fa->entry.pickle, "entry fa v2");
+  EXPECT_EQ(fa->entry.device_type, "cpu");
+  EXPECT_TRUE(fa->bypassed.empty());
+  EXPECT_EQ(fa->backends, (std::map<std::string, std::string>{{"b1", "pickle b1 v2"}}));
+  // Same qualname at another line is another entry.
+  context.record_dynamo_entry(make_entry("fa", "mod", 30, "cpu", {}, "entry fa at 30"));
+  EXPECT_EQ(context.stitch().size(), 3u);
+}
+
+TEST(PrecompileContext, SerializeAndEditArtifactByKey) {
+  PrecompileContext context;
+  record_two(context);
+  EXPECT_EQ(context.serialize_artifact_by_key("b3"), std::optional<std::string>("pickle b3"));
+  EXPECT_EQ(context.serialize_artifact_by_key("b2"), std::nullopt);
+
+  ASSERT_TRUE(context.edit_artifact("b1", [](std::string_view old) -> Result<std::string> {
+                       return std::string(old) + " edited";
+                     }).ok());
+  EXPECT_EQ(context.serialize_artifact_by_key("b1"), std::optional<std::string>("pickle b1 edited"));
+  EXPECT_EQ(find_in(context.stitch(), "fa")->backends.at("b1"), "pickle b1 edited");
+
+  bool called = false;
+  const Status missing = context.edit_artifact("b2", [&](std::string_view) -> Result<std::string> {
+    called = true;
+    return std::string("x");
+  });
+  EXPECT_EQ(missing.code(), Status::Code::kNotFound);
+  EXPECT_TRUE(contains(missing.message(), "b2")) << missing.message();
+  EXPECT_FALSE(called);
+  EXPECT_EQ(context.serialize_artifact_by_key("b2"), std::nullopt);
+
+  const Status refused = context.edit_artifact("b3", [](std::string_view) -> Result<std::string> {
+    return Status::InvalidArgument("cannot rewrite this pickle");
+  });
+  EXPECT_EQ(refused.code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(refused.message(), "cannot rewrite this pickle");
+  EXPECT_EQ(context.serialize_artifact_by_key("b3"), std::optional<std::string>("pickle b3"));
+}
+
+TEST(PrecompileContext, ClearAndEmpty) {
+  PrecompileContext context;
+  EXPECT_TRUE(context.empty());
+  context.record_backend("b1", "x");
+  EXPECT_FALSE(context.empty());
+  context.clear();
+  EXPECT_TRUE(context.empty());
+  context.record_dynamo_entry(make_entry("fa", "mod", 1, "cpu", {}, "e"));
+  EXPECT_FALSE(context.empty());
+  record_two(context);
+  context.clear();
+  EXPECT_TRUE(context.empty());
+  EXPECT_TRUE(context.stitch().empty());
+  EXPECT_EQ(context.serialize_artifact_by_key("b1"), std::nullopt);
+}
+
+TEST(PrecompileContext, DebugInfoJsonListsEntriesAndBackends) {
+  PrecompileContext context;
+  record_two(context);
+  const nlohmann::json info = nlohmann::json::parse(context.debug_info_json());
+  ASSERT_TRUE(info.at("dynamo").is_array());
+  ASSERT_EQ(info.at("dynamo").size(), 2u);
+  EXPECT_EQ(info.at("backends"), nlohmann::json({"b1", "b3", "b4"}));
+  const nlohmann::json* fa = nullptr;
+  const nlohmann::json* gb = nullptr;
+  for (const nlohmann::json& entry : info.at("dynamo")) {
+    if (entry.at("fn_name") == "fa") fa = &entry;
+    if (entry.at("fn_name") == "gb") gb = &entry;
+  }
+  ASSERT_NE(fa, nullptr);
+  ASSERT_NE(gb, nullptr);
+  EXPECT_EQ(fa->at("key"), source_key("fa", 1));
+  EXPECT_EQ(fa->at("fn_first_lineno"), 1);
+  EXPECT_EQ(fa->at("module"), "mod");
+  EXPECT_EQ(fa->at("device_type"), "cuda");
+  EXPECT_EQ(fa->at("num_codes"), 2);
+  EXPECT_EQ(fa->at("backend_ids"), nlohmann::json({"b1", "b2", "b3"}));
+  ASSERT_EQ(fa->at("bypassed").size(), 1u);
+  EXPECT_EQ(fa->at("bypassed")[0].at("backend_id"), "b2");
+  EXPECT_TRUE(fa->at("bypassed")[0].at("reason").is_string());
+  EXPECT_EQ(gb->at("key"), source_key("gb", 2));
+  EXPECT_EQ(gb->at("fn_first_lineno"), 2);
+  EXPECT_EQ(gb->at("device_type"), "cpu");
+  EXPECT_EQ(gb->at("backend_ids"), nlohmann::json({"b4"}));
+  EXPECT_TRUE(gb->at("bypassed").empty());
+
+  PrecompileContext empty;
+  EXPECT_EQ(nlohmann::json::parse(empty.debug_info_json()),
+            nlohmann::json::parse(R"({"dynamo": [], "backends": []})"));
+}
+
+TEST(PrecompileContext, SerializeWritesTheStitchedPackage) {
+  PrecompileContext context;
+  record_two(context);
+  const std::vector<KernelFile> kernels = {{"ab/cabc.so", "ELF-test"}};
+  const Package package = context.package(kFingerprint, kernels, test::small_blob());
+  EXPECT_EQ(package.functions.size(), 2u);
+  EXPECT_EQ(package.fingerprint, kFingerprint);
+  EXPECT_EQ(package.mega_cache, test::small_blob());
+  const std::string file = context.serialize(kFingerprint, kernels, test::small_blob());
+  EXPECT_EQ(file, write_package(package));
+  Result<Package> read = read_binary(file);
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  EXPECT_EQ(difference(*read, package), "");
+  EXPECT_EQ(context.package(kFingerprint, {}, "", {source_key("gb", 2)}).functions.size(), 1u);
+}
+
+// --- binary format ---
+
+TEST(Package, BinaryRoundTrip) {
+  const Package package = sample_package();
+  const std::string file = write_package(package);
+  Result<bundle::Bundle> parsed = bundle::parse(file);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
+  EXPECT_TRUE(is_package(*parsed));
+  EXPECT_EQ(parsed->fingerprint, kFingerprint);
+  EXPECT_EQ(bundle::check_signature(*parsed), bundle::SignatureCheck::kUnsigned);
+  Result<Package> read = read_package(*parsed);
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  EXPECT_EQ(difference(*read, package), "");
+  // The fields one by one, so that a shared mistake in `difference` cannot hide a loss.
+  ASSERT_EQ(read->functions.size(), 2u);
+  const FunctionPackage& forward = read->functions[0];
+  EXPECT_EQ(forward.entry.function.qualname, "Model.forward");
+  EXPECT_EQ(forward.entry.function.module, "app.model");
+  EXPECT_EQ(forward.entry.function.first_line, 12u);
+  EXPECT_EQ(forward.entry.function.signature, "(self, x)");
+  EXPECT_EQ(forward.entry.function.source_sha256, std::string(64, 'a'));
+  EXPECT_EQ(forward.entry.device_type, "cuda");
+  EXPECT_EQ(forward.entry.pickle, std::string("\x80\x05dynamo\0forward\xff", 16));
+  ASSERT_EQ(forward.entry.codes.size(), 2u);
+  EXPECT_EQ(forward.entry.codes[1].function_names,
+            (std::vector<std::string>{"forward", "torch_dynamo_resume_in_forward_at_15"}));
+  EXPECT_EQ(forward.entry.codes[1].backend_ids, std::vector<std::string>{"__compiled_fn_3_ccc"});
+  ASSERT_EQ(forward.entry.inlined_sources.size(), 1u);
+  EXPECT_EQ(forward.entry.inlined_sources[0].module, "app.layers");
+  EXPECT_EQ(forward.entry.inlined_sources[0].last_line, 5u);
+  EXPECT_EQ(forward.entry.inlined_sources[0].sha256, kLayersLines3To5);
+  ASSERT_EQ(forward.bypassed.size(), 1u);
+  EXPECT_EQ(forward.bypassed[0].code, 1u);
+  EXPECT_EQ(forward.bypassed[0].backend_id, "__compiled_fn_3_ccc");
+  EXPECT_EQ(forward.backends.at("__compiled_fn_1_aaa"), std::string("\x80\x05" "backend one\0", 14));
+  EXPECT_EQ(read->functions[1].backends.at("__compiled_fn_2_bbb"), "\x80\x05" "backend two");
+  ASSERT_EQ(read->kernels.size(), 2u);
+  EXPECT_EQ(read->kernels[0].path, "ab/cabcdefghij.so");
+  EXPECT_EQ(read->kernels[0].bytes, std::string("\x7f" "ELF\0\1\2kernel one", 17));
+  EXPECT_EQ(read->mega_cache, test::small_blob());
+  EXPECT_NE(read->find(source_key("helper", 4)), nullptr);
+  EXPECT_EQ(read->find(source_key("helper", 5)), nullptr);
+
+  // Without kernels or Mega-Cache blob, and with no function at all.
+  Package bare = package;
+  bare.kernels.clear();
+  bare.mega_cache.clear();
+  Result<Package> bare_read = read_binary(write_package(bare));
+  ASSERT_TRUE(bare_read.ok()) << bare_read.status().to_string();
+  EXPECT_EQ(difference(*bare_read, bare), "");
+  Package nothing;
+  nothing.fingerprint = kFingerprint;
+  Result<Package> nothing_read = read_binary(write_package(nothing));
+  ASSERT_TRUE(nothing_read.ok()) << nothing_read.status().to_string();
+  EXPECT_EQ(difference(*nothing_read, nothing), "");
+}
+
+TEST(Package, PlainBundleIsNotAPackage) {
+  const std::string blob = test::small_blob();
+  Result<MegaCache> cache = mega_cache::parse(blob);
+  ASSERT_TRUE(cache.ok());
+  const std::string file = bundle::write(*cache, kFingerprint);
+  Result<bundle::Bundle> parsed = bundle::parse(file);
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_FALSE(is_package(*parsed));
+  Result<Package> read = read_package(*parsed);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_TRUE(contains(read.status().message(), "not a precompile package")) << read.status().message();
+}
+
+TEST(Package, SignedPackageVerifies) {
+  const bundle::SigningKey key = bundle::SigningKey::generate();
+  const Package package = sample_package();
+  const std::string file = write_package(package, {.signing_key = &key});
+  Result<bundle::Bundle> parsed = bundle::parse(file);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
+  EXPECT_EQ(bundle::check_signature(*parsed), bundle::SignatureCheck::kValid);
+  EXPECT_TRUE(bundle::is_trusted(*parsed, {key.public_key}));
+  EXPECT_FALSE(bundle::is_trusted(*parsed, {bundle::SigningKey::generate().public_key}));
+  Result<Package> read = read_package(*parsed);
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  EXPECT_EQ(difference(*read, package), "");
+}
+
+TEST(Package, ReadRefusesUnsafeKernelPathsAndUnknownArtifacts) {
+  // A kernel path the writer does not check becomes a refusal at read time.
+  Package package = sample_package();
+  package.kernels[0].path = "../x.so";
+  Result<Package> read = read_binary(write_package(package));
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_TRUE(contains(read.status().message(), "../x.so")) << read.status().message();
+
+  // A non-bypassed code whose backend is absent.
+  package = sample_package();
+  package.functions[1].backends.clear();
+  read = read_binary(write_package(package));
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_TRUE(contains(read.status().message(), "__compiled_fn_2_bbb")) << read.status().message();
+
+  // A backend artifact that no function names.
+  package = sample_package();
+  package.functions[1].backends["__compiled_fn_9_zzz"] = "stray";
+  read = read_binary(write_package(package));
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument);
+}
+
+// --- unpacked format ---
+
+TEST(Package, UnpackedRoundTripReplacesTheWholeDir) {
+  test::TempDir tmp;
+  const std::string dir = tmp.path() + "/pkg";
+  const Package package = sample_package();
+  ASSERT_TRUE(write_unpacked(package, dir).ok());
+  EXPECT_TRUE(std::filesystem::is_regular_file(dir + "/manifest.json"));
+  EXPECT_TRUE(std::filesystem::is_regular_file(dir + "/kernels/ab/cabcdefghij.so"));
+  Result<Package> read = read_unpacked(dir);
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  EXPECT_EQ(difference(*read, package), "");
+
+  // A stray file, and a second write of another package: the dir is the new package only.
+  ASSERT_TRUE(util::FileSystem::real().write_atomic(dir + "/stray.txt", "left over").ok());
+  Package second = sample_package();
+  second.kernels.pop_back();
+  second.mega_cache.clear();
+  second.functions.pop_back();
+  ASSERT_TRUE(write_unpacked(second, dir).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir + "/stray.txt"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/mega_cache.bin"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/kernels/x_"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/functions/" + source_key("helper", 4)));
+  read = read_unpacked(dir);
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  EXPECT_EQ(difference(*read, second), "");
+  // Nothing is left beside it (the build and the moved-aside old copy are gone).
+  std::vector<std::string> beside;
+  for (const auto& entry : std::filesystem::directory_iterator(tmp.path())) {
+    beside.push_back(entry.path().filename().string());
+  }
+  EXPECT_EQ(beside, std::vector<std::string>{"pkg"});
+}
+
+TEST(Package, UnpackedMissingBackendIsAnError) {
+  test::TempDir tmp;
+  const std::string dir = tmp.path() + "/pkg";
+  ASSERT_TRUE(write_unpacked(sample_package(), dir).ok());
+  // The bypassed code's backend was never written, and its absence is fine.
+  const std::string forward_backends = dir + "/functions/" + source_key("Model.forward", 12) + "/backends";
+  EXPECT_TRUE(std::filesystem::exists(forward_backends + "/__compiled_fn_1_aaa.pkl"));
+  EXPECT_FALSE(std::filesystem::exists(forward_backends + "/__compiled_fn_3_ccc.pkl"));
+  ASSERT_TRUE(read_unpacked(dir).ok());
+
+  ASSERT_TRUE(std::filesystem::remove(dir + "/functions/" + source_key("helper", 4) +
+                                      "/backends/__compiled_fn_2_bbb.pkl"));
+  Result<Package> read = read_unpacked(dir);
+  ASSERT_FALSE(read.ok());
+  EXPECT_TRUE(contains(read.status().message(), "__compiled_fn_2_bbb")) << read.status().message();
+
+  ASSERT_TRUE(std::filesystem::remove(dir + "/functions/" + source_key("helper", 4) + "/dynamo.pkl"));
+  EXPECT_FALSE(read_unpacked(dir).ok());
+  EXPECT_FALSE(read_unpacked(tmp.path() + "/absent").ok());
+}
+
+TEST(Package, UnpackedBadManifestIsCorruptionNamingTheFile) {
+  test::TempDir tmp;
+  const std::string dir = tmp.path() + "/pkg";
+  ASSERT_TRUE(write_unpacked(sample_package(), dir).ok());
+  util::FileSystem& files = util::FileSystem::real();
+  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", "{\"format\": \"megacache-package\", ").ok());
+  Result<Package> read = read_unpacked(dir);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
+  EXPECT_TRUE(contains(read.status().message(), "manifest.json")) << read.status().message();
+
+  // Valid JSON with a field of the wrong type names the field.
+  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json",
+                                 R"({"format": "megacache-package", "version": "1", "functions": [], "kernels": []})")
+                  .ok());
+  read = read_unpacked(dir);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
+  EXPECT_TRUE(contains(read.status().message(), "manifest.json")) << read.status().message();
+  EXPECT_TRUE(contains(read.status().message(), "version")) << read.status().message();
+
+  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json",
+                                 R"({"format": "megacache-package", "version": 2, "functions": [], "kernels": []})")
+                  .ok());
+  read = read_unpacked(dir);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
+}
+
+TEST(Package, UnpackedRefusesPathsThatEscape) {
+  test::TempDir tmp;
+  const std::string dir = tmp.path() + "/pkg";
+  Package package = sample_package();
+  ASSERT_TRUE(write_unpacked(package, dir).ok());
+  util::FileSystem& files = util::FileSystem::real();
+  const std::string pristine = *files.read_file(dir + "/manifest.json");
+  // Files a traversal would reach: <dir>/x.so via kernels/../x.so and kernels/ab/../../x.so,
+  // and <tmp>/x.so via kernels/../../x.so.
+  ASSERT_TRUE(files.write_atomic(dir + "/x.so", "outside the kernels dir").ok());
+  ASSERT_TRUE(files.write_atomic(tmp.path() + "/x.so", "outside the package").ok());
+  for (const std::string bad : {"../x.so", "ab/../../x.so", "../../x.so", "/etc/x.so", "ab/../x.so"}) {
+    nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(pristine);
+    manifest["kernels"][0] = bad;
+    ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", manifest.dump(2)).ok());
+    Result<Package> read = read_unpacked(dir);
+    ASSERT_FALSE(read.ok()) << bad;
+    EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument) << bad << ": " << read.status().to_string();
+  }
+  // A backend id is a file name too.
+  nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(pristine);
+  manifest["functions"][1]["codes"][0]["backend_ids"][0] = "../../../x";
+  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", manifest.dump(2)).ok());
+  Result<Package> read = read_unpacked(dir);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument) << read.status().to_string();
+
+  // And the writer refuses both before anything appears.
+  package.kernels[0].path = "ab/../../x.so";
+  EXPECT_EQ(write_unpacked(package, tmp.path() + "/other").code(), Status::Code::kInvalidArgument);
+  package = sample_package();
+  package.functions[1].backends = {{"../evil", "x"}};
+  package.functions[1].entry.codes[0].backend_ids = {"../evil"};
+  EXPECT_EQ(write_unpacked(package, tmp.path() + "/other").code(), Status::Code::kInvalidArgument);
+  EXPECT_FALSE(std::filesystem::exists(tmp.path() + "/other"));
+  EXPECT_FALSE(std::filesystem::exists(tmp.path() + "/evil.pkl"));
+}
+
+// --- check_package ---
+
+LoadCheck same_environment() {
+  LoadCheck check;
+  check.current = kFingerprint;
+  return check;
+}
+
+Package cpu_only_package() {
+  Package package = sample_package();
+  package.functions.erase(package.functions.begin());  // drops the CUDA function
+  package.kernels.clear();
+  return package;
+}
+
+TEST(PackageCheck, IdenticalFingerprintsPass) {
+  EXPECT_TRUE(check_package(sample_package(), same_environment()).ok());
+  EXPECT_TRUE(check_package(cpu_only_package(), same_environment()).ok());
+}
+
+TEST(PackageCheck, PythonAndTorchMustMatch) {
+  LoadCheck check = same_environment();
+  check.current = with(kFingerprint, "torch", "2.13.0+cpu");
+  Status status = check_package(cpu_only_package(), check);
+  EXPECT_EQ(status.code(), Status::Code::kMismatch);
+  EXPECT_EQ(status.message(), "package built with torch 2.11.0+cu130, this is 2.13.0+cpu");
+
+  check.current = with(kFingerprint, "python", "3.12.1");
+  status = check_package(cpu_only_package(), check);
+  EXPECT_EQ(status.code(), Status::Code::kMismatch);
+  EXPECT_EQ(status.message(), "package built with python 3.11.7, this is 3.12.1");
+
+  // A field this process lacks is shown as "(none)".
+  check.current = kFingerprint;
+  check.current.erase(check.current.begin() + 7);  // torch_git
+  status = check_package(cpu_only_package(), check);
+  EXPECT_EQ(status.code(), Status::Code::kMismatch);
+  EXPECT_EQ(status.message(), "package built with torch_git 0123abcd, this is (none)");
+}
+
+TEST(PackageCheck, CudaFieldsOnlyForCudaEntries) {
+  for (const std::string name : {"cuda", "triton", "gpu"}) {
+    LoadCheck check = same_environment();
+    check.current = with(kFingerprint, name, "other");
+    EXPECT_TRUE(check_package(cpu_only_package(), check).ok()) << name;
+    const Status status = check_package(sample_package(), check);
+    EXPECT_EQ(status.code(), Status::Code::kMismatch) << name;
+    EXPECT_TRUE(contains(status.message(), "package built with " + name + " ")) << status.message();
+    EXPECT_TRUE(contains(status.message(), ", this is other")) << status.message();
+  }
+}
+
+TEST(PackageCheck, CpuAndCompilerFieldsOnlyWithKernels) {
+  for (const std::string name : {"cpu_flags", "cxx", "cpu_arch"}) {
+    LoadCheck check = same_environment();
+    check.current = with(kFingerprint, name, "other");
+    EXPECT_TRUE(check_package(cpu_only_package(), check).ok()) << name;
+    Package with_kernels = cpu_only_package();
+    with_kernels.kernels = {{"ab/cabc.so", "ELF-test"}};
+    const Status status = check_package(with_kernels, check);
+    EXPECT_EQ(status.code(), Status::Code::kMismatch) << name;
+    EXPECT_TRUE(contains(status.message(), "package built with " + name + " ")) << status.message();
+  }
+  // Fields nobody checks may differ.
+  LoadCheck check = same_environment();
+  check.current.emplace_back("os", "Linux 6.1");
+  EXPECT_TRUE(check_package(sample_package(), check).ok());
+}
+
+FunctionIdentity helper_identity() {
+  return {"helper", "app.util", 4, "(x, y=1)", ""};
+}
+
+TEST(PackageCheck, FunctionMustBeInThePackage) {
+  LoadCheck check = same_environment();
+  check.function = helper_identity();
+  EXPECT_TRUE(check_package(sample_package(), check).ok());
+
+  check.function = FunctionIdentity{"other", "app.util", 9, "", ""};
+  const Status status = check_package(sample_package(), check);
+  EXPECT_EQ(status.code(), Status::Code::kMismatch);
+  EXPECT_TRUE(contains(status.message(), "app.util.other (line 9)")) << status.message();
+  EXPECT_TRUE(contains(status.message(), "app.model.Model.forward (line 12)")) << status.message();
+  EXPECT_TRUE(contains(status.message(), "app.util.helper (line 4)")) << status.message();
+
+  // Same name, other line: another function.
+  check.function = FunctionIdentity{"helper", "app.util", 5, "", ""};
+  EXPECT_EQ(check_package(sample_package(), check).code(), Status::Code::kMismatch);
+
+  Package empty;
+  empty.fingerprint = kFingerprint;
+  const Status none = check_package(empty, check);
+  EXPECT_EQ(none.code(), Status::Code::kMismatch);
+  EXPECT_TRUE(contains(none.message(), "nothing")) << none.message();
+}
+
+TEST(PackageCheck, SignatureMustMatch) {
+  LoadCheck check = same_environment();
+  check.function = helper_identity();
+  check.function->signature = "(x, y=2)";
+  const Status status = check_package(sample_package(), check);
+  EXPECT_EQ(status.code(), Status::Code::kMismatch);
+  EXPECT_TRUE(contains(status.message(), "(x, y=1)")) << status.message();
+  EXPECT_TRUE(contains(status.message(), "(x, y=2)")) << status.message();
+  // An unknown signature on either side is not a mismatch.
+  check.function->signature = "";
+  EXPECT_TRUE(check_package(sample_package(), check).ok());
+}
+
+TEST(PackageCheck, SourceChangesUnlessIgnored) {
+  LoadCheck check = same_environment();
+  check.function = FunctionIdentity{"Model.forward", "app.model", 12, "(self, x)", std::string(64, 'a')};
+  EXPECT_TRUE(check_package(sample_package(), check).ok());
+  check.function->source_sha256 = std::string(64, 'b');
+  const Status status = check_package(sample_package(), check);
+  EXPECT_EQ(status.code(), Status::Code::kMismatch);
+  EXPECT_TRUE(contains(status.message(), "changed")) << status.message();
+  EXPECT_TRUE(contains(status.message(), "aaaaaaaaaaaa")) << status.message();
+  EXPECT_TRUE(contains(status.message(), "bbbbbbbbbbbb")) << status.message();
+  check.ignore_source_changes = true;
+  EXPECT_TRUE(check_package(sample_package(), check).ok());
+}
+
+TEST(PackageCheck, InlinedSourcesAreRehashed) {
+  LoadCheck check = same_environment();
+  std::map<std::string, std::string> modules = {{"app.layers", kLayersSource}};
+  std::vector<std::string> asked;
+  check.module_source = [&](const std::string& module) -> std::optional<std::string> {
+    asked.push_back(module);
+    auto it = modules.find(module);
+    if (it == modules.end()) return std::nullopt;
+    return it->second;
+  };
+  EXPECT_TRUE(check_package(sample_package(), check).ok());
+  EXPECT_EQ(asked, std::vector<std::string>{"app.layers"});
+
+  // A change outside lines [3, 5) does not matter; one inside does.
+  modules["app.layers"] = "import torch  # edited\n\ndef helper(x):\n    return x * 2\n\nlast = 2\n";
+  EXPECT_TRUE(check_package(sample_package(), check).ok());
+  modules["app.layers"] = "import torch\n\ndef helper(x):\n    return x * 3\n\nlast = 1\n";
+  Status status = check_package(sample_package(), check);
+  EXPECT_EQ(status.code(), Status::Code::kMismatch);
+  EXPECT_TRUE(contains(status.message(), "app.layers lines 3-5")) << status.message();
+  EXPECT_TRUE(contains(status.message(), "Model.forward")) << status.message();
+  EXPECT_TRUE(contains(status.message(), "changed")) << status.message();
+
+  // Loading only the function that inlined nothing does not look at the module.
+  check.function = helper_identity();
+  EXPECT_TRUE(check_package(sample_package(), check).ok());
+  check.function.reset();
+
+  check.ignore_source_changes = true;
+  EXPECT_TRUE(check_package(sample_package(), check).ok());
+  check.ignore_source_changes = false;
+
+  modules.clear();
+  status = check_package(sample_package(), check);
+  EXPECT_EQ(status.code(), Status::Code::kMismatch);
+  EXPECT_TRUE(contains(status.message(), "app.layers lines 3-5")) << status.message();
+  EXPECT_TRUE(contains(status.message(), "cannot be read")) << status.message();
+}
+
+// --- populate_package ---
+
+TEST(PackagePopulate, WritesKernelsAndMegaCacheArtifacts) {
+  const std::string blob = test::read_test_file("mega_graphbreak.bin");
+  Package package = sample_package();
+  package.mega_cache = blob;
+  test::TempDir expected_dir;
+  Result<MegaCache> cache = mega_cache::parse(blob);
+  ASSERT_TRUE(cache.ok());
+  ASSERT_TRUE(populate(*cache, expected_dir.path()).ok());
+  std::map<std::string, std::string> expected = read_tree(expected_dir.path());
+  ASSERT_FALSE(expected.empty());
+  expected["ab/cabcdefghij.so"] = std::string("\x7f" "ELF\0\1\2kernel one", 17);
+  expected["x_/cx_9.kernel.so"] = "\x7f" "ELF kernel two";
+
+  test::TempDir dir;
+  Result<PopulateReport> report = populate_package(package, dir.path());
+  ASSERT_TRUE(report.ok()) << report.status().to_string();
+  EXPECT_EQ(read_tree(dir.path()), expected);
+  EXPECT_EQ(report->files_written, expected.size());
+  EXPECT_EQ(report->files_unchanged, 0u);
+  EXPECT_GT(report->info.count("inductor"), 0u);
+
+  Result<PopulateReport> again = populate_package(package, dir.path());
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  EXPECT_EQ(again->files_written, 0u);
+  EXPECT_EQ(again->files_unchanged, expected.size());
+  EXPECT_EQ(read_tree(dir.path()), expected);
+
+  // A kernel changed on disk is written again.
+  ASSERT_TRUE(util::FileSystem::real().write_atomic(dir.path() + "/ab/cabcdefghij.so", "other").ok());
+  Result<PopulateReport> repaired = populate_package(package, dir.path());
+  ASSERT_TRUE(repaired.ok());
+  EXPECT_EQ(repaired->files_written, 1u);
+  EXPECT_EQ(read_tree(dir.path()), expected);
+
+  // No Mega-Cache blob: only the kernels.
+  package.mega_cache.clear();
+  test::TempDir kernels_only;
+  Result<PopulateReport> kernels = populate_package(package, kernels_only.path());
+  ASSERT_TRUE(kernels.ok());
+  EXPECT_EQ(kernels->files_written, 2u);
+  EXPECT_EQ(read_tree(kernels_only.path()).size(), 2u);
+}
+
+TEST(PackagePopulate, KernelPathContract) {
+  for (const std::string& good : std::vector<std::string>{"ab/cabc.so", "5u/c5ujs.yugwe.so", "a_/x.so", "09/_.so", "ab/x..so",
+                                 "ab/" + std::string(197, 'n') + ".so"}) {
+    EXPECT_TRUE(is_kernel_path(good)) << good;
+  }
+  for (const std::string& bad : std::vector<std::string>{
+           "", "a/b.so", "../ab/c.so", "ab/.so", "ab/x.txt", "AB/c.so", "ab/C.so", "ab/c/d.so", "abc/d.so",
+        "/ab/c.so", "ab/.hidden.so", "ab/c.so/", "ab\\c.so", "a./c.so", "..//x.so", "ab/../x.so",
+        "ab/c-d.so", "ab/c d.so", "ab/c.so\n", std::string("ab/c\0.so", 8), "ab/" + std::string(198, 'n') + ".so"}) {
+    EXPECT_FALSE(is_kernel_path(bad)) << bad;
+  }
+}
+
+TEST(PackagePopulate, UnsafeKernelPathWritesNothing) {
+  for (const std::string bad : {"a/b.so", "../ab/c.so", "ab/.so", "ab/x.txt", "AB/c.so", "ab/../../x.so"}) {
+    Package package = sample_package();
+    package.mega_cache = test::read_test_file("mega_mlp_infer.bin");
+    package.kernels.push_back({bad, "ELF-test"});  // after a good one
+    test::TempDir dir;
+    Result<PopulateReport> report = populate_package(package, dir.path() + "/cache");
+    ASSERT_FALSE(report.ok()) << bad;
+    EXPECT_EQ(report.status().code(), Status::Code::kInvalidArgument) << bad;
+    EXPECT_TRUE(contains(report.status().message(), bad)) << report.status().message();
+    EXPECT_TRUE(read_tree(dir.path()).empty()) << bad;
+  }
+  // An invalid Mega-Cache blob is refused before any kernel is written, too.
+  Package package = sample_package();
+  package.mega_cache = "not a mega cache";
+  test::TempDir dir;
+  EXPECT_FALSE(populate_package(package, dir.path()).ok());
+  EXPECT_TRUE(read_tree(dir.path()).empty());
+}
+
+// --- corruption of a binary package ---
+
+TEST(PackageCorruption, EveryTruncationFails) {
+  Package package = sample_package();
+  package.mega_cache = test::make_blob({{"inductor", {{"fsmall", "graph"}}}});
+  const std::string file = write_package(package);
+  for (size_t length = 0; length < file.size(); ++length) {
+    const std::string cut = file.substr(0, length);
+    Result<bundle::Bundle> parsed = bundle::parse(cut);
+    if (!parsed.ok()) {
+      EXPECT_EQ(parsed.status().code(), Status::Code::kCorruption) << "length " << length;
+      continue;
+    }
+    ADD_FAILURE() << "length " << length << " of " << file.size() << " parsed";
+    Result<Package> read = read_package(*parsed);
+    if (read.ok()) {
+      EXPECT_EQ(difference(*read, package), "") << "length " << length;
+    }
+  }
+}
+
+TEST(PackageCorruption, RandomFlipsNeverYieldADifferentPackage) {
+  const Package package = sample_package();
+  const std::string file = write_package(package);
+  Result<bundle::Bundle> original = bundle::parse(file);
+  ASSERT_TRUE(original.ok());
+  const size_t index_end = original->header_and_index.size();
+  std::mt19937_64 rng(20260301);
+  int caught = 0;
+  for (int round = 0; round < 300; ++round) {
+    std::string damaged = file;
+    // Half the rounds hit the header and index, where the structure is.
+    const size_t limit = round % 2 == 0 ? index_end : damaged.size();
+    for (int flips = 1 + round % 3; flips > 0; --flips) {
+      damaged[rng() % limit] ^= static_cast<char>(1 + rng() % 255);
+    }
+    Result<bundle::Bundle> parsed = bundle::parse(damaged);
+    if (!parsed.ok()) {
+      EXPECT_EQ(parsed.status().code(), Status::Code::kCorruption) << "round " << round;
+      ++caught;
+      continue;
+    }
+    Result<Package> read = read_package(*parsed);
+    if (!read.ok()) {
+      ++caught;
+      continue;
+    }
+    EXPECT_EQ(difference(*read, package), "") << "round " << round << ": a damaged package was read";
+  }
+  EXPECT_EQ(caught, 300);  // every flip changes a covered byte
+
+  // With the trailing checksum repaired, damage to the header and index reaches the package
+  // reader, which may accept it (only a signature protects the content) but must not crash.
+  for (int round = 0; round < 300; ++round) {
+    std::string damaged = file;
+    damaged[rng() % index_end] ^= static_cast<char>(1 + rng() % 255);
+    const uint64_t fixed = util::xxh3_64(std::string_view(damaged).substr(0, index_end));
+    for (int i = 0; i < 8; ++i) damaged[damaged.size() - 1 - i] = static_cast<char>(fixed >> (8 * i));
+    Result<bundle::Bundle> parsed = bundle::parse(damaged);
+    if (!parsed.ok()) continue;
+    Result<Package> read = read_package(*parsed);
+    if (read.ok()) (void)check_package(*read, LoadCheck{});
+  }
+}
+
+// --- golden file ---
+
+// The package in tests/data/package_v1.mcpkg. Written by megacache 0.1.0 (manifest version 1,
+// zstd level 3); set MEGACACHE_REGENERATE_GOLDEN=1 to rewrite it after a deliberate format
+// change. The Mega-Cache blob is a tiny literal one: the torch fixtures are 250 KB and up.
+Package golden_package() {
+  Package package;
+  package.fingerprint = {{"cpu_arch", "x86_64"},        {"cpu_flags", "avx2 fma"},
+                         {"cxx", "g++ 12.2.0"},         {"megacache", "0.1.0"},
+                         {"os", "Linux"},               {"python", "3.11.7"},
+                         {"torch", "2.13.0+cpu"},       {"torch_git", "0123456789abcdef"}};
+  FunctionPackage f;
+  f.entry = make_entry("forward", "golden", 10, "cpu",
+                       {{{"forward"}, {"__compiled_fn_1_golden"}},
+                        {{"torch_dynamo_resume_in_forward_at_12"}, {"__compiled_fn_2_golden"}}},
+                       std::string("\x80\x05golden dynamo entry\0", 21));
+  f.entry.function.signature = "(x)";
+  f.entry.function.source_sha256 = util::sha256_hex("def forward(x):\n    return x.sin()\n");
+  f.entry.inlined_sources = {{"golden.layers", 3, 5, kLayersLines3To5}};
+  f.backends = {{"__compiled_fn_1_golden", std::string("\x80\x05" "backend one\0", 14)},
+                {"__compiled_fn_2_golden", "\x80\x05" "backend two"}};
+  package.functions = {std::move(f)};
+  package.kernels = {{"ab/cabc.so", "ELF-test"}};
+  package.mega_cache = test::make_blob({{"inductor", {{"fgolden", "golden graph"}}},
+                                        {"autotune", {{"ab/cabc.best_config", R"({"XBLOCK": 64})"}}}});
+  return package;
+}
+
+TEST(PackageGolden, ReadsAndReproducesTheGoldenFile) {
+  const std::string path = std::string(MEGACACHE_TEST_DATA) + "/package_v1.mcpkg";
+  if (const char* regenerate = std::getenv("MEGACACHE_REGENERATE_GOLDEN");
+      regenerate != nullptr && std::string(regenerate) == "1") {
+    ASSERT_TRUE(util::FileSystem::real().write_atomic(path, write_package(golden_package())).ok());
+  }
+  const std::string file = test::read_test_file("package_v1.mcpkg");
+  ASSERT_FALSE(file.empty()) << path << " is missing";
+  Result<bundle::Bundle> parsed = bundle::parse(file);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
+  ASSERT_TRUE(is_package(*parsed));
+  Result<Package> read = read_package(*parsed);
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+
+  ASSERT_EQ(read->functions.size(), 1u);
+  const FunctionPackage& f = read->functions[0];
+  EXPECT_EQ(f.entry.key(), source_key("forward", 10));
+  EXPECT_EQ(f.entry.function.module, "golden");
+  EXPECT_EQ(f.entry.function.signature, "(x)");
+  EXPECT_EQ(f.entry.device_type, "cpu");
+  EXPECT_EQ(f.entry.pickle, std::string("\x80\x05golden dynamo entry\0", 21));
+  EXPECT_EQ(f.backends.size(), 2u);
+  EXPECT_EQ(f.backends.at("__compiled_fn_2_golden"), "\x80\x05" "backend two");
+  ASSERT_EQ(read->kernels.size(), 1u);
+  EXPECT_EQ(read->kernels[0].path, "ab/cabc.so");
+  EXPECT_EQ(read->kernels[0].bytes, "ELF-test");
+  EXPECT_EQ(read->fingerprint.size(), 8u);
+  Result<MegaCache> cache = mega_cache::parse(read->mega_cache);
+  ASSERT_TRUE(cache.ok()) << cache.status().to_string();
+  EXPECT_EQ(cache->groups.size(), 2u);
+  EXPECT_EQ(difference(*read, golden_package()), "");
+
+  // The writer is deterministic and has not changed format.
+  EXPECT_TRUE(write_package(golden_package()) == file)
+      << "write_package no longer reproduces " << path
+      << "; if the change is deliberate, run with MEGACACHE_REGENERATE_GOLDEN=1";
+}
+
+}  // namespace
+}  // namespace megacache::precompile

@@ -1,0 +1,168 @@
+"""Precompile packages on real torch 2.13 CPU: each case compiles in a fresh process with an
+empty cache dir and saves a package; another fresh process with another empty cache dir
+loads it under fail_on_recompile and must give the same outputs without compiling."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).parent / "precompile"
+CASES = ["plain", "graph_break", "dynamic", "training", "recompile"]
+
+
+def run(script, *args, cwd, cache_dir, env=None, timeout=900):
+    environment = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache_dir), PYTHONPATH=str(cwd))
+    environment.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, str(HERE / script), *map(str, args)],
+        cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{script} {args} failed:\n{proc.stderr[-5000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def cold(tmp_path_factory):
+    """Every case compiled cold, two processes at a time (the machine has two cores)."""
+    root = tmp_path_factory.mktemp("precompile")
+    code = root / "code"
+    code.mkdir()
+    shutil.copy(HERE / "cases.py", code / "cases.py")
+
+    def compile_case(case):
+        out = root / case
+        out.mkdir()
+        report = run("workload.py", case, "cold", out / "package.mcpkg", out,
+                     cwd=code, cache_dir=root / f"cache-{case}")
+        return case, out, report
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = {case: (out, report) for case, out, report in pool.map(compile_case, CASES)}
+    return code, done
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fresh_process_loads_the_package_without_compiling(cold, case, tmp_path):
+    code, done = cold
+    out, cold_report = done[case]
+    assert cold_report["dynamo_cache"].get("dynamo_cache_miss", 0) >= 1
+    assert cold_report["inductor"].get("fxgraph_cache_miss", 0) >= 1
+
+    report = run("workload.py", case, "load", out / "package.mcpkg", tmp_path,
+                 cwd=code, cache_dir=tmp_path / "cache")
+    assert report["dynamo_cache"].get("dynamo_cache_hit", 0) >= 1
+    assert "dynamo_cache_miss" not in report["dynamo_cache"]
+    # Nothing was traced or compiled: no FX graph lookup at all, hit or miss.
+    assert "fxgraph_cache_miss" not in report["inductor"]
+    assert "fxgraph_cache_hit" not in report["inductor"]
+    expected = torch.load(out / "cold.pt")
+    actual = torch.load(tmp_path / "load.pt")
+    assert len(actual) >= len(expected)
+    for want, got in zip(expected, actual):
+        assert torch.equal(want, got)
+
+
+def test_unpacked_package_is_readable_and_loads(cold, tmp_path):
+    code, done = cold
+    out, _ = done["plain"]
+    unpacked = out / "package.mcpkg.unpacked"
+    manifest = json.loads((unpacked / "manifest.json").read_text())
+    names = sorted(f["function"]["qualname"] for f in manifest["functions"])
+    assert names == ["MLP.forward", "scale"]
+    assert manifest["kernels"], "a CPU package carries its compiled kernels"
+    assert all((unpacked / "kernels" / k).is_file() for k in manifest["kernels"])
+    fingerprint = json.loads((unpacked / "fingerprint.json").read_text())
+    assert fingerprint["torch"] == torch.__version__ and fingerprint["cpu_flags"]
+
+    report = run("workload.py", "plain", "load", unpacked, tmp_path,
+                 cwd=code, cache_dir=tmp_path / "cache")
+    assert report["dynamo_cache"].get("dynamo_cache_hit") == 2
+    assert "fxgraph_cache_miss" not in report["inductor"]
+
+
+def test_mismatched_environment_function_source_and_signature_raise(cold, tmp_path):
+    code, done = cold
+    out, _ = done["plain"]
+    edited = tmp_path / "edited"
+    shutil.copytree(out / "package.mcpkg.unpacked", edited)
+    fingerprint = json.loads((edited / "fingerprint.json").read_text())
+    fingerprint["torch"] = "2.11.0+cu130"
+    (edited / "fingerprint.json").write_text(json.dumps(fingerprint))
+
+    # The same functions at the same lines, with scale's body and MLP.forward's signature edited.
+    changed = tmp_path / "code"
+    changed.mkdir()
+    source = (code / "cases.py").read_text()
+    source = source.replace("return x * 3 + 1", "return x * 4 + 1")
+    source = source.replace("def forward(self, x):", "def forward(self, x, bias=0):")
+    (changed / "cases.py").write_text(source)
+
+    results = run("mismatch.py", out / "package.mcpkg", edited, cwd=changed, cache_dir=tmp_path / "cache")
+    assert results["environment"] == (
+        f"package built with torch 2.11.0+cu130, this is {torch.__version__}"
+    )
+    assert results["function"].startswith("package holds no entry for cases.unrelated (line ")
+    assert "it holds cases.MLP.forward" in results["function"] or "cases.scale" in results["function"]
+    assert results["source"].startswith("source of cases.scale (line 18) changed since the package")
+    assert "ignore_source_changes=True" in results["source"]
+    assert results["source_ignored"] == "ok"
+    assert results["signature"] == (
+        "package built for MLP.forward(x), this function is MLP.forward(x, bias=0)"
+    )
+
+
+def test_automatic_mode_fleet_compiles_once(redis_url, tmp_path):
+    """Four processes with empty cache dirs and one Redis: one compiles and publishes, the
+    others wait for it and start from its package."""
+    code = tmp_path / "code"
+    code.mkdir()
+    shutil.copy(HERE / "cases.py", code / "cases.py")
+
+    def member(i):
+        return run("automatic.py", redis_url, tmp_path / f"out{i}.pt", cwd=code,
+                   cache_dir=tmp_path / f"cache{i}")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        reports = list(pool.map(member, range(4)))
+    compiled = [r for r in reports if r["automatic"]["misses"]]
+    warm = [r for r in reports if r["automatic"]["hits"]]
+    assert len(compiled) == 1, reports
+    assert compiled[0]["automatic"]["published"] == 1
+    assert compiled[0]["inductor"].get("fxgraph_cache_miss") == 1
+    assert len(warm) == 3, reports
+    for r in warm:
+        assert r["dynamo_cache"] == {"dynamo_cache_hit": 1}
+        assert "fxgraph_cache_miss" not in r["inductor"] and "fxgraph_cache_hit" not in r["inductor"]
+    outputs = [torch.load(tmp_path / f"out{i}.pt") for i in range(4)]
+    assert all(torch.equal(outputs[0], o) for o in outputs[1:])
+
+
+def test_automatic_mode_refuses_a_corrupt_stored_package_and_compiles(tmp_path):
+    """A damaged store entry is a logged miss: the process compiles and replaces it."""
+    import megacache
+
+    code = tmp_path / "code"
+    code.mkdir()
+    shutil.copy(HERE / "cases.py", code / "cases.py")
+    store = f"file://{tmp_path / 'store'}"
+    first = run("automatic.py", store, tmp_path / "a.pt", cwd=code, cache_dir=tmp_path / "c1")
+    assert first["automatic"]["published"] == 1
+    opened = megacache.open_store(store)
+    [(name, _, _)] = [e for e in opened.list() if e[0].startswith("precompile-MLP.forward-")]
+    data = bytearray(opened.get(name))
+    data[len(data) // 2] ^= 0xFF
+    opened.put(name, bytes(data))
+
+    second = run("automatic.py", store, tmp_path / "b.pt", cwd=code, cache_dir=tmp_path / "c2")
+    assert second["automatic"]["refused"] == 1 and second["automatic"]["published"] == 1
+    assert second["dynamo_cache"].get("dynamo_cache_error") == 1
+    third = run("automatic.py", store, tmp_path / "c.pt", cwd=code, cache_dir=tmp_path / "c3")
+    assert third["automatic"]["hits"] == 1
+    assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "c.pt"))
