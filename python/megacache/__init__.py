@@ -25,6 +25,7 @@ __all__ = [
     "disable",
     "enable",
     "load_package",
+    "load_standalone",
     "save_package",
     "standalone_compile",
     "load",
@@ -187,3 +188,11 @@ def standalone_compile(gm: Any, example_inputs: Sequence[Any], *, dynamic_shapes
 
     return standalone.standalone_compile(gm, example_inputs, dynamic_shapes=dynamic_shapes,
                                          options=options, **kwargs)
+
+
+def load_standalone(path: str | os.PathLike[str], *, format: str = "binary") -> Any:
+    """Loads a standalone_compile artifact that torch or megacache saved; binary files are
+    checked and populated in C++. Raises PackageMismatchError for another torch build."""
+    from megacache.torch import standalone
+
+    return standalone.CompiledArtifact.load(path, format=format)

@@ -166,3 +166,24 @@ def test_automatic_mode_refuses_a_corrupt_stored_package_and_compiles(tmp_path):
     third = run("automatic.py", store, tmp_path / "c.pt", cwd=code, cache_dir=tmp_path / "c3")
     assert third["automatic"]["hits"] == 1
     assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "c.pt"))
+
+
+def test_standalone_compile_files_are_torchs_own(tmp_path):
+    """Our binary file equals torch's byte for byte; torch loads ours and we load torch's, in
+    a fresh process with an empty cache dir, without compiling."""
+    run("standalone.py", "save", tmp_path, cwd=tmp_path, cache_dir=tmp_path / "c1")
+    assert (tmp_path / "ours.bin").read_bytes() == (tmp_path / "torch.bin").read_bytes()
+    report = run("standalone.py", "load", tmp_path, cwd=tmp_path, cache_dir=tmp_path / "c2")
+    assert report == {"torch_loads_ours": True, "we_load_torchs": True, "unpacked": True, "fx_miss": 0}
+
+
+def test_standalone_file_from_another_torch_build_is_refused(tmp_path):
+    import megacache
+    from megacache import _core
+
+    data = bytearray((Path(__file__).parent.parent / "data" / "standalone_cpu_torch2.13.bin").read_bytes())
+    kind, torch_key, aot_key, blob = _core.standalone_parts(bytes(data))
+    other = _core.standalone_file(bytes(32), aot_key, blob)
+    (tmp_path / "other.bin").write_bytes(other)
+    with pytest.raises(megacache.PackageMismatchError, match="saved by another torch build"):
+        megacache.load_standalone(tmp_path / "other.bin")
