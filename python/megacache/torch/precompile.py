@@ -209,8 +209,8 @@ def build_package(keys: Optional[List[str]] = None) -> "_core.Package":
 def _install_probe_shortcut() -> None:
     from torch._inductor import cpu_vec_isa
 
-    original = cpu_vec_isa.VecISA._probe_load
-    if getattr(original, "_megacache", False):
+    original = getattr(cpu_vec_isa.VecISA, "_probe_load", None)  # torch 2.13 and later
+    if original is None or getattr(original, "_megacache", False):
         return
 
     @functools.wraps(original)
@@ -392,7 +392,8 @@ def install_hooks() -> None:
         torch._dynamo.config.caching_precompile = True
         cache = _MegacacheDynamoCache(dynamo_package.DynamoCache.path_prefix())
         dynamo_package.DynamoCache = cache
-        torch_precompile_context.DynamoCache = cache
+        if hasattr(torch_precompile_context, "DynamoCache"):
+            torch_precompile_context.DynamoCache = cache
         _installed = True
 
 
