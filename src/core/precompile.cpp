@@ -223,6 +223,7 @@ Status check_package(const Package& package, const LoadCheck& check) {
 // --- populate_package ---
 
 Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir) {
+  if (cache_dir.empty()) return Status::InvalidArgument("the torch cache dir is empty");
   for (const KernelFile& k : package.kernels) {
     if (!is_kernel_path(k.path)) {
       return Status::InvalidArgument("kernel path '" + k.path + "' is not <2 chars>/<name>.so");

@@ -60,7 +60,10 @@ ordered_json manifest_json(const Package& package) {
   ordered_json functions = ordered_json::array();
   for (const FunctionPackage& f : package.functions) functions.push_back(function_json(f));
   ordered_json kernels = ordered_json::array();
-  for (const KernelFile& k : package.kernels) kernels.push_back(k.path);
+  std::set<std::string_view> listed;
+  for (const KernelFile& k : package.kernels) {
+    if (listed.insert(k.path).second) kernels.push_back(k.path);
+  }
   return {{"format", kFormatName},
           {"version", kManifestVersion},
           {"functions", functions},
@@ -192,10 +195,6 @@ Status check_complete(const Package& package, const std::string& where) {
     if (!keys.insert(f.entry.key()).second) {
       return Status::Corruption(0, where + ": function " + f.entry.function.qualname + " appears twice");
     }
-    if (f.entry.pickle.empty()) {
-      return Status::InvalidArgument(where + ": the Dynamo entry of " + f.entry.function.qualname +
-                                     " is missing");
-    }
     std::set<uint32_t> bypassed;
     for (const Bypass& b : f.bypassed) bypassed.insert(b.code);
     for (uint32_t i = 0; i < f.entry.codes.size(); ++i) {
@@ -218,16 +217,18 @@ FunctionPackage* find_mutable(Package& package, std::string_view key) {
   return nullptr;
 }
 
-// Which function a backend id belongs to (ids are unique per process, so per package).
-FunctionPackage* owner_of_backend(Package& package, std::string_view id) {
+// The functions whose codes name a backend id.
+std::vector<FunctionPackage*> users_of_backend(Package& package, std::string_view id) {
+  std::vector<FunctionPackage*> users;
   for (FunctionPackage& f : package.functions) {
     for (const Code& code : f.entry.codes) {
-      for (const std::string& b : code.backend_ids) {
-        if (b == id) return &f;
+      if (std::find(code.backend_ids.begin(), code.backend_ids.end(), id) != code.backend_ids.end()) {
+        users.push_back(&f);
+        break;
       }
     }
   }
-  return nullptr;
+  return users;
 }
 
 // A backend id becomes a file name in the unpacked form; torch's ids are
@@ -283,10 +284,15 @@ std::string write_package(const Package& package, const bundle::WriteOptions& op
   };
   add(kManifestType, std::string(kManifestKey), manifest);
   for (const FunctionPackage& f : package.functions) add(kDynamoType, f.entry.key(), f.entry.pickle);
+  std::set<std::string_view> written;  // a backend two functions share, a kernel listed twice
   for (const FunctionPackage& f : package.functions) {
-    for (const auto& [id, pickle] : f.backends) add(kBackendType, id, pickle);
+    for (const auto& [id, pickle] : f.backends) {
+      if (written.insert(id).second) add(kBackendType, id, pickle);
+    }
   }
-  for (const KernelFile& k : package.kernels) add(kKernelType, k.path, k.bytes);
+  for (const KernelFile& k : package.kernels) {
+    if (written.insert(k.path).second) add(kKernelType, k.path, k.bytes);
+  }
   if (!package.mega_cache.empty()) add(kMegaCacheType, std::string(kMegaCacheKey), package.mega_cache);
   return bundle::write(cache, package.fingerprint, options);
 }
@@ -310,6 +316,7 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
   Package package = std::move(parsed).value();
   package.fingerprint = bundle.fingerprint;
   std::map<std::string, std::string> kernels;
+  std::set<std::string> with_entry;
   for (const mega_cache::TypeGroup& group : cache.groups) {
     for (const mega_cache::Artifact& a : group.artifacts) {
       const std::string what = a.type + " artifact '" + a.key + "'";
@@ -319,10 +326,11 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
         FunctionPackage* f = find_mutable(package, a.key);
         if (!f) return Status::InvalidArgument(what + " is not in the manifest");
         f->entry.pickle.assign(a.content);
+        with_entry.insert(a.key);
       } else if (a.type == kBackendType) {
-        FunctionPackage* f = owner_of_backend(package, a.key);
-        if (!f) return Status::InvalidArgument(what + " is named by no function in the manifest");
-        f->backends[a.key].assign(a.content);
+        const std::vector<FunctionPackage*> users = users_of_backend(package, a.key);
+        if (users.empty()) return Status::InvalidArgument(what + " is named by no function in the manifest");
+        for (FunctionPackage* f : users) f->backends[a.key].assign(a.content);
       } else if (a.type == kKernelType) {
         if (!is_kernel_path(a.key)) {
           return Status::InvalidArgument(what + " is not a kernel path <2 chars>/<name>.so");
@@ -335,14 +343,22 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
       }
     }
   }
+  for (const FunctionPackage& f : package.functions) {
+    if (!with_entry.count(f.entry.key())) {
+      return Status::InvalidArgument("the Dynamo entry of " + f.entry.function.qualname + " is missing");
+    }
+  }
+  std::set<std::string> listed;
   for (KernelFile& k : package.kernels) {
     auto it = kernels.find(k.path);
     if (it == kernels.end()) return Status::InvalidArgument("kernel " + k.path + " is missing");
-    k.bytes = std::move(it->second);
-    kernels.erase(it);
+    if (!listed.insert(k.path).second) return Status::Corruption(0, "kernel " + k.path + " is listed twice");
+    k.bytes = it->second;
   }
-  if (!kernels.empty()) {
-    return Status::InvalidArgument("kernel " + kernels.begin()->first + " is not in the manifest");
+  if (kernels.size() != listed.size()) {
+    for (const auto& [path, bytes] : kernels) {
+      if (!listed.count(path)) return Status::InvalidArgument("kernel " + path + " is not in the manifest");
+    }
   }
   if (Status complete = check_complete(package, "package"); !complete.ok()) return complete;
   return package;
@@ -372,7 +388,8 @@ std::string unique_suffix() {
 
 Status write_unpacked(const Package& package, const std::string& dir) {
   util::FileSystem& files = util::FileSystem::real();
-  const fs::path target = fs::path(dir).lexically_normal();
+  fs::path target = fs::path(dir).lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();  // "pkg/" names "pkg"
   const fs::path building = target.string() + ".tmp-" + unique_suffix();
   auto fail = [&](Status status) {
     std::error_code ignored;

@@ -222,7 +222,8 @@ TEST(PrecompileContext, StitchesBackendsPerFunctionAndBypassesMissingOnes) {
 
   // Recording the missing backend later un-bypasses the code.
   context.record_backend("b2", "pickle b2");
-  const FunctionPackage* again = find_in(context.stitch(), "fa");
+  const std::vector<FunctionPackage> restitched = context.stitch();
+  const FunctionPackage* again = find_in(restitched, "fa");
   ASSERT_NE(again, nullptr);
   EXPECT_TRUE(again->bypassed.empty());
   EXPECT_EQ(again->backends.size(), 3u);
@@ -455,6 +456,13 @@ TEST(Package, ReadRefusesUnsafeKernelPathsAndUnknownArtifacts) {
 
 // --- unpacked format ---
 
+// manifest.json as write_unpacked writes it for `package`.
+std::string manifest_of(const Package& package) {
+  test::TempDir tmp;
+  EXPECT_TRUE(write_unpacked(package, tmp.path() + "/pkg").ok());
+  return *util::FileSystem::real().read_file(tmp.path() + "/pkg/manifest.json");
+}
+
 TEST(Package, UnpackedRoundTripReplacesTheWholeDir) {
   test::TempDir tmp;
   const std::string dir = tmp.path() + "/pkg";
@@ -536,6 +544,28 @@ TEST(Package, UnpackedBadManifestIsCorruptionNamingTheFile) {
   read = read_unpacked(dir);
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
+  EXPECT_TRUE(contains(read.status().message(), "version 2")) << read.status().message();
+
+  // Well-typed but inconsistent: a bypass of a code that does not exist, a wrong source key.
+  const std::string pristine = manifest_of(sample_package());
+  nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(pristine);
+  manifest["functions"][0]["bypassed"][0]["code"] = 2;
+  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", manifest.dump(2)).ok());
+  read = read_unpacked(dir);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
+  EXPECT_TRUE(contains(read.status().message(), "bypass of code 2")) << read.status().message();
+
+  manifest = nlohmann::ordered_json::parse(pristine);
+  manifest["functions"][1]["function"]["first_line"] = 5;
+  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", manifest.dump(2)).ok());
+  read = read_unpacked(dir);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
+  EXPECT_TRUE(contains(read.status().message(), "source_key")) << read.status().message();
+
+  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", pristine).ok());
+  EXPECT_TRUE(read_unpacked(dir).ok());
 }
 
 TEST(Package, UnpackedRefusesPathsThatEscape) {
@@ -817,6 +847,51 @@ TEST(PackagePopulate, UnsafeKernelPathWritesNothing) {
 }
 
 // --- corruption of a binary package ---
+
+TEST(PackagePopulate, RefusesAnEmptyCacheDir) {
+  Package package;
+  package.kernels = {{"zq/cmegacachetest.so", "ELF"}};
+  Result<PopulateReport> report = populate_package(package, "");
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), Status::Code::kInvalidArgument);
+}
+
+TEST(Package, UnpackedDirNamedWithATrailingSlash) {
+  test::TempDir tmp;
+  const Package package = sample_package();
+  ASSERT_TRUE(write_unpacked(package, tmp.path() + "/pkg/").ok());
+  ASSERT_TRUE(write_unpacked(package, tmp.path() + "/pkg/").ok());  // over an existing one
+  Result<Package> read = read_unpacked(tmp.path() + "/pkg");
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  EXPECT_EQ(difference(*read, package), "");
+}
+
+TEST(Package, SharedBackendsAndRepeatedKernelsRoundTrip) {
+  Package package = sample_package();
+  // A second function whose code uses the helper's backend; the kernel list repeats a path.
+  FunctionPackage twin = package.functions[1];
+  twin.entry.function.qualname = "twin";
+  package.functions.push_back(twin);
+  package.kernels.push_back(package.kernels.front());
+  const std::string file = write_package(package);
+  Result<bundle::Bundle> bundle = bundle::parse(file);
+  ASSERT_TRUE(bundle.ok());
+  Result<Package> read = read_package(*bundle);
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  ASSERT_EQ(read->functions.size(), 3u);
+  EXPECT_EQ(read->functions[2].backends, package.functions[1].backends);
+  EXPECT_EQ(read->kernels.size(), 2u);  // a kernel is one file, however often it is listed
+}
+
+TEST(Package, EmptyDynamoPickleRoundTrips) {
+  Package package = sample_package();
+  package.functions[1].entry.pickle.clear();
+  Result<bundle::Bundle> bundle = bundle::parse(write_package(package));
+  ASSERT_TRUE(bundle.ok());
+  Result<Package> read = read_package(*bundle);
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  EXPECT_EQ(read->functions[1].entry.pickle, "");
+}
 
 TEST(PackageCorruption, EveryTruncationFails) {
   Package package = sample_package();
