@@ -144,6 +144,21 @@ def test_automatic_mode_fleet_compiles_once(redis_url, tmp_path):
     assert all(torch.equal(outputs[0], o) for o in outputs[1:])
 
 
+def test_automatic_mode_training_package_includes_the_backward(tmp_path):
+    """The backward compiles after the first forward call returns; the package is published
+    once torch records it, so the next process compiles neither direction."""
+    code = tmp_path / "code"
+    code.mkdir()
+    shutil.copy(HERE / "cases.py", code / "cases.py")
+    store = f"file://{tmp_path / 'store'}"
+    first = run("automatic.py", store, tmp_path / "a.pt", "train", cwd=code, cache_dir=tmp_path / "c1")
+    assert first["automatic"]["published"] == 1 and first["inductor"]["fxgraph_cache_miss"] == 2
+    second = run("automatic.py", store, tmp_path / "b.pt", "train", cwd=code, cache_dir=tmp_path / "c2")
+    assert second["automatic"]["hits"] == 1 and second["automatic"]["published"] == 0
+    assert "fxgraph_cache_miss" not in second["inductor"] and "fxgraph_cache_hit" not in second["inductor"]
+    assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt"))
+
+
 def test_automatic_mode_refuses_a_corrupt_stored_package_and_compiles(tmp_path):
     """A damaged store entry is a logged miss: the process compiles and replaces it."""
     import megacache

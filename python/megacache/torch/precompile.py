@@ -14,6 +14,7 @@ function; megacache puts its own DynamoCache there, which answers from an explic
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import inspect
@@ -198,8 +199,6 @@ def build_package(keys: Optional[List[str]] = None) -> "_core.Package":
         package = _context.package(
             list(environment()), _kernels(_torch_cache_dir()), blob or b"", keys or []
         )
-    for qualname, code, reason in package.bypassed():
-        log.warning("megacache: %s, code %d will compile again on load: %s", qualname, code, reason)
     return package
 
 
@@ -308,8 +307,8 @@ class _AutomaticMode:
         self.store = _core.Store(store_url)
         self.wait_seconds = wait_seconds
         self.claims: Dict[str, Any] = {}  # source key -> claim held while this process compiles
-        self.missed: Set[str] = set()  # keys this process compiles (and publishes)
         self.dirty: Set[str] = set()  # keys with compiles not yet published
+        self.held_back: Set[str] = set()  # keys waiting for a backend torch records later
         self.stats = {"hits": 0, "misses": 0, "published": 0, "refused": 0}
 
     def load(self, fn: Callable[..., Any], key: str) -> Optional[PrecompileCacheEntry]:
@@ -338,24 +337,41 @@ class _AutomaticMode:
         counters["dynamo_cache"]["dynamo_cache_miss"] += 1
         if claim is not None:
             self.claims[key] = claim
-        self.missed.add(key)
         return None
 
-    def publish(self, key: str) -> None:
-        """Puts the function's package into the store and drops the claim; never raises into
-        the job (a failed publish costs other processes a compile, nothing more)."""
+    def publish(self, key: str, *, only_if_complete: bool = False) -> None:
+        """Puts the function's package into the store and drops the claim. A package with a
+        backend not recorded yet (training compiles the backward on the first backward call)
+        is held back once: it goes out when torch records that backend, or after the next
+        call, or at exit. Never raises into the job: a failed publish costs other processes a
+        compile, nothing more."""
         self.dirty.discard(key)
         try:
-            package = build_package()
-            if key in package.keys():
-                self.store.put(store_name(key), package.to_bytes())
-                self.stats["published"] += 1
+            package = build_package([key])
+            if key not in package.keys():
+                return
+            incomplete = package.bypassed()
+            if incomplete and (only_if_complete or key not in self.held_back):
+                self.held_back.add(key)
+                return
+            for qualname, code, reason in incomplete:
+                log.warning("megacache: %s, code %d will compile again on load: %s", qualname, code, reason)
+            self.store.put(store_name(key), package.to_bytes())
+            self.stats["published"] += 1
         except (OSError, _core.InvalidInputError, _core.CorruptionError, pickle.PicklingError) as error:
             log.warning("megacache: could not publish the package of %s: %s", key, error)
-        finally:
-            claim = self.claims.pop(key, None)
-            if claim is not None:
-                claim.release()
+        self.held_back.discard(key)
+        claim = self.claims.pop(key, None)
+        if claim is not None:
+            claim.release()
+
+    def backend_recorded(self) -> None:
+        for key in list(self.held_back):
+            self.publish(key, only_if_complete=True)
+
+    def flush(self) -> None:
+        for key in list(self.held_back | self.dirty):
+            self.publish(key)
 
 
 _automatic: Optional[_AutomaticMode] = None
@@ -376,7 +392,7 @@ class _MegacacheDynamoCache(DiskDynamoCache):
 
     def record_package(self, package: CompilePackage) -> None:
         super().record_package(package)
-        if _automatic is not None and package.source_id in _automatic.missed:
+        if _automatic is not None:  # a miss, a recompile, or a bypassed frame compiled again
             _automatic.dirty.add(package.source_id)
 
 
@@ -390,6 +406,15 @@ def install_hooks() -> None:
         if _installed:
             return
         torch._dynamo.config.caching_precompile = True
+        torch_context = _torch_context()
+        record_artifact = torch_context.record_artifact
+
+        def record_artifact_then_publish(artifact: Any) -> None:
+            record_artifact(artifact)
+            if _automatic is not None and _automatic.held_back:
+                _automatic.backend_recorded()
+
+        torch_context.record_artifact = staticmethod(record_artifact_then_publish)
         cache = _MegacacheDynamoCache(dynamo_package.DynamoCache.path_prefix())
         dynamo_package.DynamoCache = cache
         if hasattr(torch_precompile_context, "DynamoCache"):
@@ -415,7 +440,7 @@ def _publish_after_calls(compiled: Callable[..., Any], key: str) -> Callable[...
         finally:
             _call_depth.value = depth
             mode = _automatic
-            if depth == 0 and mode is not None and key in mode.dirty:
+            if depth == 0 and mode is not None and (key in mode.dirty or key in mode.held_back):
                 mode.publish(key)
 
     return call
@@ -426,8 +451,6 @@ def wrap_for_publishing(compiled: Any, original: Callable[..., Any]) -> Any:
     if mode is None:
         return compiled
     key = source_key(original)
-    if key not in mode.missed:
-        return compiled
     if isinstance(compiled, torch.nn.Module):
         compiled.forward = _publish_after_calls(compiled.forward, key)
         return compiled
@@ -439,6 +462,7 @@ def enable(store: Optional[str], wait_seconds: float) -> None:
     install_hooks()
     with _lock:
         _automatic = _AutomaticMode(store or _core.default_store_url(), wait_seconds)
+        atexit.register(_automatic.flush)
         if not getattr(torch.compile, "_megacache", False):
             original_compile = torch.compile
 
@@ -503,6 +527,8 @@ def save(target: str, *, format: str, keys: Optional[List[str]], sign_with: Opti
         raise RuntimeError(
             "nothing to save yet: a torch.compile'd function compiles on its first call, so call it once first"
         )
+    for qualname, code, reason in package.bypassed():
+        log.warning("megacache: %s, code %d will compile again on load: %s", qualname, code, reason)
     signing_key = Path(sign_with).read_text().strip() if sign_with else ""
     if "://" in target:
         if format != "binary":

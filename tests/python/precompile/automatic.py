@@ -1,5 +1,5 @@
 """Subprocess side of the automatic-mode tests: one process of a fleet.
-usage: automatic.py STORE_URL OUT_FILE"""
+usage: automatic.py STORE_URL OUT_FILE [train]"""
 
 import json
 import sys
@@ -10,14 +10,20 @@ import torch
 import megacache
 
 STORE, OUT = sys.argv[1:3]
+TRAIN = sys.argv[3:] == ["train"]
 megacache.enable(store=STORE)  # the one line
 
 import cases  # noqa: E402
 
 start = time.monotonic()
-model = torch.compile(cases.MLP())
-with torch.no_grad():
-    result = model(torch.ones(4, 16))
+plain = cases.MLP()
+model = torch.compile(plain)
+if TRAIN:  # the backward compiles on the first backward call, after forward has returned
+    model(torch.ones(4, 16)).pow(2).sum().backward()
+    result = plain.fc1.weight.grad
+else:
+    with torch.no_grad():
+        result = model(torch.ones(4, 16))
 first_result = time.monotonic() - start
 torch.save(result, OUT)
 
