@@ -1,8 +1,9 @@
 // One entry point for every file megacache reads: a torch Mega-Cache blob (2.7 or 2.8+), a
-// standalone_compile binary file, or a megacache bundle. It checks what each format allows
+// standalone_compile binary file, a megacache bundle, or a precompile package. It checks what each format allows
 // (crc, checksums, signature and trust) and yields the artifacts torch would load.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -10,18 +11,22 @@
 
 #include "megacache/bundle.h"
 #include "megacache/mega_cache.h"
+#include "megacache/populate.h"
+#include "megacache/precompile.h"
 #include "megacache/status.h"
 
 namespace megacache {
 
-enum class FileKind : uint8_t { kMegaCache, kStandalone, kBundle };
+enum class FileKind : uint8_t { kMegaCache, kStandalone, kBundle, kPackage };
 
 struct OpenedFile {
   FileKind kind = FileKind::kMegaCache;
   std::optional<mega_cache::StandaloneArtifact> standalone;  // kStandalone
-  std::optional<bundle::Bundle> bundle;                      // kBundle
+  std::optional<bundle::Bundle> bundle;                      // kBundle, kPackage
   bundle::Decoded decoded;  // owns the artifacts' bytes for a bundle
-  std::optional<mega_cache::MegaCache> direct;  // views into the file otherwise
+  // kPackage; held by pointer so that `direct` (its fallback artifacts) survives a move.
+  std::shared_ptr<const precompile::Package> package;
+  std::optional<mega_cache::MegaCache> direct;  // views into the file or the package otherwise
 
   // The artifacts, or nullptr for an AOTCompiledArtifact (a pickle, no cache artifacts).
   const mega_cache::MegaCache* artifacts() const {
@@ -40,8 +45,14 @@ Result<std::vector<bundle::PublicKey>> parse_trusted_keys(std::string_view spec)
 // (see bundle::check_trust).
 Result<OpenedFile> open_file(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys);
 
+// Writes what `opened` carries into a torch cache dir: its artifacts (populate), and for a
+// package its kernels too (precompile::populate_package). Errors as those functions.
+Result<PopulateReport> populate_file(const OpenedFile& opened, const std::string& cache_dir,
+                                     const PopulateOptions& options = {});
+
 // Everything loading `file` would check (format, checksums, signature and trust, every key),
-// without writing. Returns how many files populate would write (0 for an AOTCompiledArtifact).
+// without writing. Returns how many files populate would write (0 for an AOTCompiledArtifact;
+// a package's kernels count).
 Result<size_t> verify_file(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys);
 
 // open_file for callers that need cache artifacts: an AOTCompiledArtifact, which carries a

@@ -102,8 +102,10 @@ ordered_json describe(const std::string& path, const LoadedFile& file,
   report["file"] = path;
   report["bytes"] = file.bytes.size();
   report["format"] = opened.kind == FileKind::kBundle       ? "megacache-bundle"
+                     : opened.kind == FileKind::kPackage    ? "megacache-package"
                      : opened.kind == FileKind::kStandalone ? "standalone_compile"
                                                             : "mega-cache";
+  if (opened.package) report["package"] = ordered_json::parse(precompile::describe(*opened.package));
   if (opened.standalone) {
     const mc::StandaloneArtifact& s = *opened.standalone;
     report["standalone"] = {{"kind", kind_name(s.kind)},
@@ -134,7 +136,7 @@ ordered_json describe(const std::string& path, const LoadedFile& file,
   }
   const mc::MegaCache* cache = opened.artifacts();
   if (cache == nullptr) return report;
-  if (opened.kind != FileKind::kBundle) {
+  if (opened.kind != FileKind::kBundle && opened.kind != FileKind::kPackage) {
     report["layout"] = cache->layout == mc::Layout::kV2_7 ? "torch 2.7" : "torch 2.8+";
     report["crc32"] = cache->layout == mc::Layout::kV2_7 ? ordered_json(nullptr)
                                                           : ordered_json(hex32(cache->crc32));
@@ -187,6 +189,19 @@ void print_human(std::ostream& out, const ordered_json& report) {
     for (const auto& [name, value] : b["fingerprint"].items()) {
       out << "  " << name << ": " << value.get<std::string>() << "\n";
     }
+  }
+  if (report.contains("package")) {
+    const ordered_json& p = report["package"];
+    out << "precompile package: " << p["functions"].size() << " function(s), " << p["kernels"].size()
+        << " kernel(s)\n";
+    for (const auto& f : p["functions"]) {
+      const ordered_json& id = f["function"];
+      out << "  " << id["module"].get<std::string>() << "." << id["qualname"].get<std::string>()
+          << id["signature"].get<std::string>() << " (line " << id["first_line"] << ", "
+          << f["device_type"].get<std::string>() << "): " << f["codes"].size() << " guarded code(s), "
+          << f["bypassed"].size() << " bypassed\n";
+    }
+    out << "fallback Mega-Cache artifacts:\n";
   }
   if (!report.contains("groups")) return;
   if (report.contains("layout")) {
@@ -266,7 +281,7 @@ int cmd_verify(const Reporter& r, const Options& o) {
 int cmd_populate(const Reporter& r, const Options& o) {
   Result<LoadedFile> file = load_file(o.file, o, Need::kArtifacts);
   if (!file.ok()) return r.fail(o.file, file.status());
-  Result<PopulateReport> report = populate(*file->opened.artifacts(), o.cache_dir);
+  Result<PopulateReport> report = populate_file(file->opened, o.cache_dir);
   if (!report.ok()) return r.fail(o.file, report.status());
   ordered_json counts = ordered_json::object();
   for (const auto& [type, keys] : report->info.entries()) counts[type] = keys.size();
@@ -288,6 +303,11 @@ int cmd_convert(const Reporter& r, const Options& o) {
   const OpenedFile& opened = file->opened;
   std::string output;
   std::string direction;
+  if (opened.kind == FileKind::kPackage) {
+    return r.fail(o.file, Status::InvalidArgument(
+                              "a precompile package holds pickled Dynamo entries that only torch can "
+                              "rewrite; use megacache.load_package, or `megacache inspect` to read it"));
+  }
   if (opened.kind == FileKind::kBundle) {
     output = mc::write_groups(*opened.artifacts());  // already decoded and checked
     direction = "torch Mega-Cache";

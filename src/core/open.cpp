@@ -36,6 +36,23 @@ Result<OpenedFile> open_file(std::string_view file,
     Result<bundle::Bundle> parsed = bundle::parse(file);
     if (!parsed.ok()) return parsed.status();
     if (Status trust = bundle::check_trust(*parsed, trusted_keys); !trust.ok()) return trust;
+    if (precompile::is_package(*parsed)) {
+      Result<precompile::Package> package = precompile::read_package(*parsed);
+      if (!package.ok()) return package.status();
+      opened.kind = FileKind::kPackage;
+      opened.package = std::make_shared<const precompile::Package>(std::move(package).value());
+      opened.bundle = std::move(parsed).value();
+      if (opened.package->mega_cache.empty()) {
+        opened.direct.emplace();
+        return opened;
+      }
+      Result<mega_cache::MegaCache> fallback = mega_cache::parse(opened.package->mega_cache);
+      if (!fallback.ok()) {
+        return Status::Corruption(0, "in the package's Mega-Cache artifacts: " + fallback.status().to_string());
+      }
+      opened.direct = std::move(fallback).value();
+      return opened;
+    }
     Result<bundle::Decoded> decoded = bundle::decode(*parsed);
     if (!decoded.ok()) return decoded.status();
     opened.bundle = std::move(parsed).value();
@@ -64,7 +81,16 @@ Result<size_t> verify_file(std::string_view file, const std::vector<bundle::Publ
   if (opened->artifacts() == nullptr) return size_t{0};
   Result<std::vector<PlannedFile>> plan = plan_populate(*opened->artifacts());
   if (!plan.ok()) return plan.status();
-  return plan->size();
+  return plan->size() + (opened->package ? opened->package->kernels.size() : 0);
+}
+
+Result<PopulateReport> populate_file(const OpenedFile& opened, const std::string& cache_dir,
+                                     const PopulateOptions& options) {
+  if (opened.package) return precompile::populate_package(*opened.package, cache_dir);
+  if (opened.artifacts() == nullptr) {
+    return Status::InvalidArgument("an AOTCompiledArtifact holds no cache artifacts to populate");
+  }
+  return populate(*opened.artifacts(), cache_dir, options);
 }
 
 Result<OpenedFile> open_artifacts(std::string_view file,

@@ -91,7 +91,7 @@ std::pair<TypeKeys, Fields> load_into(const nb::bytes& data, const std::string& 
       megacache::Result<megacache::OpenedFile> opened = open_artifacts(view(data), trusted_keys);
       if (!opened.ok()) return opened.status();
       if (opened->bundle) fingerprint = opened->bundle->fingerprint;
-      return megacache::populate(*opened->artifacts(), cache_dir, options);
+      return megacache::populate_file(*opened, cache_dir, options);
     }();
   }
   if (!report.ok()) raise(report.status());

@@ -7,6 +7,7 @@
 
 #include "megacache/bundle.h"
 #include "megacache/populate.h"
+#include "megacache/open.h"
 #include "megacache/precompile.h"
 #include "test_util.h"
 #include "util/file_system.h"
@@ -891,6 +892,28 @@ TEST(Package, EmptyDynamoPickleRoundTrips) {
   Result<Package> read = read_package(*bundle);
   ASSERT_TRUE(read.ok()) << read.status().to_string();
   EXPECT_EQ(read->functions[1].entry.pickle, "");
+}
+
+TEST(Package, OpenFileRecognisesAPackage) {
+  const Package package = sample_package();
+  const std::string file = write_package(package);
+  Result<OpenedFile> opened = open_file(file, {});
+  ASSERT_TRUE(opened.ok()) << opened.status().to_string();
+  EXPECT_EQ(opened->kind, FileKind::kPackage);
+  ASSERT_NE(opened->artifacts(), nullptr);
+  Result<std::vector<PlannedFile>> fallback = plan_populate(*opened->artifacts());
+  ASSERT_TRUE(fallback.ok());
+  Result<size_t> planned = verify_file(file, {});
+  ASSERT_TRUE(planned.ok()) << planned.status().to_string();
+  EXPECT_EQ(*planned, fallback->size() + package.kernels.size());
+
+  test::TempDir dir;
+  Result<PopulateReport> report = populate_file(*opened, dir.path());
+  ASSERT_TRUE(report.ok()) << report.status().to_string();
+  EXPECT_EQ(report->files_written, fallback->size() + package.kernels.size());
+  Result<std::string> kernel = util::FileSystem::real().read_file(dir.path() + "/ab/cabcdefghij.so");
+  ASSERT_TRUE(kernel.ok());
+  EXPECT_EQ(*kernel, package.kernels[0].bytes);
 }
 
 TEST(PackageCorruption, EveryTruncationFails) {

@@ -20,8 +20,9 @@ CASES = ["plain", "graph_break", "dynamic", "training", "recompile"]
 def run(script, *args, cwd, cache_dir, env=None, timeout=900):
     environment = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache_dir), PYTHONPATH=str(cwd))
     environment.update(env or {})
+    # -P: the copy of cases.py in `cwd` (which tests edit) must win over the one beside the script.
     proc = subprocess.run(
-        [sys.executable, str(HERE / script), *map(str, args)],
+        [sys.executable, "-P", str(HERE / script), *map(str, args)],
         cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
     )
     assert proc.returncode == 0, f"{script} {args} failed:\n{proc.stderr[-5000:]}"

@@ -294,8 +294,9 @@ def store_name(key: str) -> str:
     """The store name of one function's package here: its source key and the environment
     facts a package must match, so that other machines' packages are never even fetched."""
     fn = _functions.get(key)
-    digest = hashlib.sha256(repr((key, identity(fn)["source_sha256"] if fn else "", environment())).encode())
-    qualname = identity(fn)["qualname"] if fn else "fn"
+    function = identity(fn) if fn is not None else {"source_sha256": "", "qualname": "fn"}
+    digest = hashlib.sha256(repr((key, function["source_sha256"], environment())).encode())
+    qualname = function["qualname"]
     readable = "".join(c if c.isalnum() or c in "._-" else "_" for c in qualname)[:60]
     return f"precompile-{readable}-{digest.hexdigest()[:32]}"
 
@@ -358,8 +359,11 @@ class _AutomaticMode:
                 log.warning("megacache: %s, code %d will compile again on load: %s", qualname, code, reason)
             self.store.put(store_name(key), package.to_bytes())
             self.stats["published"] += 1
-        except (OSError, _core.InvalidInputError, _core.CorruptionError, pickle.PicklingError) as error:
-            log.warning("megacache: could not publish the package of %s: %s", key, error)
+        except (OSError, _core.InvalidInputError, _core.CorruptionError,
+                pickle.PicklingError, TypeError, AttributeError) as error:
+            # TypeError and AttributeError are what pickle raises for an object it cannot
+            # pickle; the job goes on without a published package.
+            log.warning("megacache: could not publish the package of %s: %s", key, error, exc_info=True)
         self.held_back.discard(key)
         claim = self.claims.pop(key, None)
         if claim is not None:
