@@ -88,6 +88,16 @@ def test_unpacked_package_is_readable_and_loads(cold, tmp_path):
     assert "fxgraph_cache_miss" not in report["inductor"]
 
 
+def test_package_from_a_store_url_loads(cold, tmp_path):
+    code, done = cold
+    out, _ = done["plain"]
+    report = run("workload.py", "plain", "load", f"file://{out / 'store'}", tmp_path,
+                 cwd=code, cache_dir=tmp_path / "cache")
+    assert report["dynamo_cache"].get("dynamo_cache_hit") == 2
+    assert "fxgraph_cache_miss" not in report["inductor"]
+    assert torch.equal(torch.load(out / "cold.pt")[0], torch.load(tmp_path / "load.pt")[0])
+
+
 def test_mismatched_environment_function_source_and_signature_raise(cold, tmp_path):
     code, done = cold
     out, _ = done["plain"]

@@ -2,7 +2,8 @@
 
 usage: workload.py CASE MODE PACKAGE OUT
   MODE cold: compile with megacache.compile(package=PACKAGE) (absent: compiles), run, save
-             the package (binary, and unpacked beside it) and the outputs.
+             the package (binary, unpacked beside it, and into the store OUT/store) and the
+             outputs. PACKAGE may be a store URL.
   MODE load: the same under fail_on_recompile; any recompile raises.
 Prints one JSON line: counters and megacache's automatic stats.
 """
@@ -55,6 +56,7 @@ outputs, compiled = run()
 if MODE == "cold":
     megacache.save_package(PACKAGE)
     megacache.save_package(PACKAGE + ".unpacked", format="unpacked")
+    megacache.save_package("file://" + os.path.join(OUT, "store"))  # one entry per function
 torch.save(outputs, os.path.join(OUT, f"{MODE}.pt"))
 from torch._dynamo.utils import counters
 
