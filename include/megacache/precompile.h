@@ -87,6 +87,11 @@ struct KernelFile {
   std::string bytes;
 };
 
+// Every compiled library in a torch cache dir (<cache_dir>/<2 chars>/<name>.so, kernel paths
+// only), sorted by path: the CPU kernels and the vector-ISA probe libraries that a fresh dir
+// would build again with the compiler. Errors: IOError.
+Result<std::vector<KernelFile>> read_kernels(const std::string& cache_dir);
+
 struct Package {
   bundle::Fingerprint fingerprint;
   std::vector<FunctionPackage> functions;
@@ -132,6 +137,9 @@ class PrecompileContext {
   bool empty() const;
 
  private:
+  // The codes of `entry` whose backends are missing; the caller holds mutex_.
+  std::vector<Bypass> bypasses_locked(const DynamoEntry& entry) const;
+
   mutable std::mutex mutex_;
   std::map<std::string, std::string> backends_;
   std::map<std::string, DynamoEntry> entries_;
@@ -176,6 +184,11 @@ Status check_package(const Package& package, const LoadCheck& check);
 // atomically; kernel paths are validated before anything is written. Pickles are not written:
 // the caller hands them to torch. Errors: InvalidArgument, IOError.
 Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir);
+
+// The store name of one function's package: "precompile-<qualname>-<32 hex>", the hex over the
+// source key, the function's source hash and every fingerprint field, so a store only ever
+// hands a process packages built for an environment like its own (docs/store-format.md).
+std::string store_name(const FunctionIdentity& function, const bundle::Fingerprint& fingerprint);
 
 // Torch's line slicing of a module's source (inspect.getsourcelines(m)[0][first-1:last-1]),
 // hashed as torch does: hex sha256 of the joined lines.

@@ -1,6 +1,7 @@
 #include "megacache/precompile.h"
 
 #include <algorithm>
+#include <cctype>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -42,28 +43,32 @@ void PrecompileContext::record_dynamo_entry(DynamoEntry entry) {
   entries_[std::move(key)] = std::move(entry);
 }
 
+std::vector<Bypass> PrecompileContext::bypasses_locked(const DynamoEntry& entry) const {
+  std::vector<Bypass> bypassed;
+  for (uint32_t i = 0; i < entry.codes.size(); ++i) {
+    for (const std::string& id : entry.codes[i].backend_ids) {
+      if (!backends_.count(id)) {
+        // torch stops at the first missing backend of a code, as do we.
+        bypassed.push_back({i, id, "backend " + id + " was not recorded (its compile did not produce a "
+                                   "bundled AOTAutograd artifact), so this frame compiles again on load"});
+        break;
+      }
+    }
+  }
+  return bypassed;
+}
+
 std::vector<FunctionPackage> PrecompileContext::stitch(const std::vector<std::string>& only) const {
   std::lock_guard lock(mutex_);
   std::vector<FunctionPackage> packages;
   for (const auto& [key, entry] : entries_) {
     if (!only.empty() && std::find(only.begin(), only.end(), key) == only.end()) continue;
-    FunctionPackage package{entry, {}, {}};
+    FunctionPackage package{entry, {}, bypasses_locked(entry)};
     for (uint32_t i = 0; i < entry.codes.size(); ++i) {
-      for (const std::string& id : entry.codes[i].backend_ids) {
-        auto it = backends_.find(id);
-        if (it == backends_.end()) {
-          // torch stops at the first missing backend of a code, as do we.
-          package.bypassed.push_back(
-              {i, id, "backend " + id + " was not recorded (its compile did not produce a "
-                      "bundled AOTAutograd artifact), so this frame compiles again on load"});
-          break;
-        }
-        package.backends[id] = it->second;
-      }
-    }
-    // A bypassed code's backends that were found are still not needed.
-    for (const Bypass& b : package.bypassed) {
-      for (const std::string& id : entry.codes[b.code].backend_ids) package.backends.erase(id);
+      const bool bypassed = std::any_of(package.bypassed.begin(), package.bypassed.end(),
+                                        [i](const Bypass& b) { return b.code == i; });
+      if (bypassed) continue;  // its found backends are not needed either
+      for (const std::string& id : entry.codes[i].backend_ids) package.backends[id] = backends_.at(id);
     }
     packages.push_back(std::move(package));
   }
@@ -101,27 +106,26 @@ std::string PrecompileContext::serialize(bundle::Fingerprint fingerprint,
 }
 
 std::string PrecompileContext::debug_info_json() const {
-  const std::vector<FunctionPackage> packages = stitch();
+  std::lock_guard lock(mutex_);
   nlohmann::ordered_json dynamo = nlohmann::ordered_json::array();
-  for (const FunctionPackage& p : packages) {
+  for (const auto& [key, entry] : entries_) {
     std::set<std::string> ids;
-    for (const Code& code : p.entry.codes) ids.insert(code.backend_ids.begin(), code.backend_ids.end());
+    for (const Code& code : entry.codes) ids.insert(code.backend_ids.begin(), code.backend_ids.end());
     nlohmann::ordered_json bypassed = nlohmann::ordered_json::array();
-    for (const Bypass& b : p.bypassed) bypassed.push_back({{"backend_id", b.backend_id}, {"reason", b.reason}});
-    dynamo.push_back({{"key", p.entry.key()},
-                      {"fn_name", p.entry.function.qualname},
-                      {"fn_first_lineno", p.entry.function.first_line},
-                      {"module", p.entry.function.module},
-                      {"device_type", p.entry.device_type},
-                      {"num_codes", p.entry.codes.size()},
+    for (const Bypass& b : bypasses_locked(entry)) {
+      bypassed.push_back({{"backend_id", b.backend_id}, {"reason", b.reason}});
+    }
+    dynamo.push_back({{"key", key},
+                      {"fn_name", entry.function.qualname},
+                      {"fn_first_lineno", entry.function.first_line},
+                      {"module", entry.function.module},
+                      {"device_type", entry.device_type},
+                      {"num_codes", entry.codes.size()},
                       {"backend_ids", ids},
                       {"bypassed", bypassed}});
   }
   nlohmann::ordered_json backends = nlohmann::ordered_json::array();
-  {
-    std::lock_guard lock(mutex_);
-    for (const auto& [id, pickle] : backends_) backends.push_back(id);
-  }
+  for (const auto& [id, pickle] : backends_) backends.push_back(id);
   return nlohmann::ordered_json{{"dynamo", dynamo}, {"backends", backends}}.dump();
 }
 
@@ -134,6 +138,38 @@ void PrecompileContext::clear() {
 bool PrecompileContext::empty() const {
   std::lock_guard lock(mutex_);
   return backends_.empty() && entries_.empty();
+}
+
+Result<std::vector<KernelFile>> read_kernels(const std::string& cache_dir) {
+  util::FileSystem& files = util::FileSystem::real();
+  std::vector<KernelFile> kernels;
+  std::vector<std::string> subdirs = files.list_directory(cache_dir);
+  std::sort(subdirs.begin(), subdirs.end());
+  for (const std::string& subdir : subdirs) {
+    if (subdir.size() != 2) continue;
+    std::vector<std::string> names = files.list_directory(cache_dir + "/" + subdir);
+    std::sort(names.begin(), names.end());
+    for (const std::string& name : names) {
+      const std::string path = subdir + "/" + name;
+      if (!is_kernel_path(path) || !files.file_info(cache_dir + "/" + path)) continue;
+      Result<std::string> bytes = files.read_file(cache_dir + "/" + path);
+      if (!bytes.ok()) return bytes.status();
+      kernels.push_back({path, std::move(bytes).value()});
+    }
+  }
+  return kernels;
+}
+
+std::string store_name(const FunctionIdentity& function, const bundle::Fingerprint& fingerprint) {
+  std::string hashed = source_key(function.qualname, function.first_line) + '\n' + function.source_sha256 + '\n';
+  for (const auto& [name, value] : fingerprint) hashed += name + '=' + value + '\n';
+  std::string readable;
+  for (char c : function.qualname.substr(0, 60)) {
+    const bool keep = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+    readable += keep ? c : '_';
+  }
+  return "precompile-" + (readable.empty() ? std::string("fn") : readable) + "-" +
+         util::sha256_hex(hashed).substr(0, 32);
 }
 
 // --- check_package ---

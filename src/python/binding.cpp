@@ -257,13 +257,18 @@ class PyStore {
 
 namespace pc = megacache::precompile;
 
-using Kernels = std::vector<std::pair<std::string, nb::bytes>>;
-
 megacache::Result<std::optional<megacache::bundle::SigningKey>> signing_key_of(const std::string& hex) {
   if (hex.empty()) return std::optional<megacache::bundle::SigningKey>();
   megacache::Result<megacache::bundle::SigningKey> key = megacache::bundle::parse_signing_key(hex);
   if (!key.ok()) return key.status();
   return std::optional<megacache::bundle::SigningKey>(*key);
+}
+
+// A function's identity as the torch adapter passes it: a dict with FunctionIdentity's fields.
+pc::FunctionIdentity identity_of(const nb::dict& f) {
+  return {nb::cast<std::string>(f["qualname"]), nb::cast<std::string>(f["module"]),
+          nb::cast<uint32_t>(f["first_line"]), nb::cast<std::string>(f["signature"]),
+          nb::cast<std::string>(f["source_sha256"])};
 }
 
 // A package held by Python: read from a file, a directory or bytes, or made by a
@@ -333,13 +338,7 @@ struct PyPackage {
     pc::LoadCheck check;
     check.current = current;
     check.ignore_source_changes = ignore_source_changes;
-    if (function) {
-      const nb::dict& f = *function;
-      check.function = pc::FunctionIdentity{
-          nb::cast<std::string>(f["qualname"]), nb::cast<std::string>(f["module"]),
-          nb::cast<uint32_t>(f["first_line"]), nb::cast<std::string>(f["signature"]),
-          nb::cast<std::string>(f["source_sha256"])};
-    }
+    if (function) check.function = identity_of(*function);
     if (module_source) {
       check.module_source = [&](const std::string& module) -> std::optional<std::string> {
         nb::object text = (*module_source)(module);
@@ -395,9 +394,7 @@ void record_dynamo_entry(pc::PrecompileContext& self, const nb::dict& function,
                          const std::vector<std::tuple<std::string, uint32_t, uint32_t, std::string>>& sources,
                          const nb::bytes& pickle) {
   pc::DynamoEntry entry;
-  entry.function = {nb::cast<std::string>(function["qualname"]), nb::cast<std::string>(function["module"]),
-                    nb::cast<uint32_t>(function["first_line"]), nb::cast<std::string>(function["signature"]),
-                    nb::cast<std::string>(function["source_sha256"])};
+  entry.function = identity_of(function);
   entry.device_type = device_type;
   for (const auto& [names, ids] : codes) entry.codes.push_back({names, ids});
   for (const auto& [module, first, last, sha] : sources) entry.inlined_sources.push_back({module, first, last, sha});
@@ -467,6 +464,12 @@ NB_MODULE(_core, m) {
       },
       "file"_a, "(kind, torch_key, aot_autograd_key, payload) of a standalone_compile binary file; "
       "kind 0 CacheCompiledArtifact, 1 AOTCompiledArtifact, 2 headerless 2.8.");
+  m.def(
+      "store_name",
+      [](const nb::dict& function, const Fields& fingerprint) {
+        return pc::store_name(identity_of(function), fingerprint);
+      },
+      "function"_a, "fingerprint"_a, "The store name of one function's package in this environment.");
   m.def("write_file_atomic", &write_file_atomic, "path"_a, "data"_a,
         "Write a file through a temp file and rename; readers never see a part.");
 
@@ -550,14 +553,22 @@ NB_MODULE(_core, m) {
           "backend_id"_a, "edit"_a, "Replace a backend's pickle with edit(old_bytes).")
       .def(
           "package",
-          [](const pc::PrecompileContext& self, const Fields& fingerprint, const Kernels& kernels,
+          [](const pc::PrecompileContext& self, const Fields& fingerprint, const std::string& cache_dir,
              const nb::bytes& mega_cache, const std::vector<std::string>& only) {
-            std::vector<pc::KernelFile> files;
-            for (const auto& [path, bytes] : kernels) files.push_back({path, std::string(view(bytes))});
-            return PyPackage{self.package(fingerprint, std::move(files), std::string(view(mega_cache)), only)};
+            std::string blob(view(mega_cache));
+            megacache::Result<std::vector<pc::KernelFile>> kernels = megacache::Status::OK();
+            std::optional<PyPackage> out;
+            {
+              nb::gil_scoped_release release;
+              kernels = pc::read_kernels(cache_dir);
+              if (kernels.ok()) out = PyPackage{self.package(fingerprint, std::move(kernels).value(), std::move(blob), only)};
+            }
+            if (!kernels.ok()) raise(kernels.status());
+            return std::move(*out);
           },
-          "fingerprint"_a, "kernels"_a, "mega_cache"_a, "only"_a = std::vector<std::string>(),
-          "Stitch every entry with its backends into a Package.")
+          "fingerprint"_a, "cache_dir"_a, "mega_cache"_a, "only"_a = std::vector<std::string>(),
+          "Stitch the entries (only these source keys, if given) with their backends, the compiled "
+          "kernels of the torch cache dir and a Mega-Cache blob into a Package.")
       .def("debug_info", &pc::PrecompileContext::debug_info_json)
       .def("clear", &pc::PrecompileContext::clear)
       .def("empty", &pc::PrecompileContext::empty);

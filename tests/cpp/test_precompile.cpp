@@ -9,6 +9,7 @@
 #include "megacache/populate.h"
 #include "megacache/open.h"
 #include "megacache/precompile.h"
+#include "megacache/store.h"
 #include "test_util.h"
 #include "util/file_system.h"
 
@@ -915,6 +916,45 @@ TEST(Package, OpenFileRecognisesAPackage) {
   Result<std::string> kernel = util::FileSystem::real().read_file(dir.path() + "/ab/cabcdefghij.so");
   ASSERT_TRUE(kernel.ok());
   EXPECT_EQ(*kernel, package.kernels[0].bytes);
+}
+
+TEST(PackagePopulate, ReadKernelsTakesOnlyKernelPathsSorted) {
+  test::TempDir dir;
+  util::FileSystem& files = util::FileSystem::real();
+  for (const char* sub : {"zz", "ab", "toolong", "lo"}) ASSERT_TRUE(files.create_directories(dir.path() + "/" + sub).ok());
+  ASSERT_TRUE(files.write_atomic(dir.path() + "/zz/cz.so", "two").ok());
+  ASSERT_TRUE(files.write_atomic(dir.path() + "/ab/ca.main.so", "one").ok());
+  ASSERT_TRUE(files.write_atomic(dir.path() + "/ab/ca.cpp", "source, not a library").ok());
+  ASSERT_TRUE(files.write_atomic(dir.path() + "/toolong/c.so", "not a kernel dir").ok());
+  ASSERT_TRUE(files.create_directories(dir.path() + "/lo/cdir.so").ok());  // a directory
+  Result<std::vector<KernelFile>> kernels = read_kernels(dir.path());
+  ASSERT_TRUE(kernels.ok()) << kernels.status().to_string();
+  ASSERT_EQ(kernels->size(), 2u);
+  EXPECT_EQ((*kernels)[0].path, "ab/ca.main.so");
+  EXPECT_EQ((*kernels)[0].bytes, "one");
+  EXPECT_EQ((*kernels)[1].path, "zz/cz.so");
+  Result<std::vector<KernelFile>> none = read_kernels(dir.path() + "/missing");
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+}
+
+TEST(Precompile, StoreNameSeparatesFunctionsSourcesAndEnvironments) {
+  const FunctionIdentity f{"Model.forward", "app", 12, "(x)", std::string(64, 'a')};
+  const bundle::Fingerprint here = {{"python", "3.11.7"}, {"torch", "2.13.0+cpu"}};
+  const std::string name = store_name(f, here);
+  EXPECT_EQ(name.rfind("precompile-Model.forward-", 0), 0u) << name;
+  EXPECT_EQ(name.size(), std::string("precompile-Model.forward-").size() + 32);
+  EXPECT_TRUE(store::check_name(name).ok());
+  FunctionIdentity edited = f;
+  edited.source_sha256 = std::string(64, 'b');
+  EXPECT_NE(store_name(edited, here), name);
+  FunctionIdentity moved = f;
+  moved.first_line = 13;
+  EXPECT_NE(store_name(moved, here), name);
+  EXPECT_NE(store_name(f, {{"python", "3.12.3"}, {"torch", "2.13.0+cpu"}}), name);
+  EXPECT_EQ(store_name(f, here), name);
+  const FunctionIdentity odd{"<lambda>/x y", "app", 1, "", ""};
+  EXPECT_TRUE(store::check_name(store_name(odd, here)).ok());
 }
 
 TEST(PackageCorruption, EveryTruncationFails) {

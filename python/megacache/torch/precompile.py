@@ -167,22 +167,6 @@ def _copy_from_torch() -> None:
             _copied_backends.add(backend_id)
 
 
-def _kernels(cache_dir: str) -> List[Tuple[str, bytes]]:
-    """Every compiled library in torch's cache dir (<cache_dir>/<2 chars>/<name>.so): the CPU
-    kernels and the vector-ISA probes, which a fresh dir would build again with the compiler."""
-    found = []
-    try:
-        subdirs = sorted((e for e in os.scandir(cache_dir) if len(e.name) == 2 and e.is_dir()), key=lambda e: e.name)
-    except FileNotFoundError:
-        return found
-    for subdir in subdirs:
-        for entry in sorted(os.scandir(subdir.path), key=lambda e: e.name):
-            if entry.name.endswith(".so") and entry.is_file():
-                with open(entry.path, "rb") as f:
-                    found.append((f"{subdir.name}/{entry.name}", f.read()))
-    return found
-
-
 def _torch_cache_dir() -> str:
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
@@ -197,7 +181,7 @@ def build_package(keys: Optional[List[str]] = None) -> "_core.Package":
         _copy_from_torch()
         blob = adapter.recorded_blob()
         package = _context.package(
-            list(environment()), _kernels(_torch_cache_dir()), blob or b"", keys or []
+            list(environment()), _torch_cache_dir(), blob or b"", keys or []
         )
     return package
 
@@ -291,14 +275,12 @@ class _PackageSource:
 
 
 def store_name(key: str) -> str:
-    """The store name of one function's package here: its source key and the environment
-    facts a package must match, so that other machines' packages are never even fetched."""
+    """The store name of one function's package in this environment (see the core's
+    precompile::store_name)."""
     fn = _functions.get(key)
-    function = identity(fn) if fn is not None else {"source_sha256": "", "qualname": "fn"}
-    digest = hashlib.sha256(repr((key, function["source_sha256"], environment())).encode())
-    qualname = function["qualname"]
-    readable = "".join(c if c.isalnum() or c in "._-" else "_" for c in qualname)[:60]
-    return f"precompile-{readable}-{digest.hexdigest()[:32]}"
+    if fn is None:
+        raise KeyError(f"no function with source key {key} was wrapped by torch.compile in this process")
+    return _core.store_name(identity(fn), list(environment()))
 
 
 class _AutomaticMode:
