@@ -34,6 +34,7 @@ from torch._dynamo.package import CompilePackage, DiskDynamoCache, PrecompileCac
 from torch._dynamo.utils import counters
 
 from megacache import _core
+from megacache.torch import hooks
 
 log = logging.getLogger("megacache")
 
@@ -263,15 +264,66 @@ class _PackageSource:
             return None
         return _core.Package.read(self.location, trusted_keys())
 
-    def load(self, fn: Callable[..., Any], key: str) -> Optional[PrecompileCacheEntry]:
-        package = self.read(key)
+
+# --- the load path: every failure is a logged, counted fallback to a normal compile ----------
+
+# Counts of what the load path did, shared by megacache.compile and automatic mode.
+_stats: Dict[str, int] = {"hits": 0, "misses": 0, "published": 0, "refused": 0, "guard_misses": 0}
+# source key -> the entry handed to torch, until its first call shows whether it served.
+_installations: Dict[str, hooks.Installation] = {}
+# Source keys Dynamo traced in this process (torch recorded a compile for them).
+_traced: Set[str] = set()
+
+
+def _refuse(key: str, qualname: str, stage: str, error: BaseException) -> None:
+    log.warning("megacache: not using the package of %s (%s failed: %s: %s); compiling it instead",
+                qualname, stage, type(error).__name__, error)
+    _stats["refused"] += 1
+    _stats[f"refused_{stage}"] = _stats.get(f"refused_{stage}", 0) + 1
+    counters["dynamo_cache"]["dynamo_cache_error"] += 1
+
+
+def _load_entry(fn: Callable[..., Any], key: str, read: Callable[[], Optional["_core.Package"]],
+                ignore_source_changes: bool) -> Optional[PrecompileCacheEntry]:
+    """The one load path: reads and checks the package (C++), writes its files, unpickles the
+    entry and hands torch an entry whose install is undone if it fails (megacache.torch.hooks).
+    Whatever fails, the function compiles as if there had been no package."""
+    qualname = getattr(_innermost(fn), "__qualname__", key)
+    try:
+        package = read()
         if package is None:
+            _stats["misses"] += 1
             counters["dynamo_cache"]["dynamo_cache_miss"] += 1
             return None
-        check(package, fn, self.ignore_source_changes)
+        check(package, fn, ignore_source_changes)
         install_files(package)
-        counters["dynamo_cache"]["dynamo_cache_hit"] += 1
-        return entry_for(package, key, ignore_source_changes=self.ignore_source_changes)
+    except (_core.CorruptionError, _core.InvalidInputError, _core.PackageMismatchError, OSError) as error:
+        _refuse(key, qualname, "read", error)
+        return None
+    try:
+        entry = entry_for(package, key, ignore_source_changes=ignore_source_changes)
+    except Exception as error:  # unpickling runs the pickles' own code: any failure is the package's
+        _refuse(key, qualname, "unpickle", error)
+        return None
+    installation = hooks.Installation(
+        lambda failed: _refuse(key, qualname, failed.stage, failed.cause))
+    hooks.mark(entry.dynamo, installation)
+    entry = PrecompileCacheEntry(dynamo=entry.dynamo, backends=hooks.Backends(entry.backends, installation))
+    _installations[key] = installation
+    counters["dynamo_cache"]["dynamo_cache_hit"] += 1
+    return entry
+
+
+def _first_call_done(key: str, installation: hooks.Installation) -> None:
+    """After the first call through an installed entry: a hit only if Dynamo did not trace."""
+    if installation.compile_package is None:  # refused on the way: counted there
+        return
+    if key in _traced:
+        _stats["guard_misses"] += 1
+        log.warning("megacache: the package of %s was installed but its guards did not match the "
+                    "first call, so Dynamo traced it again", installation.fn)
+    else:
+        _stats["hits"] += 1
 
 
 def store_name(key: str) -> str:
@@ -292,35 +344,21 @@ class _AutomaticMode:
         self.claims: Dict[str, Any] = {}  # source key -> claim held while this process compiles
         self.dirty: Set[str] = set()  # keys with compiles not yet published
         self.held_back: Set[str] = set()  # keys waiting for a backend torch records later
-        self.stats = {"hits": 0, "misses": 0, "published": 0, "refused": 0}
 
     def load(self, fn: Callable[..., Any], key: str) -> Optional[PrecompileCacheEntry]:
         from megacache import trusted_keys
 
         name = store_name(key)
         value, claim = self.store.get_or_claim(name, self.wait_seconds)
-        if value is not None:
-            try:
-                package = _core.Package.from_bytes(value, trusted_keys())
-                check(package, fn, ignore_source_changes=False)
-                install_files(package)
-                entry = entry_for(package, key)
-            except (_core.CorruptionError, _core.InvalidInputError, _core.PackageMismatchError,
-                    OSError, pickle.UnpicklingError, AttributeError, ImportError) as error:
-                # Never worse than no cache: this function compiles, and its package replaces
-                # the one that could not be used.
-                log.warning("megacache: not using stored package %s: %s", name, error)
-                self.stats["refused"] += 1
-                counters["dynamo_cache"]["dynamo_cache_error"] += 1
-            else:
-                self.stats["hits"] += 1
-                counters["dynamo_cache"]["dynamo_cache_hit"] += 1
-                return entry
-        self.stats["misses"] += 1
-        counters["dynamo_cache"]["dynamo_cache_miss"] += 1
         if claim is not None:
             self.claims[key] = claim
-        return None
+        if value is None:
+            _stats["misses"] += 1
+            counters["dynamo_cache"]["dynamo_cache_miss"] += 1
+            return None
+        # A package that cannot be used compiles the function, and its package replaces it.
+        return _load_entry(fn, key, lambda: _core.Package.from_bytes(value, trusted_keys()),
+                           ignore_source_changes=False)
 
     def publish(self, key: str, *, only_if_complete: bool = False) -> None:
         """Puts the function's package into the store and drops the claim. A package with a
@@ -340,7 +378,7 @@ class _AutomaticMode:
             for qualname, code, reason in incomplete:
                 log.warning("megacache: %s, code %d will compile again on load: %s", qualname, code, reason)
             self.store.put(store_name(key), package.to_bytes())
-            self.stats["published"] += 1
+            _stats["published"] += 1
         except (OSError, _core.InvalidInputError, _core.CorruptionError,
                 pickle.PicklingError, TypeError, AttributeError) as error:
             # TypeError and AttributeError are what pickle raises for an object it cannot
@@ -371,13 +409,14 @@ class _MegacacheDynamoCache(DiskDynamoCache):
         _functions[key] = fn
         source = _explicit.get(key)
         if source is not None:
-            return source.load(fn, key)  # errors reach the caller of megacache.compile
+            return _load_entry(fn, key, lambda: source.read(key), source.ignore_source_changes)
         if _automatic is not None:
             return _automatic.load(fn, key)
         return super().load(fn)
 
     def record_package(self, package: CompilePackage) -> None:
         super().record_package(package)
+        _traced.add(package.source_id)
         if _automatic is not None:  # a miss, a recompile, or a bypassed frame compiled again
             _automatic.dirty.add(package.source_id)
 
@@ -392,6 +431,7 @@ def install_hooks() -> None:
         if _installed:
             return
         torch._dynamo.config.caching_precompile = True
+        hooks.patch()
         torch_context = _torch_context()
         record_artifact = torch_context.record_artifact
 
@@ -413,34 +453,43 @@ def install_hooks() -> None:
 _call_depth = threading.local()
 
 
-def _publish_after_calls(compiled: Callable[..., Any], key: str) -> Callable[..., Any]:
-    """Wraps a compiled callable so that when an outermost call returns after compiles (the
-    first call, a recompile), the function's package is published."""
+def _watch_calls(compiled: Callable[..., Any], key: str) -> Callable[..., Any]:
+    """Wraps a compiled callable. The first outermost call through an entry installed from a
+    package is watched: if it raises, the entry is taken back and the call runs again without
+    it (an error then is the caller's own), and if Dynamo traced anyway, it was a guard miss.
+    In automatic mode, an outermost call that compiled publishes the function's package."""
 
     @functools.wraps(compiled)
     def call(*args: Any, **kwargs: Any) -> Any:
         depth = getattr(_call_depth, "value", 0)
+        installation = _installations.pop(key, None) if depth == 0 else None
         _call_depth.value = depth + 1
         try:
-            return compiled(*args, **kwargs)
+            try:
+                result = compiled(*args, **kwargs)
+            except Exception as error:
+                if installation is None or installation.compile_package is None:
+                    raise
+                installation.fail("first_call", error)
+                result = compiled(*args, **kwargs)
         finally:
             _call_depth.value = depth
-            mode = _automatic
-            if depth == 0 and mode is not None and (key in mode.dirty or key in mode.held_back):
-                mode.publish(key)
+        if installation is not None:
+            _first_call_done(key, installation)
+        mode = _automatic
+        if depth == 0 and mode is not None and (key in mode.dirty or key in mode.held_back):
+            mode.publish(key)
+        return result
 
     return call
 
 
-def wrap_for_publishing(compiled: Any, original: Callable[..., Any]) -> Any:
-    mode = _automatic
-    if mode is None:
-        return compiled
+def watch_calls(compiled: Any, original: Callable[..., Any]) -> Any:
     key = source_key(original)
     if isinstance(compiled, torch.nn.Module):
-        compiled.forward = _publish_after_calls(compiled.forward, key)
+        compiled.forward = _watch_calls(compiled.forward, key)
         return compiled
-    return _publish_after_calls(compiled, key)
+    return _watch_calls(compiled, key)
 
 
 def enable(store: Optional[str], wait_seconds: float) -> None:
@@ -456,7 +505,7 @@ def enable(store: Optional[str], wait_seconds: float) -> None:
             def compile(model: Any = None, **kwargs: Any) -> Any:
                 if model is None:
                     return lambda m: compile(m, **kwargs)
-                return wrap_for_publishing(original_compile(model, **kwargs), model)
+                return watch_calls(original_compile(model, **kwargs), model)
 
             compile._megacache = True  # type: ignore[attr-defined]
             torch.compile = compile
@@ -468,7 +517,10 @@ def disable() -> None:
 
 
 def automatic_stats() -> Dict[str, int]:
-    return dict(_automatic.stats) if _automatic else {}
+    """hits (first calls served by an installed entry), misses, published, refused (with
+    refused_<stage> per failing step: read, unpickle, initialize, install, first_call) and
+    guard_misses (installed, but Dynamo traced the first call again)."""
+    return dict(_stats) if _automatic else {}
 
 
 # --- megacache.compile ---------------------------------------------------------------------
@@ -481,7 +533,8 @@ def compile_function(fn: Callable[..., Any], package: Optional[str], ignore_sour
     if package is not None:
         _explicit[key] = _PackageSource(os.fspath(package), ignore_source_changes)
     compiled = torch.compile(fn, **torch_compile_kwargs)
-    compiled = wrap_for_publishing(compiled, fn)
+    if not getattr(torch.compile, "_megacache", False):  # enable() wraps torch.compile itself
+        compiled = watch_calls(compiled, fn)
 
     def save_package(path: Optional[str] = None, format: str = "binary", *, sign_with: Optional[str] = None) -> str:
         target = os.fspath(path) if path is not None else package
@@ -491,11 +544,18 @@ def compile_function(fn: Callable[..., Any], package: Optional[str], ignore_sour
         return target
 
     def load_package(path: Optional[str] = None, *, ignore_source_changes: bool = ignore_source_changes) -> Any:
-        """A new compiled callable of the same function, loaded from `path`."""
-        source = os.fspath(path) if path is not None else package
-        if source is None:
+        """A new compiled callable of the same function, loaded from `path`. Unlike
+        megacache.compile, which logs and compiles, this raises: PackageMismatchError naming the
+        field and both values, or FileNotFoundError when `path` holds no package for it."""
+        location = os.fspath(path) if path is not None else package
+        if location is None:
             raise ValueError("load_package needs a path: none was given to megacache.compile")
-        return compile_function(fn, source, ignore_source_changes, torch_compile_kwargs)
+        source = _PackageSource(location, ignore_source_changes)
+        found = source.read(key)
+        if found is None:
+            raise FileNotFoundError(f"no package for {identity(fn)['qualname']} at {location}")
+        check(found, fn, ignore_source_changes)
+        return compile_function(fn, location, ignore_source_changes, torch_compile_kwargs)
 
     compiled.save_package = save_package
     compiled.load_package = load_package
