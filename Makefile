@@ -4,7 +4,7 @@ PYTHON ?= python3
 BUILD ?= build/cpp
 JOBS ?= $(shell nproc)
 
-.PHONY: deps cpp cpp-test sanitize python demo test bench fuzz clean
+.PHONY: deps cpp cpp-test sanitize python demo test bench fuzz models-table clean
 
 deps:
 	PYTHON=$(PYTHON) scripts/install-deps.sh
@@ -45,6 +45,11 @@ bench: python
 	$(PYTHON) bench/bench_mega_cache.py
 	$(PYTHON) bench/bench_bundles_and_stores.py
 	$(PYTHON) bench/bench_startup.py --repeat 3 --fleet 8
+
+# The model suite with torch's own precompile path beside each case (a compile more per
+# case): writes build/models/torch-<version>.md, the record kept in docs/models.md.
+models-table: python
+	MEGACACHE_MODELS_TORCH=1 $(PYTHON) -m pytest -q tests/python/models
 
 # Longer fuzzing: make fuzz FUZZ_SECONDS=600
 fuzz: FUZZ_SECONDS = 120

@@ -129,9 +129,10 @@ def compile(fn: Callable[..., Any], *, package: Optional[str | os.PathLike[str]]
     first call neither traces nor compiles. The result has .save_package(path=package,
     format="binary"|"unpacked") and .load_package(path=package).
 
-    A package built for another environment, function, signature or source raises
-    PackageMismatchError naming the field and both values; ignore_source_changes=True accepts
-    changed source. A missing package just compiles."""
+    A package that is missing, or built for another environment, function, signature or
+    source, never fails the call: the reason is logged (naming the field and both values) and
+    fn compiles fresh. The result's .load_package() raises PackageMismatchError instead;
+    ignore_source_changes=True accepts changed source."""
     from megacache.torch import precompile
 
     return precompile.compile_function(

@@ -126,6 +126,8 @@ def test_mismatched_environment_function_source_and_signature_raise(cold, tmp_pa
     assert results["source"].startswith("source of cases.scale (line 18) changed since the package")
     assert "ignore_source_changes=True" in results["source"]
     assert results["source_ignored"] == "ok"
+    # megacache.compile() never raised: each of the five wraps logged why and compiled fresh.
+    assert results["refused_at_wrap"] == 5
     assert results["signature"] == (
         "package built for MLP.forward(x), this function is MLP.forward(x, bias=0)"
     )
@@ -215,3 +217,48 @@ def test_standalone_file_from_another_torch_build_is_refused(tmp_path):
     (tmp_path / "other.bin").write_bytes(other)
     with pytest.raises(megacache.PackageMismatchError, match="saved by another torch build"):
         megacache.load_standalone(tmp_path / "other.bin")
+
+
+@pytest.fixture(scope="module")
+def published_mlp(tmp_path_factory):
+    """A store holding the MLP's package, and the cold result to compare with."""
+    root = tmp_path_factory.mktemp("published")
+    code = root / "code"
+    code.mkdir()
+    shutil.copy(HERE / "cases.py", code / "cases.py")
+    store = f"file://{root / 'store'}"
+    cold = run("faults.py", "none", store, root / "cold.pt", cwd=code, cache_dir=root / "cache")
+    assert cold["automatic"]["published"] == 1
+    return code, root
+
+
+@pytest.mark.parametrize("stage", ["unpickle", "initialize", "install", "first_call"])
+def test_a_failing_load_step_compiles_as_if_there_were_no_package(published_mlp, stage, tmp_path):
+    """Each step of the load path, made to fail: the process ends up as without a package
+    (nothing of the package's left in the module, no Inductor compile thanks to the
+    package's Mega-Cache artifacts, the same result), counts the stage and replaces the
+    package."""
+    code, root = published_mlp
+    store = root / f"store-{stage}"
+    shutil.copytree(root / "store", store)
+    report = run("faults.py", stage, f"file://{store}", tmp_path / "out.pt", cwd=code,
+                 cache_dir=tmp_path / "cache")
+    stats = report["automatic"]
+    assert stats["refused"] == 1 and stats[f"refused_{stage}"] == 1, stats
+    assert stats["hits"] == 0 and stats["published"] == 1, stats
+    assert "fxgraph_cache_miss" not in report["inductor"], report["inductor"]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), torch.load(root / "cold.pt"))
+    assert report["packaged_names"] and report["packaged_names_left"] == [], report
+
+    again = run("faults.py", "none", f"file://{store}", tmp_path / "again.pt", cwd=code,
+                cache_dir=tmp_path / "cache-again")
+    assert again["automatic"]["hits"] == 1 and again["automatic"]["refused"] == 0, again
+
+
+def test_the_callers_own_error_on_the_first_call_reaches_the_caller(published_mlp, tmp_path):
+    code, root = published_mlp
+    report = run("faults.py", "user_error", f"file://{root / 'store'}", tmp_path / "out.pt",
+                 cwd=code, cache_dir=tmp_path / "cache")
+    assert report["user_error_reached"] is True
+    assert report["automatic"]["refused"] == 0, report["automatic"]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), torch.load(root / "cold.pt"))

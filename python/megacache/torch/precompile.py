@@ -268,9 +268,19 @@ class _PackageSource:
 # --- the load path: every failure is a logged, counted fallback to a normal compile ----------
 
 # Counts of what the load path did, shared by megacache.compile and automatic mode.
-_stats: Dict[str, int] = {"hits": 0, "misses": 0, "published": 0, "refused": 0, "guard_misses": 0}
-# source key -> the entry handed to torch, until its first call shows whether it served.
-_installations: Dict[str, hooks.Installation] = {}
+_stats: Dict[str, int] = {"hits": 0, "partial_hits": 0, "misses": 0, "published": 0, "refused": 0,
+                          "guard_misses": 0}
+class _Pending:
+    """An entry handed to torch, until its first call shows whether it served."""
+
+    def __init__(self, installation: hooks.Installation, qualname: str, partial: bool) -> None:
+        self.installation = installation
+        self.qualname = qualname
+        self.partial = partial  # some frames were left out of the package: they trace again
+
+
+# source key -> the entry handed to torch, until its first call.
+_pending: Dict[str, _Pending] = {}
 # Source keys Dynamo traced in this process (torch recorded a compile for them).
 _traced: Set[str] = set()
 
@@ -308,22 +318,27 @@ def _load_entry(fn: Callable[..., Any], key: str, read: Callable[[], Optional["_
     installation = hooks.Installation(
         lambda failed: _refuse(key, qualname, failed.stage, failed.cause))
     hooks.mark(entry.dynamo, installation)
+    partial = any(code.bypassed for code in entry.dynamo.codes)
     entry = PrecompileCacheEntry(dynamo=entry.dynamo, backends=hooks.Backends(entry.backends, installation))
-    _installations[key] = installation
+    _pending[key] = _Pending(installation, qualname, partial)
     counters["dynamo_cache"]["dynamo_cache_hit"] += 1
     return entry
 
 
-def _first_call_done(key: str, installation: hooks.Installation) -> None:
+def _first_call_done(key: str, pending: _Pending) -> None:
     """After the first call through an installed entry: a hit only if Dynamo did not trace."""
-    if installation.compile_package is None:  # refused on the way: counted there
+    if pending.installation.compile_package is None:  # refused on the way: counted there
         return
-    if key in _traced:
+    if key not in _traced:
+        _stats["hits"] += 1
+    elif pending.partial:
+        _stats["partial_hits"] += 1
+        log.warning("megacache: %s started from its package; the frames the package left out "
+                    "were traced again", pending.qualname)
+    else:
         _stats["guard_misses"] += 1
         log.warning("megacache: the package of %s was installed but its guards did not match the "
-                    "first call, so Dynamo traced it again", installation.fn)
-    else:
-        _stats["hits"] += 1
+                    "first call, so Dynamo traced it again", pending.qualname)
 
 
 def store_name(key: str) -> str:
@@ -462,20 +477,23 @@ def _watch_calls(compiled: Callable[..., Any], key: str) -> Callable[..., Any]:
     @functools.wraps(compiled)
     def call(*args: Any, **kwargs: Any) -> Any:
         depth = getattr(_call_depth, "value", 0)
-        installation = _installations.pop(key, None) if depth == 0 else None
+        pending = _pending.pop(key, None) if depth == 0 else None
         _call_depth.value = depth + 1
         try:
             try:
                 result = compiled(*args, **kwargs)
             except Exception as error:
-                if installation is None or installation.compile_package is None:
+                if pending is None or pending.installation.compile_package is None:
                     raise
-                installation.fail("first_call", error)
+                # The entry is taken back and the call runs without it: if it raises again,
+                # the error is the caller's own and reaches them; else the package was at fault.
+                pending.installation.undo()
                 result = compiled(*args, **kwargs)
+                pending.installation.on_failure(hooks.InstallFailed("first_call", error))
         finally:
             _call_depth.value = depth
-        if installation is not None:
-            _first_call_done(key, installation)
+        if pending is not None:
+            _first_call_done(key, pending)
         mode = _automatic
         if depth == 0 and mode is not None and (key in mode.dirty or key in mode.held_back):
             mode.publish(key)
@@ -517,9 +535,10 @@ def disable() -> None:
 
 
 def automatic_stats() -> Dict[str, int]:
-    """hits (first calls served by an installed entry), misses, published, refused (with
-    refused_<stage> per failing step: read, unpickle, initialize, install, first_call) and
-    guard_misses (installed, but Dynamo traced the first call again)."""
+    """hits (first calls served by an installed entry), partial_hits (served, but frames the
+    package left out were traced again), misses, published, refused (with refused_<stage> per
+    failing step: read, unpickle, initialize, install, first_call) and guard_misses (installed,
+    but Dynamo traced the first call again)."""
     return dict(_stats) if _automatic else {}
 
 

@@ -2,13 +2,13 @@
 
 usage: run_case.py CASE ROLE STORE OUT
   CASE  <model>-<mode>, e.g. llama-infer, gpt2-train (see MODES)
-  ROLE  produce: megacache.enable(STORE), run the case (compiles and publishes), and save
-                 torch's own Mega-Cache blob (caching_precompile entries included) to
-                 OUT/torch.bin for the torch role;
+  ROLE  produce: megacache.enable(STORE), run the case (compiles and publishes);
         consume: megacache.enable(STORE), run the case (a warm start);
-        torch:   torch's own best path without megacache: caching_precompile on, then
-                 torch.compiler.load_cache_artifacts(OUT/torch.bin), then run the case. A
-                 crash is reported, not raised.
+        torch-produce: torch's own precompile without megacache: caching_precompile on,
+                 run the case, save torch.compiler.save_cache_artifacts() to OUT/torch.bin;
+        torch:   torch's own best warm start without megacache: caching_precompile on, then
+                 torch.compiler.load_cache_artifacts(OUT/torch.bin), then run the case.
+        The torch roles report a crash instead of raising it.
 Writes the outputs (and gradients) to OUT/<ROLE>.pt and prints one JSON line: counters,
 megacache's automatic stats and the hit level.
 """
@@ -122,21 +122,24 @@ def main() -> None:
         import megacache
 
         megacache.enable(store=STORE)
-    elif ROLE == "torch":
+    else:
         torch._dynamo.config.caching_precompile = True
+    if ROLE == "torch":
         with open(os.path.join(OUT, "torch.bin"), "rb") as f:
-            torch.compiler.load_cache_artifacts(f.read())
+            blob = f.read()
+        if blob:
+            torch.compiler.load_cache_artifacts(blob)
     start = time.monotonic()
     try:
         outputs = run()
     except Exception:  # the torch role reports torch's own crash instead of raising it
-        if ROLE != "torch":
+        if not ROLE.startswith("torch"):
             raise
         error = traceback.format_exc(limit=-3)
         outputs = []
     seconds = time.monotonic() - start
-    if ROLE == "produce":
-        saved = torch.compiler.save_cache_artifacts()
+    if ROLE == "torch-produce":
+        saved = torch.compiler.save_cache_artifacts() if not error else None
         with open(os.path.join(OUT, "torch.bin"), "wb") as f:
             f.write(saved[0] if saved else b"")
     if ROLE in ("produce", "consume"):

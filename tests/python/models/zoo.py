@@ -5,6 +5,7 @@ Every builder seeds torch first, so two fresh processes build identical weights.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Dict, Tuple
 
 import torch
@@ -64,13 +65,18 @@ MODELS: Dict[str, Callable[[], torch.nn.Module]] = {
 }
 
 
+# The device and dtype the suite runs in: the CPU in float32 by default; the GPU host runs
+# MEGACACHE_MODELS_DEVICE=cuda MEGACACHE_MODELS_DTYPE=bfloat16.
+DEVICE = os.environ.get("MEGACACHE_MODELS_DEVICE", "cpu")
+DTYPE = getattr(torch, os.environ.get("MEGACACHE_MODELS_DTYPE", "float32"))
+
+
 def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = MODELS[name]()
-    # Dropout off so that two processes compute the same thing; eager attention, which
-    # every architecture has.
+    # Dropout off, so that two processes compute the same thing.
     model.eval()
-    return model
+    return model.to(device=DEVICE, dtype=DTYPE)
 
 
 def inputs(name: str, length: int, *, labels: bool = False) -> Tuple[Dict[str, Any], int]:
@@ -78,8 +84,9 @@ def inputs(name: str, length: int, *, labels: bool = False) -> Tuple[Dict[str, A
     index of the dimension that grows with the length (for mark_dynamic)."""
     generator = torch.Generator().manual_seed(length)
     if name == "vit":
-        return {"pixel_values": torch.rand(2, 3, 32, 32, generator=generator)}, -1
-    ids = torch.randint(0, VOCAB, (2, length), generator=generator)
+        pixels = torch.rand(2, 3, 32, 32, generator=generator)
+        return {"pixel_values": pixels.to(device=DEVICE, dtype=DTYPE)}, -1
+    ids = torch.randint(0, VOCAB, (2, length), generator=generator).to(DEVICE)
     kwargs: Dict[str, Any] = {"input_ids": ids}
     if name == "t5":
         kwargs["decoder_input_ids"] = ids[:, : max(1, length // 2)].clone()

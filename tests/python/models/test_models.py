@@ -1,0 +1,124 @@
+"""Model conformance suite: tiny Hugging Face models under automatic mode, each case in fresh
+processes with empty torch cache dirs and one store.
+
+For every case:
+- `produce` compiles under megacache.enable() and publishes; it must succeed wherever plain
+  torch.compile does;
+- `consume` starts warm from the store; it must not crash, must give the same outputs and
+  gradients, and must start at `package` level (no Dynamo trace, no Inductor compile) or
+  at `fx` level (traced, every graph from the FX graph cache);
+- torch's own precompile path (caching_precompile plus a Mega-Cache load) runs the same case
+  beside it, and is recorded: crash, package, fx or compiled.
+
+The results table is written to build/models/<torch version>.md (docs/models.md keeps the
+record)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+HERE = Path(__file__).parent
+REPORT_DIR = HERE.parent.parent.parent / "build" / "models"
+
+CASES = [
+    # every architecture, inference
+    "llama-infer", "qwen2-infer", "phi-infer", "gpt2-infer",
+    "bert-infer", "distilbert-infer", "t5-infer", "vit-infer",
+    # training: forward, loss, backward
+    "llama-train", "gpt2-train", "bert-train",
+    # mark_dynamic on the sequence dim
+    "llama-dynamic", "gpt2-dynamic",
+    # two sequence lengths: an automatic dynamic recompile
+    "llama-two_lengths", "bert-two_lengths",
+    "llama-fullgraph", "bert-fullgraph",
+    "qwen2-module_compile",
+    "llama-two_models",
+    "gpt2-graph_break",
+]
+# torch's own column costs a compile more per case: it runs when MEGACACHE_MODELS_TORCH=1
+# (make models-table), which records docs/models.md; make test runs megacache's roles.
+WITH_TORCH = os.environ.get("MEGACACHE_MODELS_TORCH") == "1"
+ROLES = ["produce", "consume"] + (["torch-produce", "torch"] if WITH_TORCH else [])
+
+
+def run(case: str, role: str, out: Path) -> Dict[str, Any]:
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(out / f"cache-{role}"),
+               HF_HUB_OFFLINE="1", PYTHONPATH=str(HERE))
+    store = f"file://{out / 'store'}"
+    proc = subprocess.run([sys.executable, str(HERE / "run_case.py"), case, role, store, str(out)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        report = {"level": "crash", "error": proc.stderr[-4000:], "returncode": proc.returncode}
+    else:
+        report = json.loads(lines[-1])
+        report["returncode"] = 0
+    (out / f"{role}.json").write_text(json.dumps(report))
+    return report
+
+
+@pytest.fixture(scope="session")
+def results(tmp_path_factory):
+    """Every case, each role in its own fresh process, MEGACACHE_MODELS_JOBS cases at a time."""
+    root = tmp_path_factory.mktemp("models")
+
+    def run_case(case: str):
+        out = root / case
+        out.mkdir()
+        reports = {}
+        for role in ROLES:  # each consumer after its producer
+            reports[role] = run(case, role, out)
+        return case, out, reports
+
+    jobs = int(os.environ.get("MEGACACHE_MODELS_JOBS", "2"))  # CPU machines have two cores
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        done = {case: (out, reports) for case, out, reports in pool.map(run_case, CASES)}
+    write_table(done)
+    return done
+
+
+def write_table(done) -> None:
+    import transformers
+
+    rows = ["| case | megacache: warm start | torch: caching_precompile + Mega-Cache |",
+            "|---|---|---|"]
+    for case in CASES:
+        _, reports = done[case]
+        ours = reports["consume"]["level"]
+        theirs = reports["torch"]["level"] if WITH_TORCH else "not run"
+        if WITH_TORCH and reports["torch-produce"]["level"] == "crash":
+            theirs = "crash (first run)"
+        rows.append(f"| {case} | {ours} | {theirs} |")
+    at_package = sum(done[c][1]["consume"]["level"] == "package" for c in CASES)
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    (REPORT_DIR / f"torch-{torch.__version__}.md").write_text(
+        f"torch {torch.__version__}, transformers {transformers.__version__}: "
+        f"{at_package}/{len(CASES)} cases at package level\n\n" + "\n".join(rows) + "\n")
+    (REPORT_DIR / f"torch-{torch.__version__}.json").write_text(
+        json.dumps({c: done[c][1] for c in CASES}, indent=1))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_second_start_is_warm_and_equal(results, case):
+    out, reports = results[case]
+    produce, consume = reports["produce"], reports["consume"]
+    assert produce["returncode"] == 0, f"the first run failed under megacache:\n{produce['error']}"
+    assert consume["returncode"] == 0, f"the second start crashed:\n{consume['error']}"
+    assert consume["level"] in ("package", "fx"), consume
+    assert "fxgraph_cache_miss" not in consume["inductor"], consume
+    expected = torch.load(out / "produce.pt")
+    actual = torch.load(out / "consume.pt")
+    assert len(actual) == len(expected)
+    for want, got in zip(expected, actual):
+        torch.testing.assert_close(got, want)

@@ -1,0 +1,55 @@
+"""megacache.torch.hooks, the repairs of torch's precompile path, piece by piece (no compile)."""
+
+import functools
+import io
+import pickle
+
+from torch._dynamo import bytecode_transformation
+from torch._dynamo.guards import GuardsStatePickler, _Missing
+
+from megacache.torch import hooks
+
+
+def decorate(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+class Model:
+    @decorate
+    def forward(self, x):
+        return x + 1
+
+
+def plain(x):
+    return x
+
+
+def test_a_function_behind_a_wraps_decorator_pickles_as_itself():
+    hooks.patch()
+    inner = Model.forward.__wrapped__
+
+    def round_trip(obj):
+        buffer = io.BytesIO()
+        GuardsStatePickler({}, {}, {}, buffer).dump(obj)
+        return pickle.loads(buffer.getvalue())
+
+    assert round_trip(inner) is inner
+    assert round_trip(Model.forward) is Model.forward  # the wrapper itself, by name
+    assert round_trip(plain) is plain
+    # torch's own reducer, which megacache's wraps, stores a placeholder instead.
+    torch_reducer = GuardsStatePickler.reducer_override.__wrapped__
+    assert torch_reducer(GuardsStatePickler({}, {}, {}, io.BytesIO()), inner)[0] is _Missing
+
+
+def test_unique_names_move_past_every_installed_name():
+    hooks.advance_unique_ids([])
+    start = int(bytecode_transformation.unique_id("x").rsplit("_", 1)[1])
+    hooks.advance_unique_ids([f"__builtins_dict___{start + 40}",
+                              f"__compiled_fn_{start + 56}_0a1b2c3d_4e5f_6a7b_8c9d_0e1f2a3b4c5d",
+                              "__import_torch", "___module_collections_139908171910576_c0"])
+    assert bytecode_transformation.unique_id("x") == f"x_{start + 57}"
+    hooks.advance_unique_ids([f"__builtins_dict___{start}"])  # never moves back
+    assert bytecode_transformation.unique_id("x") == f"x_{start + 58}"
