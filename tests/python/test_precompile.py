@@ -255,6 +255,23 @@ def test_a_failing_load_step_compiles_as_if_there_were_no_package(published_mlp,
     assert again["automatic"]["hits"] == 1 and again["automatic"]["refused"] == 0, again
 
 
+def test_a_frame_torch_cannot_record_compiles_as_plain_torch_would(published_mlp, tmp_path):
+    """Recording for the package fails in the producing process: the function still compiles
+    and runs; its package carries the frame as bypassed, so the next process traces it again
+    from the FX graph cache instead of compiling."""
+    code, root = published_mlp
+    store = f"file://{tmp_path / 'store'}"
+    first = run("faults.py", "record", store, tmp_path / "first.pt", cwd=code,
+                cache_dir=tmp_path / "cache-first")
+    assert first["automatic"]["published"] == 1, first
+    assert torch.equal(torch.load(tmp_path / "first.pt"), torch.load(root / "cold.pt"))
+    second = run("faults.py", "none", store, tmp_path / "second.pt", cwd=code,
+                 cache_dir=tmp_path / "cache-second")
+    assert second["inductor"].get("fxgraph_cache_hit") == 1, second
+    assert "fxgraph_cache_miss" not in second["inductor"], second
+    assert torch.equal(torch.load(tmp_path / "second.pt"), torch.load(root / "cold.pt"))
+
+
 def test_the_callers_own_error_on_the_first_call_reaches_the_caller(published_mlp, tmp_path):
     code, root = published_mlp
     report = run("faults.py", "user_error", f"file://{root / 'store'}", tmp_path / "out.pt",

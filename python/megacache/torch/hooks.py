@@ -34,6 +34,9 @@ module makes the steps megacache drives safe and sound, without editing torch's 
   that frame compiles as plain torch.compile would and is marked bypassed in the package, so
   a fresh process traces it again (from the FX graph cache); the rest is still recorded.
   torch's own bypass leaves the frame's guard state empty and then fails the compile.
+  Whatever else recording raises (torch 2.11 asserts while building guards twice for
+  transformers 5.23's config views), the frame is compiled again without recording, as plain
+  torch.compile would; only an error that recurs without recording reaches the caller.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ import types
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
-from torch._dynamo import bytecode_transformation
+from torch._dynamo import bytecode_transformation, convert_frame
 from torch._dynamo import guards as dynamo_guards
 from torch._dynamo.guards import _Missing
 from torch._dynamo.codegen import PyCodegen
@@ -269,6 +272,39 @@ def _serialize_or_bypass(original: Callable[..., Any]) -> Callable[..., Any]:
     return serialize_guards
 
 
+def _compile_unrecorded_on_failure(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def __call__(self: Any, frame: Any, *args: Any, **kwargs: Any) -> Any:
+        package = self._package
+        if package is None:
+            return original(self, frame, *args, **kwargs)
+        try:
+            return original(self, frame, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - retried below; a recurring error is raised
+            failure = error
+            self._package = None
+            try:
+                # As plain torch.compile: caching_precompile also changes how guards are built.
+                with torch._dynamo.config.patch(caching_precompile=False):
+                    result = original(self, frame, *args, **kwargs)
+            finally:
+                self._package = package
+        code = frame.f_code
+        log.warning("megacache: recording %s (line %d) for its package failed (%s: %s); it "
+                    "compiled as plain torch.compile would and is left out of the package",
+                    code.co_name, code.co_firstlineno, type(failure).__name__, failure)
+        entry = package._codes.get(code)
+        if entry is not None:
+            entry.bypassed = True
+        from torch._dynamo import package as dynamo_package
+
+        dynamo_package.DynamoCache.record_package(package)
+        return result
+
+    __call__._megacache = True  # type: ignore[attr-defined]
+    return __call__
+
+
 # --- install --------------------------------------------------------------------------------
 
 
@@ -342,6 +378,8 @@ def patch() -> None:
     CompilePackage.install = _install_safely(CompilePackage.install)
     CompilePackage.code_context = _record_or_bypass(CompilePackage.code_context)
     PyCodegen.create_load_python_module = _record_module_globals(PyCodegen.create_load_python_module)
+    converter = convert_frame.ConvertFrameAssert
+    converter.__call__ = _compile_unrecorded_on_failure(converter.__call__)
     manager = dynamo_guards.CheckFunctionManager
     manager.serialize_guards = _serialize_or_bypass(manager.serialize_guards)
     pickler = dynamo_guards.GuardsStatePickler

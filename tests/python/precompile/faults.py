@@ -7,6 +7,8 @@ STAGE names the step that fails, by wrapping torch's own function before megacac
   initialize  torch's CompilePackage.initialize raises for the packaged entry;
   install     building a guard manager raises, after install has put globals in place;
   first_call  install drops a compiled backend from the module, so the first call raises;
+  record      (an empty store) torch's recording of the compiled frame for its package
+              raises: the frame must compile as plain torch.compile would;
   user_error  the first call is the caller's mistake (an unknown argument): the error must
               reach the caller, and the next call runs.
 Prints one JSON line: automatic stats, counters, which globals of the stored package are left
@@ -36,6 +38,8 @@ if STAGE == "initialize":
         return original_initialize(self, fn, dynamo, ignore_inlined_sources)
 
     dynamo_package.CompilePackage.initialize = initialize
+elif STAGE == "record":
+    dynamo_package.CompilePackage.add_guarded_code = fail_with(AssertionError("injected: record"))
 elif STAGE == "install":
     dynamo_package.load_guard_manager = fail_with(TypeError("injected: guard manager"))
 elif STAGE == "first_call":
