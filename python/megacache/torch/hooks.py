@@ -5,8 +5,8 @@ a fresh process. On real models (Hugging Face transformers, mark_dynamic, severa
 each step of that can fail, and torch's own handling of the failure crashes the job. This
 module makes the steps megacache drives safe and sound, without editing torch's files:
 
-- Install: `install_safely` wraps `CompilePackage.initialize` and `.install` for entries that
-  megacache supplied. If either raises, everything the install left (module globals, the
+- Install: `CompilePackage.initialize` and `.install` are wrapped for the entries megacache
+  supplied (`mark`, `Backends`). If either raises, everything the install left (module globals, the
   builtins dict, precompile entries on code objects) is removed and the CompilePackage starts
   fresh, so the function compiles exactly as if there had been no package.
 - Retrace: after an install, torch's unique-name counter is moved past every name the package
@@ -86,6 +86,9 @@ class Installation:
         self.on_failure = on_failure
         self.compile_package: Optional[CompilePackage] = None
         self.globals_before: Dict[types.ModuleType, Set[str]] = {}
+        # What the install added to each module: taken back exactly, and nothing that code
+        # running later (another compile in the same module) added.
+        self.added: Dict[types.ModuleType, Set[str]] = {}
         self.failed = False
 
     def _snapshot(self, compile_package: CompilePackage) -> None:
@@ -93,6 +96,10 @@ class Installation:
             module = sys.modules.get(entry.python_module)
             if module is not None and module not in self.globals_before:
                 self.globals_before[module] = set(module.__dict__)
+
+    def _record_added(self) -> None:
+        self.added = {module: set(module.__dict__) - before
+                      for module, before in self.globals_before.items()}
 
     def undo(self) -> None:
         """Removes everything the install added and leaves torch a fresh CompilePackage, as
@@ -104,9 +111,9 @@ class Installation:
             return
         for code in list(compile_package._codes):
             _reset_precompile_entries(code)
-        for module, names in self.globals_before.items():
-            for name in set(module.__dict__) - names:
-                del module.__dict__[name]
+        for module, names in self.added.items():
+            for name in names:
+                module.__dict__.pop(name, None)
         CompilePackage.__init__(compile_package, None)
         compile_package.initialize(self.fn, None, ignore_inlined_sources=False)
         self.compile_package = None
@@ -135,15 +142,6 @@ def advance_unique_ids(names: List[str]) -> None:
             needed = max(needed, int(found.group(1)) + 1)
     current = next(bytecode_transformation._unique_id_counter)
     bytecode_transformation._unique_id_counter = itertools.count(max(current, needed))
-
-
-def _installed_names(compile_package: CompilePackage, installation: Installation) -> List[str]:
-    names = []
-    for module, before in installation.globals_before.items():
-        names.extend(set(module.__dict__) - before)
-    for installed in compile_package._installed_globals.values():
-        names.extend(installed)
-    return names
 
 
 # --- wrapped functions in guard state ----------------------------------------------------------
@@ -348,9 +346,11 @@ def _install_safely(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             original(self, backends)
         except Exception as error:  # unpickling guards, building guard managers, backends
+            installation._record_added()
             installation.fail("install", error)
             return None
-        advance_unique_ids(_installed_names(self, installation))
+        installation._record_added()
+        advance_unique_ids([name for names in installation.added.values() for name in names])
         return None
 
     install._megacache = True  # type: ignore[attr-defined]

@@ -270,6 +270,8 @@ class _PackageSource:
 # Counts of what the load path did, shared by megacache.compile and automatic mode.
 _stats: Dict[str, int] = {"hits": 0, "partial_hits": 0, "misses": 0, "published": 0, "refused": 0,
                           "guard_misses": 0}
+
+
 class _Pending:
     """An entry handed to torch, until its first call shows whether it served."""
 
