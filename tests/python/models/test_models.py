@@ -91,22 +91,14 @@ def results(tmp_path_factory):
 def write_table(done) -> None:
     import transformers
 
-    rows = ["| case | megacache: warm start | torch: caching_precompile + Mega-Cache |",
-            "|---|---|---|"]
-    for case in CASES:
-        _, reports = done[case]
-        ours = reports["consume"]["level"]
-        theirs = reports["torch"]["level"] if WITH_TORCH else "not run"
-        if WITH_TORCH and reports["torch-produce"]["level"] == "crash":
-            theirs = "crash (first run)"
-        rows.append(f"| {case} | {ours} | {theirs} |")
-    at_package = sum(done[c][1]["consume"]["level"] == "package" for c in CASES)
+    from table import render
+
+    results = {case: done[case][1] for case in CASES}
+    name = f"torch-{torch.__version__}"
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    (REPORT_DIR / f"torch-{torch.__version__}.md").write_text(
-        f"torch {torch.__version__}, transformers {transformers.__version__}: "
-        f"{at_package}/{len(CASES)} cases at package level\n\n" + "\n".join(rows) + "\n")
-    (REPORT_DIR / f"torch-{torch.__version__}.json").write_text(
-        json.dumps({c: done[c][1] for c in CASES}, indent=1))
+    (REPORT_DIR / f"{name}.json").write_text(json.dumps(results, indent=1))
+    (REPORT_DIR / f"{name}.md").write_text(
+        render(results, f"torch {torch.__version__}, transformers {transformers.__version__}"))
 
 
 @pytest.mark.parametrize("case", CASES)
