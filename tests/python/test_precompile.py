@@ -29,13 +29,19 @@ def run(script, *args, cwd, cache_dir, env=None, timeout=900):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def copy_cases(root):
+    """A copy of cases.py in root/code, which a test may edit; subprocesses import it."""
+    code = root / "code"
+    code.mkdir()
+    shutil.copy(HERE / "cases.py", code / "cases.py")
+    return code
+
+
 @pytest.fixture(scope="session")
 def cold(tmp_path_factory):
     """Every case compiled cold, two processes at a time (the machine has two cores)."""
     root = tmp_path_factory.mktemp("precompile")
-    code = root / "code"
-    code.mkdir()
-    shutil.copy(HERE / "cases.py", code / "cases.py")
+    code = copy_cases(root)
 
     def compile_case(case):
         out = root / case
@@ -136,9 +142,7 @@ def test_mismatched_environment_function_source_and_signature_raise(cold, tmp_pa
 def test_automatic_mode_fleet_compiles_once(redis_url, tmp_path):
     """Four processes with empty cache dirs and one Redis: one compiles and publishes, the
     others wait for it and start from its package."""
-    code = tmp_path / "code"
-    code.mkdir()
-    shutil.copy(HERE / "cases.py", code / "cases.py")
+    code = copy_cases(tmp_path)
 
     def member(i):
         return run("automatic.py", redis_url, tmp_path / f"out{i}.pt", cwd=code,
@@ -162,9 +166,7 @@ def test_automatic_mode_fleet_compiles_once(redis_url, tmp_path):
 def test_automatic_mode_training_package_includes_the_backward(tmp_path):
     """The backward compiles after the first forward call returns; the package is published
     once torch records it, so the next process compiles neither direction."""
-    code = tmp_path / "code"
-    code.mkdir()
-    shutil.copy(HERE / "cases.py", code / "cases.py")
+    code = copy_cases(tmp_path)
     store = f"file://{tmp_path / 'store'}"
     first = run("automatic.py", store, tmp_path / "a.pt", "train", cwd=code, cache_dir=tmp_path / "c1")
     assert first["automatic"]["published"] == 1 and first["inductor"]["fxgraph_cache_miss"] == 2
@@ -178,9 +180,7 @@ def test_automatic_mode_refuses_a_corrupt_stored_package_and_compiles(tmp_path):
     """A damaged store entry is a logged miss: the process compiles and replaces it."""
     import megacache
 
-    code = tmp_path / "code"
-    code.mkdir()
-    shutil.copy(HERE / "cases.py", code / "cases.py")
+    code = copy_cases(tmp_path)
     store = f"file://{tmp_path / 'store'}"
     first = run("automatic.py", store, tmp_path / "a.pt", cwd=code, cache_dir=tmp_path / "c1")
     assert first["automatic"]["published"] == 1
@@ -223,9 +223,7 @@ def test_standalone_file_from_another_torch_build_is_refused(tmp_path):
 def published_mlp(tmp_path_factory):
     """A store holding the MLP's package, and the cold result to compare with."""
     root = tmp_path_factory.mktemp("published")
-    code = root / "code"
-    code.mkdir()
-    shutil.copy(HERE / "cases.py", code / "cases.py")
+    code = copy_cases(root)
     store = f"file://{root / 'store'}"
     cold = run("faults.py", "none", store, root / "cold.pt", cwd=code, cache_dir=root / "cache")
     assert cold["automatic"]["published"] == 1
