@@ -105,8 +105,7 @@ def hit_level(counters: Dict[str, Dict[str, int]]) -> str:
     """package: no Dynamo trace and no Inductor compile; fx: traced, but every graph came from
     the FX graph cache; compiled: Inductor compiled something."""
     inductor = counters["inductor"]
-    if inductor.get("fxgraph_cache_miss", 0) or inductor.get("autograd_cache_miss", 0) and \
-            not inductor.get("autograd_cache_hit", 0):
+    if inductor.get("fxgraph_cache_miss", 0):
         return "compiled"
     if counters["stats"].get("unique_graphs", 0) or inductor.get("fxgraph_cache_hit", 0):
         return "fx"

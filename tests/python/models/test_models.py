@@ -28,6 +28,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from table import render  # noqa: E402  (beside this file)
+
 HERE = Path(__file__).parent
 REPORT_DIR = HERE.parent.parent.parent / "build" / "models"
 
@@ -90,8 +92,6 @@ def results(tmp_path_factory):
 
 def write_table(done) -> None:
     import transformers
-
-    from table import render
 
     results = {case: done[case][1] for case in CASES}
     name = f"torch-{torch.__version__}"
