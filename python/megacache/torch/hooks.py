@@ -57,6 +57,7 @@ from torch._dynamo import bytecode_transformation, convert_frame
 from torch._dynamo import guards as dynamo_guards
 from torch._dynamo.guards import _Missing
 from torch._dynamo.codegen import PyCodegen
+from torch._dynamo import exc as dynamo_exc
 from torch._dynamo.exc import PackageError
 from torch._dynamo.package import CompilePackage, _DynamoCodeCacheEntry, SerializedCode
 
@@ -270,6 +271,14 @@ def _serialize_or_bypass(original: Callable[..., Any]) -> Callable[..., Any]:
     return serialize_guards
 
 
+# What Dynamo raises to skip a frame, fall back to eager or report the user's error: these do
+# not depend on recording, so they are not retried.
+_DYNAMO_DECISIONS = tuple(
+    getattr(dynamo_exc, name) for name in
+    ("Unsupported", "SkipFrame", "UserError", "TorchRuntimeError", "FailOnRecompileLimitHit")
+    if hasattr(dynamo_exc, name))
+
+
 def _compile_unrecorded_on_failure(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def __call__(self: Any, frame: Any, *args: Any, **kwargs: Any) -> Any:
@@ -278,6 +287,8 @@ def _compile_unrecorded_on_failure(original: Callable[..., Any]) -> Callable[...
             return original(self, frame, *args, **kwargs)
         try:
             return original(self, frame, *args, **kwargs)
+        except _DYNAMO_DECISIONS:
+            raise  # Dynamo's own verdict on the frame, with or without recording
         except Exception as error:  # noqa: BLE001 - retried below; a recurring error is raised
             failure = error
             self._package = None
