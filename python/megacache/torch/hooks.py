@@ -200,7 +200,6 @@ def _reduce_soundly(original: Callable[..., Any]) -> Callable[..., Any]:
                 return restore_dim_markings, (reduced[0], reduced[1], markings)
         return reduced
 
-    reducer_override._megacache = True  # type: ignore[attr-defined]
     return reducer_override
 
 
@@ -217,8 +216,8 @@ def _record_or_bypass(original: Callable[..., Any]) -> Callable[..., Any]:
                 # The frame compiles as plain torch.compile would; only the package leaves it
                 # out, and a fresh process traces this frame again (from the FX graph cache).
                 log.warning("megacache: %s (line %d) cannot be packaged and will be traced again "
-                            "on load: %s", code.co_qualname if hasattr(code, "co_qualname")
-                            else code.co_name, code.co_firstlineno, error)
+                            "on load: %s", getattr(code, "co_qualname", code.co_name),
+                            code.co_firstlineno, error)
                 self._current_entry = _DynamoCodeCacheEntry(
                     python_code=SerializedCode.from_code_object(code), python_module="",
                     function_names=[], guarded_codes=[], import_sources={}, backend_ids=[],
@@ -231,7 +230,6 @@ def _record_or_bypass(original: Callable[..., Any]) -> Callable[..., Any]:
         with original(self, code):
             yield
 
-    code_context._megacache = True  # type: ignore[attr-defined]
     return code_context
 
 
@@ -245,7 +243,6 @@ def _record_module_globals(original: Callable[..., Any]) -> Callable[..., Any]:
             package.add_import_source(name, mod.__name__)
         return instruction
 
-    create_load_python_module._megacache = True  # type: ignore[attr-defined]
     return create_load_python_module
 
 
@@ -267,7 +264,6 @@ def _serialize_or_bypass(original: Callable[..., Any]) -> Callable[..., Any]:
             _bypass_current(package)
             return b""  # never stored: the entry is bypassed
 
-    serialize_guards._megacache = True  # type: ignore[attr-defined]
     return serialize_guards
 
 
@@ -310,7 +306,6 @@ def _compile_unrecorded_on_failure(original: Callable[..., Any]) -> Callable[...
         dynamo_package.DynamoCache.record_package(package)
         return result
 
-    __call__._megacache = True  # type: ignore[attr-defined]
     return __call__
 
 
@@ -342,7 +337,6 @@ def _initialize_safely(original: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as error:  # torch's load path, not the user's code: see the module doc
             installation.fail("initialize", error)
 
-    initialize._megacache = True  # type: ignore[attr-defined]
     return initialize
 
 
@@ -364,7 +358,6 @@ def _install_safely(original: Callable[..., Any]) -> Callable[..., Any]:
         advance_unique_ids([name for names in installation.added.values() for name in names])
         return None
 
-    install._megacache = True  # type: ignore[attr-defined]
     return install
 
 
