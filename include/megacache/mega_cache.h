@@ -41,6 +41,13 @@ struct Artifact {
   std::string_view content;  // points into the parsed buffer, or into owned storage
 };
 
+// An artifact that owns its bytes, for results that outlive the parsed buffer.
+struct OwnedArtifact {
+  std::string type;
+  std::string key;
+  std::string content;
+};
+
 struct TypeGroup {
   std::string type;
   uint64_t offset = 0;  // where the group starts in the blob

@@ -24,6 +24,12 @@ struct PopulateOptions {
   // (pgo.get_cache_key()). Called at most once, and only when such a key is present;
   // unset or returning "" keeps the keys as they are.
   std::function<std::string()> pgo_cache_key;
+  // Artifact types beyond torch's built-in five that the caller populates itself: the types
+  // registered in torch's CacheArtifactFactory (CacheArtifactFactory.register). Torch loads
+  // them through their own populate_cache(), so they are checked for nothing but their type
+  // and returned in PopulateReport::caller_populated instead of being written. Any other
+  // unknown type refuses the whole input, as torch does.
+  std::vector<std::string> caller_populated_types;
 };
 
 // One file that populate would write, relative to the cache dir.
@@ -33,6 +39,7 @@ struct PlannedFile {
   // content (torch_sha256_name); populate computes it only when it has to write.
   std::string file_name;
   const mega_cache::Artifact* artifact = nullptr;
+  bool caller_populates = false;  // one of PopulateOptions::caller_populated_types: no file
 };
 
 // Checks every artifact in every group (dropped ones too) and maps what torch would load to
@@ -46,6 +53,9 @@ struct PopulateReport {
   CacheInfo info;            // what torch's populate_caches would return
   size_t files_written = 0;
   size_t files_unchanged = 0;  // already present with the same bytes
+  // The artifacts of PopulateOptions::caller_populated_types, in torch's load order, copied
+  // so that they outlive the input.
+  std::vector<mega_cache::OwnedArtifact> caller_populated;
 };
 
 // plan_populate, then writes each file atomically. A file already holding the same bytes

@@ -1,5 +1,7 @@
 #include "megacache/populate.h"
 
+#include <algorithm>
+
 #include "util/file_system.h"
 #include "util/hash.h"
 
@@ -77,7 +79,8 @@ class PgoKey {
   std::string value_;
 };
 
-Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, PgoKey& pgo_key) {
+Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, const PopulateOptions& options,
+                             PgoKey& pgo_key) {
   using namespace mega_cache;
   PlannedFile file;
   file.artifact = &artifact;
@@ -112,10 +115,18 @@ Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, PgoKey& pgo_k
     }
     file.relative_dir = "dynamo";
     file.file_name = name;
+  } else if (std::find(options.caller_populated_types.begin(), options.caller_populated_types.end(),
+                       artifact.type) != options.caller_populated_types.end()) {
+    file.caller_populates = true;
   } else {
-    return Status::InvalidArgument("unknown artifact type '" + artifact.type +
-                                   "' (known: inductor, autotune, aot_autograd, pgo, precompile); "
-                                   "torch refuses the whole blob, and so does megacache");
+    std::string known = "inductor, autotune, aot_autograd, pgo, precompile";
+    for (const std::string& extra : options.caller_populated_types) {
+      if (known.find(extra) == std::string::npos) known += ", " + extra;
+    }
+    return Status::InvalidArgument(
+        "unknown artifact type '" + artifact.type + "' (known here: " + known + "); torch refuses "
+        "a blob with a type that no CacheArtifactFactory.register call in this process "
+        "registered, and so does megacache: import the module that registers it before loading");
   }
   return file;
 }
@@ -137,12 +148,12 @@ Result<std::vector<PlannedFile>> plan_populate(const mega_cache::MegaCache& cach
   for (const mega_cache::TypeGroup& group : cache.groups) {
     if (!group.dropped_by_torch) continue;
     for (const mega_cache::Artifact& artifact : group.artifacts) {
-      if (Result<PlannedFile> file = plan_one(artifact, pgo_key); !file.ok()) return file.status();
+      if (Result<PlannedFile> file = plan_one(artifact, options, pgo_key); !file.ok()) return file.status();
     }
   }
   std::vector<PlannedFile> plan;
   for (const mega_cache::Artifact* artifact : cache.loaded_artifacts()) {
-    Result<PlannedFile> file = plan_one(*artifact, pgo_key);
+    Result<PlannedFile> file = plan_one(*artifact, options, pgo_key);
     if (!file.ok()) return file.status();
     plan.push_back(std::move(file).value());
   }
@@ -169,6 +180,11 @@ Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::s
   for (const PlannedFile& file : *plan) {
     const mega_cache::Artifact& artifact = *file.artifact;
     report.info.add(artifact.type, artifact.key);
+    if (file.caller_populates) {
+      report.caller_populated.push_back(
+          {artifact.type, artifact.key, std::string(artifact.content)});
+      continue;
+    }
     const std::string dir = file.relative_dir.empty() ? cache_dir : cache_dir + "/" + file.relative_dir;
     const bool content_named = file.file_name.empty();
     const std::string path = dir + "/" + (content_named ? "" : file.file_name);

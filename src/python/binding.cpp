@@ -70,13 +70,15 @@ megacache::Result<megacache::OpenedFile> open_artifacts(std::string_view file, c
 }
 
 // Opens any supported file (Mega-Cache, standalone_compile, bundle) and populates
-// `cache_dir`. Returns what was loaded per type and the bundle's fingerprint (empty for
-// torch's formats). `pgo_cache_key` is called (with the GIL) only if a PGO key needs torch's
-// rewrite.
-std::pair<TypeKeys, Fields> load_into(const nb::bytes& data, const std::string& cache_dir,
-                                      std::optional<nb::callable> pgo_cache_key,
-                                      const std::string& trusted_keys) {
+// `cache_dir`. Returns what was loaded per type, the bundle's fingerprint (empty for torch's
+// formats) and the artifacts of `caller_populated_types` as (type, key, content), which the
+// caller hands to torch. `pgo_cache_key` is called (with the GIL) only if a PGO key needs
+// torch's rewrite.
+std::tuple<TypeKeys, Fields, std::vector<std::tuple<std::string, std::string, nb::bytes>>> load_into(
+    const nb::bytes& data, const std::string& cache_dir, std::optional<nb::callable> pgo_cache_key,
+    const std::string& trusted_keys, std::vector<std::string> caller_populated_types) {
   megacache::PopulateOptions options;
+  options.caller_populated_types = std::move(caller_populated_types);
   if (pgo_cache_key) {
     options.pgo_cache_key = [&]() {
       nb::gil_scoped_acquire acquire;
@@ -95,7 +97,12 @@ std::pair<TypeKeys, Fields> load_into(const nb::bytes& data, const std::string& 
     }();
   }
   if (!report.ok()) raise(report.status());
-  return {report->info.entries(), fingerprint};
+  std::vector<std::tuple<std::string, std::string, nb::bytes>> caller_populated;
+  for (const megacache::mega_cache::OwnedArtifact& artifact : report->caller_populated) {
+    caller_populated.emplace_back(artifact.type, artifact.key,
+                                  nb::bytes(artifact.content.data(), artifact.content.size()));
+  }
+  return {report->info.entries(), fingerprint, std::move(caller_populated)};
 }
 
 // A bundle of a Mega-Cache blob (or standalone file), optionally signed.
@@ -382,6 +389,7 @@ struct PyPackage {
     nb::list bypassed;
     for (const pc::Bypass& b : f->bypassed) bypassed.append(nb::make_tuple(b.code, b.backend_id, b.reason));
     out["bypassed"] = bypassed;
+    out["codes"] = f->entry.codes.size();
     return out;
   }
 
@@ -417,9 +425,10 @@ NB_MODULE(_core, m) {
   nb::exception<PackageMismatchError>(m, "PackageMismatchError", PyExc_RuntimeError);
 
   m.def("load_into", &load_into, "data"_a, "cache_dir"_a, "pgo_cache_key"_a = nb::none(),
-        "trusted_keys"_a = "",
+        "trusted_keys"_a = "", "caller_populated_types"_a = std::vector<std::string>(),
         "Open a Mega-Cache blob, standalone file or bundle and write its artifacts into "
-        "cache_dir as torch would; returns (loaded keys per type, bundle fingerprint).");
+        "cache_dir as torch would; returns (loaded keys per type, bundle fingerprint, "
+        "[(type, key, content)] of caller_populated_types for torch to populate).");
   m.def("bundle_of", &bundle_of, "data"_a, "fingerprint"_a, "zstd_level"_a = 3,
         "signing_key"_a = "", "Convert a Mega-Cache blob into a megacache bundle.");
   m.def("host_fingerprint", &megacache::bundle::host_fingerprint,

@@ -41,6 +41,32 @@ TEST(Populate, WritesEachTypeWhereTorchDoes) {
   EXPECT_EQ(report->info.count("inductor"), 2u);  // the dropped first group is not counted
 }
 
+TEST(Populate, HandsRegisteredTypesToTheCallerAndWritesTheRest) {
+  const std::string blob =
+      make_blob({{"custom", {{"k1", "first"}}}, {"inductor", {{"fgood", "x"}}}, {"custom", {{"k2", "second"}}}});
+  const MegaCache cache = parsed(blob);
+  test::TempDir dir;
+  PopulateOptions options;
+  options.caller_populated_types = {"inductor", "custom"};  // torch's factory lists every type
+  Result<PopulateReport> report = populate(cache, dir.path(), options);
+  ASSERT_TRUE(report.ok()) << report.status().to_string();
+  // torch loads the last group of each type; the caller's come back in that order, copied.
+  ASSERT_EQ(report->caller_populated.size(), 1u);
+  EXPECT_EQ(report->caller_populated[0].type, "custom");
+  EXPECT_EQ(report->caller_populated[0].key, "k2");
+  EXPECT_EQ(report->caller_populated[0].content, "second");
+  EXPECT_EQ(report->info.count("custom"), 1u);
+  EXPECT_EQ(read_tree(dir.path()).size(), 1u);  // the inductor artifact, written natively
+
+  options.caller_populated_types = {"other"};
+  Result<PopulateReport> refused = populate(cache, dir.path(), options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("unknown artifact type 'custom' (known here: inductor, "
+                                            "autotune, aot_autograd, pgo, precompile, other)"),
+            std::string::npos)
+      << refused.status().to_string();
+}
+
 TEST(Populate, IsIdempotentAndRepairsChangedFiles) {
   const std::string blob = test::small_blob();
   const MegaCache cache = parsed(blob);

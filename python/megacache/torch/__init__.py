@@ -11,7 +11,7 @@ import logging
 from typing import List, Optional, Tuple
 
 import torch
-from torch.compiler._cache import CacheArtifactManager, CacheInfo
+from torch.compiler._cache import CacheArtifactFactory, CacheArtifactManager, CacheInfo
 
 from megacache import _core
 
@@ -25,8 +25,9 @@ class _Recorder:
 
     torch's CacheArtifactManager._seen_artifacts holds every artifact recorded since its last
     clear(), in record order, and torch's own serialize() leaves it alone. We read it from
-    where we stopped, so each save costs only what is new, and torch's state is untouched:
-    torch.compiler.save_cache_artifacts keeps working beside us.
+    where we stopped, so each save costs only what is new. Reading changes nothing in torch;
+    the drop-in save then moves torch's manager on as torch's own save would
+    (_mark_serialized_in_torch), so torch.compiler.save_cache_artifacts keeps working beside us.
     """
 
     def __init__(self) -> None:
@@ -80,12 +81,25 @@ def _pgo_cache_key() -> str:
     return get_cache_key() or ""
 
 
+def _mark_serialized_in_torch() -> None:
+    """Leaves torch's CacheArtifactManager as its own serialize() does: the new artifacts move
+    into its serializer and CacheInfo, so need_serialize() is False and a later
+    torch.compiler.save_cache_artifacts() still returns everything."""
+    new = CacheArtifactManager._new_cache_artifacts
+    for artifact in itertools.chain(*new.values()):
+        CacheArtifactManager._cache_info.add(artifact)
+    CacheArtifactManager._serializer.extend(new.items())
+    new.clear()
+
+
 def save_cache_artifacts() -> Optional[Tuple[bytes, CacheInfo]]:
     if torch._dynamo.config.caching_precompile:
         from torch._dynamo.precompile_context import PrecompileContext
 
         PrecompileContext.save_to_dynamo_cache()
-    return _recorder.save()
+    saved = _recorder.save()
+    _mark_serialized_in_torch()
+    return saved
 
 
 def recorded_blob() -> Optional[bytes]:
@@ -126,9 +140,15 @@ def current_fingerprint() -> List[Tuple[str, str]]:
 def load_bytes(data: bytes, cache_dir: Optional[str] = None) -> CacheInfo:
     from megacache import trusted_keys
 
-    entries, fingerprint = _core.load_into(
-        data, cache_dir or _torch_cache_dir(), _pgo_cache_key, trusted_keys()
+    # Types registered through CacheArtifactFactory.register load through their own
+    # populate_cache(), as in torch; the core checks the rest and writes them.
+    CacheArtifactManager._ensure_cache_artifacts_registered()
+    entries, fingerprint, caller_populated = _core.load_into(
+        data, cache_dir or _torch_cache_dir(), _pgo_cache_key, trusted_keys(),
+        list(CacheArtifactFactory._artifact_types),
     )
+    for artifact_type, key, content in caller_populated:
+        CacheArtifactFactory.create(artifact_type, key, content).populate_cache()
     if fingerprint:
         differences = _core.compare_fingerprints(fingerprint, current_fingerprint())
         if differences:
