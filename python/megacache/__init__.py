@@ -142,11 +142,13 @@ def compile(fn: Callable[..., Any], *, package: Optional[str | os.PathLike[str]]
 
 
 def enable(store: Optional[str] = None, *, wait_seconds: float = 600.0) -> None:
-    """Automatic mode, for every function torch.compile wraps from now on: on its first call
-    megacache looks its package up in `store` (default MEGACACHE_STORE or the local store;
-    "local,redis://..." for a fleet); a hit runs at once, a miss compiles under a lock that
-    makes the other processes wait for this compile (up to wait_seconds) and then publishes.
-    Call it before torch.compile. A package that cannot be used is logged and compiled over."""
+    """Automatic mode, for every function torch.compile wraps from now on: megacache looks its
+    package up in `store` (default MEGACACHE_STORE or the local store; "local,redis://..." for
+    a fleet), then in what torch's own DynamoCache saved; a hit runs at once, a miss compiles
+    under a claim that makes other processes wait for this compile (until it ends, at most
+    wait_seconds) and then publishes. Call it before torch.compile. A package that cannot be
+    used is logged and compiled over. Nothing else changes: torch's caching_precompile is on
+    only while megacache records, and inside fresh_cache() the store is not used."""
     from megacache.torch import precompile
 
     precompile.enable(store, wait_seconds)

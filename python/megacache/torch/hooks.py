@@ -37,11 +37,15 @@ module makes the steps megacache drives safe and sound, without editing torch's 
   Whatever else recording raises (torch 2.11 asserts while building guards twice for
   transformers 5.23's config views), the frame is compiled again without recording, as plain
   torch.compile would; only an error that recurs without recording reaches the caller.
+- Backward: a training graph's backward compiles on the first backward call, outside the
+  calls during which megacache turns torch's caching_precompile on; it is saved with the flag
+  as its forward had it, so the package bundles it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -60,6 +64,7 @@ from torch._dynamo.codegen import PyCodegen
 from torch._dynamo import exc as dynamo_exc
 from torch._dynamo.exc import PackageError
 from torch._dynamo.package import CompilePackage, _DynamoCodeCacheEntry, SerializedCode
+from torch._functorch._aot_autograd import runtime_wrappers
 
 log = logging.getLogger("megacache")
 
@@ -361,6 +366,29 @@ def _install_safely(original: Callable[..., Any]) -> Callable[..., Any]:
     return install
 
 
+# --- the backward: recorded as its forward was ------------------------------------------------
+
+
+def _save_backward_as_recorded(original: Callable[..., Any]) -> Callable[..., Any]:
+    """AOTAutograd compiles a training graph's backward on its first backward call, after
+    the forward's call returned, and bundles it for a package only if caching_precompile is on
+    then. megacache turns that flag on only while it records (precompile._Recording), so the
+    backward's cache entry is saved with the flag as it was when its forward compiled."""
+
+    def post_compile(spec: Any) -> Any:
+        save = getattr(spec, "try_save_cache_entry", None)
+        if save is None or not torch._dynamo.config.caching_precompile:
+            return original(spec)
+
+        def try_save_cache_entry(*args: Any, **kwargs: Any) -> Any:
+            with torch._dynamo.config.patch(caching_precompile=True):
+                return save(*args, **kwargs)
+
+        return original(dataclasses.replace(spec, try_save_cache_entry=try_save_cache_entry))
+
+    return post_compile
+
+
 class Backends(dict):  # type: ignore[type-arg]
     """The backends of a megacache entry: a dict, as torch expects, that also says whose install
     it is."""
@@ -388,4 +416,6 @@ def patch() -> None:
     manager.serialize_guards = _serialize_or_bypass(manager.serialize_guards)
     pickler = dynamo_guards.GuardsStatePickler
     pickler.reducer_override = _reduce_soundly(pickler.reducer_override)
+    autograd = runtime_wrappers.AOTDispatchAutograd
+    autograd.post_compile = staticmethod(_save_backward_as_recorded(autograd.post_compile))
     _patched = True

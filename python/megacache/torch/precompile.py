@@ -15,6 +15,7 @@ function; megacache puts its own DynamoCache there, which answers from an explic
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -25,6 +26,7 @@ import platform
 import subprocess
 import sys
 import threading
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import torch
@@ -50,6 +52,8 @@ _explicit: Dict[str, "_PackageSource"] = {}
 # probe need not dlopen them again in a child process.
 _verified_libraries: Set[str] = set()
 _lock = threading.RLock()
+# torch's own torch.compile, before enable() puts its wrapper in its place.
+_torch_compile = torch.compile
 
 
 # --- identity and environment ---------------------------------------------------------------
@@ -66,6 +70,15 @@ def _innermost(fn: Callable[..., Any]) -> Callable[..., Any]:
 def source_key(fn: Callable[..., Any]) -> str:
     """torch's source_id of a function (CompilePackage.source_id_from_fn)."""
     return CompilePackage.source_id_from_fn(_innermost(fn))
+
+
+def packageable_key(fn: Any) -> Optional[str]:
+    """The source key of what torch.compile was given, or None for a callable torch cannot
+    package (a functools.partial, an object with __call__): megacache leaves those to torch."""
+    try:
+        return source_key(fn)
+    except (AttributeError, TypeError):
+        return None
 
 
 def identity(fn: Callable[..., Any]) -> Dict[str, Any]:
@@ -298,14 +311,13 @@ def _refuse(key: str, qualname: str, stage: str, error: BaseException) -> None:
 def _load_entry(fn: Callable[..., Any], key: str, read: Callable[[], Optional["_core.Package"]],
                 ignore_source_changes: bool) -> Optional[PrecompileCacheEntry]:
     """The one load path: reads and checks the package (C++), writes its files, unpickles the
-    entry and hands torch an entry whose install is undone if it fails (megacache.torch.hooks).
-    Whatever fails, the function compiles as if there had been no package."""
+    entry and hands it to torch under the safety net (`_guarded`). Whatever fails, the function
+    compiles as if there had been no package."""
     qualname = getattr(_innermost(fn), "__qualname__", key)
     try:
         package = read()
         if package is None:
             _stats["misses"] += 1
-            counters["dynamo_cache"]["dynamo_cache_miss"] += 1
             return None
         check(package, fn, ignore_source_changes)
         install_files(package)
@@ -317,14 +329,19 @@ def _load_entry(fn: Callable[..., Any], key: str, read: Callable[[], Optional["_
     except Exception as error:  # unpickling runs the pickles' own code: any failure is the package's
         _refuse(key, qualname, "unpickle", error)
         return None
+    counters["dynamo_cache"]["dynamo_cache_hit"] += 1
+    return _guarded(entry, key, qualname)
+
+
+def _guarded(entry: PrecompileCacheEntry, key: str, qualname: str) -> PrecompileCacheEntry:
+    """`entry` as torch installs it, with its install undone if it fails (megacache.torch.hooks)
+    and its first call watched (`_watch_calls`)."""
     installation = hooks.Installation(
         lambda failed: _refuse(key, qualname, failed.stage, failed.cause))
     hooks.mark(entry.dynamo, installation)
     partial = any(code.bypassed for code in entry.dynamo.codes)
-    entry = PrecompileCacheEntry(dynamo=entry.dynamo, backends=hooks.Backends(entry.backends, installation))
     _pending[key] = _Pending(installation, qualname, partial)
-    counters["dynamo_cache"]["dynamo_cache_hit"] += 1
-    return entry
+    return PrecompileCacheEntry(dynamo=entry.dynamo, backends=hooks.Backends(entry.backends, installation))
 
 
 def _first_call_done(key: str, pending: _Pending) -> None:
@@ -352,45 +369,112 @@ def store_name(key: str) -> str:
     return _core.store_name(identity(fn), list(environment()))
 
 
+class _Recording:
+    """torch's caching_precompile on for a `with` block, then back as it was. megacache turns
+    it on only where it records: while torch.compile wraps a function for megacache, during the
+    calls of that function, and (megacache.torch.hooks) for the backward compiles of graphs
+    compiled there. Everywhere else torch behaves as if megacache were not there: it keeps every
+    guard, FX graph cache counters and standalone_compile's layout are torch's own."""
+
+    __slots__ = ("previous",)
+    active = 0  # how many `with` blocks have the flag on because of megacache
+
+    def __enter__(self) -> None:
+        config = torch._dynamo.config
+        self.previous = config.caching_precompile
+        if not self.previous:
+            config.caching_precompile = True
+            _Recording.active += 1
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if not self.previous:
+            torch._dynamo.config.caching_precompile = False
+            _Recording.active -= 1
+
+
+class _QuietDroppedGuards(logging.Filter):
+    """torch warns for each guard caching_precompile leaves out of a recorded frame (ID_MATCH
+    and its kind, which cannot hold in another process). Where megacache turned the flag on,
+    the user did not ask for it: the notes go to torch's debug log instead of their console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _Recording.active or "is dropped with caching_precompile=True" not in str(record.msg):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 class _AutomaticMode:
     """megacache.enable(): look up on wrap, single flight on a miss, publish after compiles."""
 
     def __init__(self, store_url: str, wait_seconds: float) -> None:
         self.store = _core.Store(store_url)
         self.wait_seconds = wait_seconds
+        _torch_cache_dir()  # torch sets TORCHINDUCTOR_CACHE_DIR to the dir it resolves
+        self.torch_cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        self.looked_up: Set[str] = set()  # source keys this mode looked up: the ones it publishes
         self.claims: Dict[str, Any] = {}  # source key -> claim held while this process compiles
         self.dirty: Set[str] = set()  # keys with compiles not yet published
         self.held_back: Set[str] = set()  # keys waiting for a backend torch records later
 
+    def active(self) -> bool:
+        """False where torch isolates or turns off its own caches: inside fresh_cache() (another
+        cache dir) and with force_disable_caches. The store is then neither read nor written,
+        and torch records nothing for megacache."""
+        from torch._inductor import config as inductor_config
+
+        return (not inductor_config.force_disable_caches
+                and os.environ.get("TORCHINDUCTOR_CACHE_DIR") == self.torch_cache_dir)
+
     def load(self, fn: Callable[..., Any], key: str) -> Optional[PrecompileCacheEntry]:
+        """The function's package from the store, or None; on a miss this process claims the
+        compile, unless it holds the claim already (a second wrap): it never waits on itself."""
         from megacache import trusted_keys
 
+        self.looked_up.add(key)
         name = store_name(key)
-        value, claim = self.store.get_or_claim(name, self.wait_seconds)
-        if claim is not None:
-            self.claims[key] = claim
+        if key in self.claims:
+            value = self.store.get(name)
+        else:
+            value, claim = self.store.get_or_claim(name, self.wait_seconds)
+            if claim is not None:
+                self.claims[key] = claim
         if value is None:
             _stats["misses"] += 1
-            counters["dynamo_cache"]["dynamo_cache_miss"] += 1
             return None
         # A package that cannot be used compiles the function, and its package replaces it.
         return _load_entry(fn, key, lambda: _core.Package.from_bytes(value, trusted_keys()),
                            ignore_source_changes=False)
 
+    def release_claim(self, key: str) -> None:
+        """Lets the processes waiting for this compile go on: called when the first call that
+        compiles ends (after publishing, or with nothing to publish, or raising), when the
+        compiled function is collected uncalled, and at disable() and exit."""
+        claim = self.claims.pop(key, None)
+        if claim is not None:
+            claim.release()
+
     def publish(self, key: str, *, only_if_complete: bool = False) -> None:
-        """Puts the function's package into the store and drops the claim. A package with a
-        backend not recorded yet (training compiles the backward on the first backward call)
-        is held back once: it goes out when torch records that backend, or after the next
-        call, or at exit. Never raises into the job: a failed publish costs other processes a
-        compile, nothing more."""
+        """Puts the function's package into the store. A package with a backend not recorded
+        yet (training compiles the backward on the first backward call) is held back once: it
+        goes out when torch records that backend, or after the next call, or at exit. Never
+        raises into the job: a failed publish costs other processes a compile, nothing more."""
         self.dirty.discard(key)
         try:
             package = build_package([key])
             if key not in package.keys():
+                self.held_back.discard(key)
                 return
             incomplete = package.bypassed()
             if incomplete and (only_if_complete or key not in self.held_back):
                 self.held_back.add(key)
+                return
+            function = package.function(key)
+            if len(function["bypassed"]) == function["codes"]:
+                # Nothing torch could load (a custom backend records no artifacts): every
+                # process compiles it anyway, so nothing is published.
+                log.debug("megacache: nothing of %s can be packaged", function["qualname"])
+                self.held_back.discard(key)
                 return
             for qualname, code, reason in incomplete:
                 log.warning("megacache: %s, code %d will compile again on load: %s", qualname, code, reason)
@@ -402,52 +486,66 @@ class _AutomaticMode:
             # pickle; the job goes on without a published package.
             log.warning("megacache: could not publish the package of %s: %s", key, error, exc_info=True)
         self.held_back.discard(key)
-        claim = self.claims.pop(key, None)
-        if claim is not None:
-            claim.release()
 
     def backend_recorded(self) -> None:
         for key in list(self.held_back):
             self.publish(key, only_if_complete=True)
 
-    def flush(self) -> None:
+    def close(self) -> None:
+        """Publishes what is left and drops every claim: at disable() and at exit."""
         for key in list(self.held_back | self.dirty):
             self.publish(key)
+        for key in list(self.claims):
+            self.release_claim(key)
 
 
 _automatic: Optional[_AutomaticMode] = None
 
 
 class _MegacacheDynamoCache(DiskDynamoCache):
-    """torch's DynamoCache, answering from megacache first."""
+    """torch's DynamoCache, answering from megacache first and then as torch's would: entries
+    torch saved itself (DynamoCache.save, PrecompileContext.save_to_dynamo_cache) are found."""
 
     def load(self, fn: Callable[..., Any]) -> Optional[PrecompileCacheEntry]:
-        key = source_key(fn)
+        key = packageable_key(fn)
+        if key is None:
+            return super().load(fn)
         _functions[key] = fn
+        entry = None
         source = _explicit.get(key)
         if source is not None:
-            return _load_entry(fn, key, lambda: source.read(key), source.ignore_source_changes)
+            entry = _load_entry(fn, key, lambda: source.read(key), source.ignore_source_changes)
+        elif _automatic is not None and _automatic.active():
+            entry = _automatic.load(fn, key)
+        if entry is not None:
+            return entry
+        entry = super().load(fn)
+        if entry is None:
+            return None
         if _automatic is not None:
-            return _automatic.load(fn, key)
-        return super().load(fn)
+            _automatic.release_claim(key)  # torch's own entry serves: nothing to compile
+        return _guarded(entry, key, getattr(_innermost(fn), "__qualname__", key))
 
     def record_package(self, package: CompilePackage) -> None:
         super().record_package(package)
-        _traced.add(package.source_id)
-        if _automatic is not None:  # a miss, a recompile, or a bypassed frame compiled again
-            _automatic.dirty.add(package.source_id)
+        key = package.source_id
+        _traced.add(key)
+        _functions.setdefault(key, package._innermost_fn)
+        mode = _automatic
+        if mode is not None and key in mode.looked_up and mode.active():
+            mode.dirty.add(key)  # a miss, a recompile, or a bypassed frame compiled again
 
 
 _installed = False
 
 
 def install_hooks() -> None:
-    """Turns on torch's caching precompile and puts megacache's DynamoCache in torch's place."""
+    """Puts megacache's DynamoCache in torch's place and patches torch's precompile classes
+    (megacache.torch.hooks). torch's caching_precompile stays as it is outside `_Recording`."""
     global _installed
     with _lock:
         if _installed:
             return
-        torch._dynamo.config.caching_precompile = True
         hooks.patch()
         torch_context = _torch_context()
         record_artifact = torch_context.record_artifact
@@ -462,62 +560,83 @@ def install_hooks() -> None:
         dynamo_package.DynamoCache = cache
         if hasattr(torch_precompile_context, "DynamoCache"):
             torch_precompile_context.DynamoCache = cache
+        logging.getLogger("torch._dynamo.guards").addFilter(_QuietDroppedGuards())
+        atexit.register(_close_at_exit)
         _installed = True
 
 
-# --- after the first call: publish ------------------------------------------------------------
+def _close_at_exit() -> None:
+    if _automatic is not None:
+        _automatic.close()
+
+
+# --- calls of a compiled function: record, watch the first call, publish -----------------------
 
 _call_depth = threading.local()
 
 
-def _watch_calls(compiled: Callable[..., Any], key: str) -> Callable[..., Any]:
-    """Wraps a compiled callable. The first outermost call through an entry installed from a
-    package is watched: if it raises, the entry is taken back and the call runs again without
-    it (an error then is the caller's own), and if Dynamo traced anyway, it was a guard miss.
-    In automatic mode, an outermost call that compiled publishes the function's package."""
+def _watch_calls(compiled: Callable[..., Any], key: str, explicit: bool) -> Callable[..., Any]:
+    """Wraps a compiled callable. An outermost call runs with torch recording (`_Recording`)
+    for megacache.compile, and in automatic mode while the mode is active. The first outermost
+    call through an entry installed from a package is watched: if it raises, the entry is
+    taken back and the call runs again without it (an error then is the caller's own), and if
+    Dynamo traced anyway, it was a guard miss. In automatic mode, an outermost call that
+    compiled publishes the function's package, and any outermost call ends this process's
+    claim on compiling it."""
 
     @functools.wraps(compiled)
     def call(*args: Any, **kwargs: Any) -> Any:
         depth = getattr(_call_depth, "value", 0)
-        pending = _pending.pop(key, None) if depth == 0 else None
-        _call_depth.value = depth + 1
-        try:
-            try:
-                result = compiled(*args, **kwargs)
-            except Exception as error:
-                if pending is None or pending.installation.compile_package is None:
-                    raise
-                # The entry is taken back and the call runs without it: if it raises again,
-                # the error is the caller's own and reaches them; else the package was at fault.
-                pending.installation.undo()
-                result = compiled(*args, **kwargs)
-                pending.installation.on_failure(hooks.InstallFailed("first_call", error))
-        finally:
-            _call_depth.value = depth
-        if pending is not None:
-            _first_call_done(key, pending)
+        if depth > 0:
+            return compiled(*args, **kwargs)
         mode = _automatic
-        if depth == 0 and mode is not None and (key in mode.dirty or key in mode.held_back):
-            mode.publish(key)
+        recording = explicit or (mode is not None and mode.active())
+        pending = _pending.pop(key, None)
+        _call_depth.value = 1
+        try:
+            with _Recording() if recording else contextlib.nullcontext():
+                try:
+                    result = compiled(*args, **kwargs)
+                except Exception as error:
+                    if pending is None or pending.installation.compile_package is None:
+                        raise
+                    # The entry is taken back and the call runs without it: if it raises again,
+                    # the error is the caller's own and reaches them; else the package was at fault.
+                    pending.installation.undo()
+                    result = compiled(*args, **kwargs)
+                    pending.installation.on_failure(hooks.InstallFailed("first_call", error))
+            if pending is not None:
+                _first_call_done(key, pending)
+            if mode is not None and (key in mode.dirty or key in mode.held_back):
+                mode.publish(key)
+        finally:
+            _call_depth.value = 0
+            if mode is not None:
+                mode.release_claim(key)
         return result
 
     return call
 
 
-def watch_calls(compiled: Any, original: Callable[..., Any]) -> Any:
-    key = source_key(original)
+def watch_calls(compiled: Any, key: str, *, explicit: bool) -> Any:
     if isinstance(compiled, torch.nn.Module):
-        compiled.forward = _watch_calls(compiled.forward, key)
-        return compiled
-    return _watch_calls(compiled, key)
+        compiled.forward = _watch_calls(compiled.forward, key, explicit)
+        watched = compiled.forward
+    else:
+        compiled = watched = _watch_calls(compiled, key, explicit)
+    mode = _automatic
+    if mode is not None:  # a function wrapped and never called holds no claim
+        weakref.finalize(watched, mode.release_claim, key)
+    return compiled
 
 
 def enable(store: Optional[str], wait_seconds: float) -> None:
     global _automatic
     install_hooks()
     with _lock:
+        if _automatic is not None:
+            _automatic.close()
         _automatic = _AutomaticMode(store or _core.default_store_url(), wait_seconds)
-        atexit.register(_automatic.flush)
         if not getattr(torch.compile, "_megacache", False):
             original_compile = torch.compile
 
@@ -525,15 +644,26 @@ def enable(store: Optional[str], wait_seconds: float) -> None:
             def compile(model: Any = None, **kwargs: Any) -> Any:
                 if model is None:
                     return lambda m: compile(m, **kwargs)
-                return watch_calls(original_compile(model, **kwargs), model)
+                mode = _automatic
+                key = packageable_key(model)
+                if mode is None or key is None or not mode.active():
+                    return original_compile(model, **kwargs)
+                with _Recording():
+                    compiled = original_compile(model, **kwargs)
+                return watch_calls(compiled, key, explicit=False)
 
             compile._megacache = True  # type: ignore[attr-defined]
             torch.compile = compile
 
 
 def disable() -> None:
+    """Ends automatic mode: what it compiled is published, its claims are dropped, and
+    functions wrapped from now on are plain torch.compile."""
     global _automatic
-    _automatic = None
+    with _lock:
+        if _automatic is not None:
+            _automatic.close()
+        _automatic = None
 
 
 def automatic_stats() -> Dict[str, int]:
@@ -553,9 +683,9 @@ def compile_function(fn: Callable[..., Any], package: Optional[str], ignore_sour
     key = source_key(fn)
     if package is not None:
         _explicit[key] = _PackageSource(os.fspath(package), ignore_source_changes)
-    compiled = torch.compile(fn, **torch_compile_kwargs)
-    if not getattr(torch.compile, "_megacache", False):  # enable() wraps torch.compile itself
-        compiled = watch_calls(compiled, fn)
+    with _Recording():
+        compiled = _torch_compile(fn, **torch_compile_kwargs)
+    compiled = watch_calls(compiled, key, explicit=True)
 
     def save_package(path: Optional[str] = None, format: str = "binary", *, sign_with: Optional[str] = None) -> str:
         target = os.fspath(path) if path is not None else package
