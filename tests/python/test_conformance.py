@@ -59,6 +59,15 @@ def test_a_claim_ends_with_the_compile_on_every_path(tmp_path):
     assert outcome == {"recorded_nothing": True, "raised": True, "never_called": True}
 
 
+def test_a_wait_lasts_a_few_times_the_measured_compile(tmp_path):
+    outcome = run_steps("megacache", "deadline", root=tmp_path)
+    from megacache.torch.precompile import _AutomaticMode as mode
+
+    deadline = max(mode.MIN_WAIT_SECONDS, mode.WAIT_FACTOR * outcome["measured_s"])
+    assert deadline < 600  # enable()'s wait_seconds, the bound when nothing was measured
+    assert deadline <= outcome["waited_s"] < deadline + 30
+
+
 @pytest.mark.parametrize("load", ["load", "load_and_install"])
 def test_entries_torch_saved_itself_are_found(load, tmp_path):
     for mode in MODES:

@@ -26,6 +26,7 @@ import platform
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
@@ -369,6 +370,13 @@ def store_name(key: str) -> str:
     return _core.store_name(identity(fn), list(environment()))
 
 
+def compile_seconds_name(key: str) -> str:
+    """The store name of how long the function's last published compile took, in any
+    environment: waiters size their deadline by it when a new torch or GPU makes everyone
+    compile again."""
+    return _core.store_name(identity(_functions[key]), []) + ".compile-seconds"
+
+
 class _Recording:
     """torch's caching_precompile on for a `with` block, then back as it was. megacache turns
     it on only where it records: while torch.compile wraps a function for megacache, during the
@@ -407,9 +415,15 @@ class _QuietDroppedGuards(logging.Filter):
 class _AutomaticMode:
     """megacache.enable(): look up on wrap, single flight on a miss, publish after compiles."""
 
+    # A wait for another process's compile lasts this many times that function's last
+    # measured compile, and at least MIN_WAIT_SECONDS (a busy machine compiles slower).
+    WAIT_FACTOR = 4.0
+    MIN_WAIT_SECONDS = 10.0
+
     def __init__(self, store_url: str, wait_seconds: float) -> None:
         self.store = _core.Store(store_url)
         self.wait_seconds = wait_seconds
+        self.compile_seconds: Dict[str, float] = {}  # key -> time its calls spent compiling
         _torch_cache_dir()  # torch sets TORCHINDUCTOR_CACHE_DIR to the dir it resolves
         self.torch_cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
         self.looked_up: Set[str] = set()  # source keys this mode looked up: the ones it publishes
@@ -433,10 +447,9 @@ class _AutomaticMode:
 
         self.looked_up.add(key)
         name = store_name(key)
-        if key in self.claims:
-            value = self.store.get(name)
-        else:
-            value, claim = self.store.get_or_claim(name, self.wait_seconds)
+        value = self.store.get(name)
+        if value is None and key not in self.claims:
+            value, claim = self.store.get_or_claim(name, self._deadline(key))
             if claim is not None:
                 self.claims[key] = claim
         if value is None:
@@ -445,6 +458,18 @@ class _AutomaticMode:
         # A package that cannot be used compiles the function, and its package replaces it.
         return _load_entry(fn, key, lambda: _core.Package.from_bytes(value, trusted_keys()),
                            ignore_source_changes=False)
+
+    def _deadline(self, key: str) -> float:
+        """How long to wait for another process's compile of the function: WAIT_FACTOR times
+        its last published compile, or wait_seconds when none was ever measured."""
+        recorded = self.store.get(compile_seconds_name(key))
+        try:
+            measured = float(recorded.decode()) if recorded is not None else None
+        except ValueError:
+            measured = None
+        if measured is None:
+            return self.wait_seconds
+        return min(self.wait_seconds, max(self.MIN_WAIT_SECONDS, self.WAIT_FACTOR * measured))
 
     def release_claim(self, key: str) -> None:
         """Lets the processes waiting for this compile go on: called when the first call that
@@ -480,6 +505,9 @@ class _AutomaticMode:
                 log.warning("megacache: %s, code %d will compile again on load: %s", qualname, code, reason)
             self.store.put(store_name(key), package.to_bytes())
             _stats["published"] += 1
+            seconds = self.compile_seconds.pop(key, None)
+            if seconds is not None:
+                self.store.put(compile_seconds_name(key), f"{seconds:.3f}".encode())
         except (OSError, _core.InvalidInputError, _core.CorruptionError,
                 pickle.PicklingError, TypeError, AttributeError) as error:
             # TypeError and AttributeError are what pickle raises for an object it cannot
@@ -593,6 +621,7 @@ def _watch_calls(compiled: Callable[..., Any], key: str, explicit: bool) -> Call
         recording = explicit or (mode is not None and mode.active())
         pending = _pending.pop(key, None)
         _call_depth.value = 1
+        started = time.monotonic()
         try:
             with _Recording() if recording else contextlib.nullcontext():
                 try:
@@ -608,6 +637,9 @@ def _watch_calls(compiled: Callable[..., Any], key: str, explicit: bool) -> Call
             if pending is not None:
                 _first_call_done(key, pending)
             if mode is not None and (key in mode.dirty or key in mode.held_back):
+                if key in mode.dirty:  # this call compiled
+                    mode.compile_seconds[key] = (mode.compile_seconds.get(key, 0.0)
+                                                 + time.monotonic() - started)
                 mode.publish(key)
         finally:
             _call_depth.value = 0

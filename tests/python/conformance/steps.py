@@ -226,6 +226,30 @@ def claims():
     return outcome
 
 
+@scenario
+def deadline():
+    """A wait for another process's compile of a function that was published before (in
+    another environment, say): it lasts a few times the compile measured then. Here this
+    process holds the claim through a second store handle, as another process would."""
+    import time
+
+    from megacache.torch import precompile
+
+    x = torch.arange(6.0)
+    torch.compile(f)(x)  # compiled and published, with its compile time
+    key = precompile.source_key(f)
+    store = megacache.open_store()
+    measured = float(store.get(precompile.compile_seconds_name(key)).decode())
+    store.remove(precompile.store_name(key))  # as if the environment had changed
+    _, held = store.get_or_claim(precompile.store_name(key), 0.0)
+    torch._dynamo.reset()
+    started = time.monotonic()
+    compiled = torch.compile(f)  # waits for the claim, then compiles itself
+    waited = time.monotonic() - started
+    held.release()
+    return {"measured_s": measured, "waited_s": waited, "result": values(compiled(x))}
+
+
 if __name__ == "__main__":
     result = SCENARIOS[SCENARIO]()
     result["informational"] = dict(result.get("informational", {}),
