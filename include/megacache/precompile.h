@@ -122,7 +122,8 @@ class PrecompileContext {
                        const std::function<Result<std::string>(std::string_view)>& edit);
 
   // stitch() with the environment, the kernels and the Mega-Cache blob, which come from the
-  // caller who knows the torch cache dir.
+  // caller who knows the torch cache dir. The blob's "precompile" artifacts (torch's own
+  // DynamoCache entries) are left out: the package carries its Dynamo entries itself.
   Package package(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
                   std::string mega_cache, const std::vector<std::string>& only = {}) const;
   // package() in the binary format (write_package).

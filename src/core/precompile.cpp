@@ -93,9 +93,30 @@ Status PrecompileContext::edit_artifact(
   return Status::OK();
 }
 
+namespace {
+
+// A package's Mega-Cache artifacts, less torch's own DynamoCache entries ("precompile"
+// artifacts, which DynamoCache.write records): a package carries its functions' Dynamo entries
+// itself, and torch keys those artifacts by a path its caller chose, absolute ones included,
+// which populate refuses, so one would make the whole package unloadable. A blob that does
+// not parse is kept as it is, for the package's own checks to report.
+std::string without_dynamo_cache_entries(const std::string& blob) {
+  Result<mega_cache::MegaCache> parsed = mega_cache::parse(blob);
+  if (!parsed.ok()) return blob;
+  mega_cache::MegaCache kept;
+  for (mega_cache::TypeGroup& group : parsed->groups) {
+    if (group.type != mega_cache::kPrecompile) kept.groups.push_back(std::move(group));
+  }
+  if (kept.groups.size() == parsed->groups.size()) return blob;
+  return mega_cache::write_groups(kept);  // before `blob`, which the groups view, goes
+}
+
+}  // namespace
+
 Package PrecompileContext::package(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
                                    std::string mega_cache, const std::vector<std::string>& only) const {
-  return Package{std::move(fingerprint), stitch(only), std::move(kernels), std::move(mega_cache)};
+  return Package{std::move(fingerprint), stitch(only), std::move(kernels),
+                 without_dynamo_cache_entries(mega_cache)};
 }
 
 std::string PrecompileContext::serialize(bundle::Fingerprint fingerprint,

@@ -334,11 +334,23 @@ TEST(PrecompileContext, SerializeWritesTheStitchedPackage) {
   PrecompileContext context;
   record_two(context);
   const std::vector<KernelFile> kernels = {{"ab/cabc.so", "ELF-test"}};
-  const Package package = context.package(kFingerprint, kernels, test::small_blob());
+  const std::string blob = test::small_blob();
+  const Package package = context.package(kFingerprint, kernels, blob);
   EXPECT_EQ(package.functions.size(), 2u);
   EXPECT_EQ(package.fingerprint, kFingerprint);
-  EXPECT_EQ(package.mega_cache, test::small_blob());
-  const std::string file = context.serialize(kFingerprint, kernels, test::small_blob());
+  // torch's own DynamoCache entries are left out; every other group is kept as it was.
+  Result<MegaCache> all = mega_cache::parse(blob);
+  Result<MegaCache> kept = mega_cache::parse(package.mega_cache);
+  ASSERT_TRUE(all.ok() && kept.ok());
+  std::vector<std::string> expected_types, kept_types;
+  for (const auto& group : all->groups) {
+    if (group.type != mega_cache::kPrecompile) expected_types.push_back(group.type);
+  }
+  for (const auto& group : kept->groups) kept_types.push_back(group.type);
+  EXPECT_EQ(kept_types, expected_types);
+  EXPECT_LT(kept_types.size(), all->groups.size());
+  EXPECT_EQ(context.package(kFingerprint, {}, package.mega_cache).mega_cache, package.mega_cache);
+  const std::string file = context.serialize(kFingerprint, kernels, blob);
   EXPECT_EQ(file, write_package(package));
   Result<Package> read = read_binary(file);
   ASSERT_TRUE(read.ok()) << read.status().to_string();
