@@ -26,6 +26,10 @@ class CompiledArtifact:
     def __call__(self, *args: Any) -> Any:
         return self._inner(*args)
 
+    def __getattr__(self, name: str) -> Any:
+        # Everything but save and load is torch's own (is_saveable, and what later torches add).
+        return getattr(self._inner, name)
+
     def save(self, path: str | os.PathLike[str], *, format: str = "binary") -> None:
         path = os.fspath(path)
         artifacts = getattr(self._inner, "_artifacts", None)
@@ -70,11 +74,17 @@ class CompiledArtifact:
         return CompiledArtifact(CacheCompiledArtifact._load_impl(nullcontext(), aot_key))
 
 
+# torch's own, bound when this module is imported: code that routes
+# torch._inductor.standalone_compile through megacache's afterwards must not reach megacache's.
+import torch._inductor  # noqa: E402
+
+_torch_standalone_compile = torch._inductor.standalone_compile
+
+
 def standalone_compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
                        dynamic_shapes: str = "from_graph", options: Optional[dict] = None,
                        **kwargs: Any) -> CompiledArtifact:
-    from torch._inductor import standalone_compile as torch_standalone_compile
-
     return CompiledArtifact(
-        torch_standalone_compile(gm, example_inputs, dynamic_shapes=dynamic_shapes, options=options, **kwargs)
+        _torch_standalone_compile(gm, example_inputs, dynamic_shapes=dynamic_shapes, options=options,
+                                  **kwargs)
     )
