@@ -59,6 +59,18 @@ def test_a_claim_ends_with_the_compile_on_every_path(tmp_path):
     assert outcome == {"recorded_nothing": True, "raised": True, "never_called": True}
 
 
+def test_a_wrap_installs_only_packages_compiled_for_its_arguments(tmp_path):
+    outcome = run_steps("megacache", "variants", root=tmp_path)
+    none = {"hits": 0, "guard_misses": 0, "refused": 0}
+    assert outcome["static_stats"] == none
+    assert outcome["dynamic_stats"] == none  # the static package is not for dynamic=True
+    # The static package again: found and installed (after torch._dynamo.reset() in the same
+    # process its guards may still send Dynamo to trace).
+    again = outcome["static_again_stats"]
+    assert again["hits"] + again["guard_misses"] == 1 and again["refused"] == 0
+    assert outcome["static"] == outcome["dynamic"] == outcome["static_again"]
+
+
 def test_a_wait_lasts_a_few_times_the_measured_compile(tmp_path):
     outcome = run_steps("megacache", "deadline", root=tmp_path)
     from megacache.torch.precompile import _AutomaticMode as mode
@@ -79,6 +91,10 @@ def test_entries_torch_saved_itself_are_found(load, tmp_path):
 
 def test_fresh_cache_compiles_cold(tmp_path):
     assert_same_outcome("fresh_cache", "", tmp_path)
+
+
+def test_a_function_wrapped_before_fresh_cache_compiles_as_torch_inside_it(tmp_path):
+    assert_same_outcome("wrapped_before_fresh_cache", "", tmp_path)
 
 
 def test_torch_state_outside_megacache_compiles_is_torch_own(tmp_path):

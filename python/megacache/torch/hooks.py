@@ -37,6 +37,9 @@ module makes the steps megacache drives safe and sound, without editing torch's 
   Whatever else recording raises (torch 2.11 asserts while building guards twice for
   transformers 5.23's config views), the frame is compiled again without recording, as plain
   torch.compile would; only an error that recurs without recording reaches the caller.
+- Not recording: a function megacache wrapped has a package from its wrap on, but a frame
+  compiled while megacache does not record (inside fresh_cache()) compiles without it, as
+  plain torch.compile would.
 - Backward: a training graph's backward compiles on the first backward call, outside the
   calls during which megacache turns torch's caching_precompile on; it is saved with the flag
   as its forward had it, so the package bundles it.
@@ -280,12 +283,36 @@ _DYNAMO_DECISIONS = tuple(
     if hasattr(dynamo_exc, name))
 
 
+# How many `with` blocks have torch's caching_precompile on because megacache turned it on
+# (precompile._Recording); 0 everywhere else.
+recording = 0
+
+
+def _own_lazy_packages(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def __init__(self: CompilePackage, fn: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, fn, *args, **kwargs)
+        # torch.compile makes an empty package as it wraps a function while caching_precompile
+        # is on: megacache's own when megacache turned the flag on for that wrap.
+        self._megacache_owned = recording > 0 and fn is None
+
+    return __init__
+
+
 def _compile_unrecorded_on_failure(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def __call__(self: Any, frame: Any, *args: Any, **kwargs: Any) -> Any:
         package = self._package
         if package is None:
             return original(self, frame, *args, **kwargs)
+        if getattr(package, "_megacache_owned", False) and not torch._dynamo.config.caching_precompile:
+            # megacache is not recording now (inside fresh_cache(), after disable()): the frame
+            # compiles as plain torch.compile would, with no package to record into.
+            self._package = None
+            try:
+                return original(self, frame, *args, **kwargs)
+            finally:
+                self._package = package
         try:
             return original(self, frame, *args, **kwargs)
         except _DYNAMO_DECISIONS:
@@ -406,6 +433,7 @@ def patch() -> None:
     global _patched
     if _patched:
         return
+    CompilePackage.__init__ = _own_lazy_packages(CompilePackage.__init__)
     CompilePackage.initialize = _initialize_safely(CompilePackage.initialize)
     CompilePackage.install = _install_safely(CompilePackage.install)
     CompilePackage.code_context = _record_or_bypass(CompilePackage.code_context)

@@ -361,20 +361,38 @@ def _first_call_done(key: str, pending: _Pending) -> None:
                     "first call, so Dynamo traced it again", pending.qualname)
 
 
+# source key -> the torch.compile arguments it was last wrapped with (compile_variant).
+_variants: Dict[str, str] = {}
+
+
+def compile_variant(torch_compile_kwargs: Dict[str, Any]) -> str:
+    """What of torch.compile's arguments changes the compiled code. A function's packages are
+    kept per variant, so a wrap with another backend, mode, options, `dynamic` or `fullgraph`
+    never installs code compiled for another one."""
+    backend = torch_compile_kwargs.get("backend", "inductor")
+    if not isinstance(backend, str):
+        backend = getattr(backend, "__qualname__", type(backend).__qualname__)
+    options = sorted((torch_compile_kwargs.get("options") or {}).items())
+    return (f"backend={backend};mode={torch_compile_kwargs.get('mode')};options={options!r};"
+            f"dynamic={torch_compile_kwargs.get('dynamic')};"
+            f"fullgraph={torch_compile_kwargs.get('fullgraph', False)}")
+
+
 def store_name(key: str) -> str:
-    """The store name of one function's package in this environment (see the core's
-    precompile::store_name)."""
+    """The store name of one function's package in this environment, for the torch.compile
+    arguments it was wrapped with (see the core's precompile::store_name)."""
     fn = _functions.get(key)
     if fn is None:
         raise KeyError(f"no function with source key {key} was wrapped by torch.compile in this process")
-    return _core.store_name(identity(fn), list(environment()))
+    return _core.store_name(identity(fn), [*environment(), ("torch.compile", _variants.get(key, ""))])
 
 
 def compile_seconds_name(key: str) -> str:
     """The store name of how long the function's last published compile took, in any
     environment: waiters size their deadline by it when a new torch or GPU makes everyone
     compile again."""
-    return _core.store_name(identity(_functions[key]), []) + ".compile-seconds"
+    variant = [("torch.compile", _variants.get(key, ""))]
+    return _core.store_name(identity(_functions[key]), variant) + ".compile-seconds"
 
 
 class _Recording:
@@ -385,19 +403,18 @@ class _Recording:
     guard, FX graph cache counters and standalone_compile's layout are torch's own."""
 
     __slots__ = ("previous",)
-    active = 0  # how many `with` blocks have the flag on because of megacache
 
     def __enter__(self) -> None:
         config = torch._dynamo.config
         self.previous = config.caching_precompile
         if not self.previous:
             config.caching_precompile = True
-            _Recording.active += 1
+            hooks.recording += 1
 
     def __exit__(self, *exc_info: Any) -> None:
         if not self.previous:
             torch._dynamo.config.caching_precompile = False
-            _Recording.active -= 1
+            hooks.recording -= 1
 
 
 class _QuietDroppedGuards(logging.Filter):
@@ -406,7 +423,7 @@ class _QuietDroppedGuards(logging.Filter):
     the user did not ask for it: the notes go to torch's debug log instead of their console."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not _Recording.active or "is dropped with caching_precompile=True" not in str(record.msg):
+        if not hooks.recording or "is dropped with caching_precompile=True" not in str(record.msg):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
@@ -680,6 +697,7 @@ def enable(store: Optional[str], wait_seconds: float) -> None:
                 key = packageable_key(model)
                 if mode is None or key is None or not mode.active():
                     return original_compile(model, **kwargs)
+                _variants[key] = compile_variant(kwargs)
                 with _Recording():
                     compiled = original_compile(model, **kwargs)
                 return watch_calls(compiled, key, explicit=False)
@@ -715,6 +733,7 @@ def compile_function(fn: Callable[..., Any], package: Optional[str], ignore_sour
     key = source_key(fn)
     if package is not None:
         _explicit[key] = _PackageSource(os.fspath(package), ignore_source_changes)
+    _variants[key] = compile_variant(torch_compile_kwargs)
     with _Recording():
         compiled = _torch_compile(fn, **torch_compile_kwargs)
     compiled = watch_calls(compiled, key, explicit=True)

@@ -136,6 +136,29 @@ def fresh_cache():
 
 
 @scenario
+def wrapped_before_fresh_cache():
+    """A function wrapped outside fresh_cache() and called inside it, with a Mega-Cache save
+    and hot load in between (as Inductor's hot-load tests do): torch's manager and counters."""
+    from torch._inductor.utils import fresh_cache as torch_fresh_cache
+    from torch.compiler._cache import CacheArtifactManager
+
+    compiled = torch.compile(f, dynamic=False)
+    x = torch.arange(6.0)
+    with torch_fresh_cache():
+        compiled(x)
+    blob, _ = torch.compiler.save_cache_artifacts()
+    outcome = {"after_save": CacheArtifactManager.need_serialize()}
+    torch._dynamo.reset()
+    counters.clear()
+    with torch_fresh_cache():
+        torch.compiler.load_cache_artifacts(blob)
+        outcome["result"] = values(compiled(x))
+        outcome["counters"] = {group: dict(counters[group]) for group in ("inductor", "aot_autograd")}
+    outcome["after_hot_load"] = CacheArtifactManager.need_serialize()
+    return outcome
+
+
+@scenario
 def torch_state():
     """What megacache leaves of torch's own state: the caching_precompile flag, the FX graph
     and AOTAutograd cache counters of a compile repeated inside fresh_cache (as Inductor's own
@@ -223,6 +246,22 @@ def claims():
     del compiled
     gc.collect()
     outcome["never_called"] = claimable(g)
+    return outcome
+
+
+@scenario
+def variants():
+    """One function wrapped with dynamic=False, then dynamic=True, then dynamic=False again:
+    each wrap may only install a package compiled for its own arguments."""
+    from megacache.torch import precompile
+
+    outcome = {}
+    for step, dynamic in (("static", False), ("dynamic", True), ("static_again", False)):
+        torch._dynamo.reset()
+        compiled = torch.compile(f, dynamic=dynamic)
+        outcome[step] = values(compiled(torch.arange(6.0)))
+        outcome[f"{step}_stats"] = {name: precompile.automatic_stats()[name]
+                                    for name in ("hits", "guard_misses", "refused")}
     return outcome
 
 
