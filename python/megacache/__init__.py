@@ -148,7 +148,8 @@ def enable(store: Optional[str] = None, *, wait_seconds: float = 600.0) -> None:
     under a claim that makes other processes wait for this compile (until it ends, at most
     wait_seconds) and then publishes. Call it before torch.compile. A package that cannot be
     used is logged and compiled over. Nothing else changes: torch's caching_precompile is on
-    only while megacache records, and inside fresh_cache() the store is not used."""
+    only while megacache records (the wrap, and Dynamo's compiles of the function), and
+    inside fresh_cache() the store is not used."""
     from megacache.torch import precompile
 
     precompile.enable(store, wait_seconds)

@@ -37,12 +37,13 @@ module makes the steps megacache drives safe and sound, without editing torch's 
   Whatever else recording raises (torch 2.11 asserts while building guards twice for
   transformers 5.23's config views), the frame is compiled again without recording, as plain
   torch.compile would; only an error that recurs without recording reaches the caller.
-- Not recording: a function megacache wrapped has a package from its wrap on, but a frame
-  compiled while megacache does not record (inside fresh_cache()) compiles without it, as
-  plain torch.compile would.
-- Backward: a training graph's backward compiles on the first backward call, outside the
-  calls during which megacache turns torch's caching_precompile on; it is saved with the flag
-  as its forward had it, so the package bundles it.
+- Scope: torch's caching_precompile is on only where megacache records (`Recording`): while
+  torch.compile wraps a function for megacache, and while Dynamo compiles a frame of a
+  function whose package megacache's wrap made. A frame compiled while megacache does not
+  record (inside fresh_cache()) compiles without that package, as plain torch.compile would.
+- Backward: a training graph's backward compiles on the first backward call, after its
+  forward's frame was compiled; it is saved with caching_precompile as its forward had it, so
+  the package bundles it.
 """
 
 from __future__ import annotations
@@ -123,7 +124,9 @@ class Installation:
         for module, names in self.added.items():
             for name in names:
                 module.__dict__.pop(name, None)
+        owned = getattr(compile_package, "_megacache_owned", False)
         CompilePackage.__init__(compile_package, None)
+        compile_package._megacache_owned = owned  # still megacache's: its frames are recorded
         compile_package.initialize(self.fn, None, ignore_inlined_sources=False)
         self.compile_package = None
 
@@ -283,9 +286,35 @@ _DYNAMO_DECISIONS = tuple(
     if hasattr(dynamo_exc, name))
 
 
-# How many `with` blocks have torch's caching_precompile on because megacache turned it on
-# (precompile._Recording); 0 everywhere else.
+# How many `with Recording()` blocks are open; 0 everywhere else.
 recording = 0
+# Whether megacache records now (precompile sets it: not inside fresh_cache()).
+should_record: Callable[[], bool] = lambda: True
+
+
+class Recording:
+    """torch's caching_precompile on for a `with` block, then back as it was. megacache turns
+    it on only where it records: while torch.compile wraps a function for megacache, while
+    Dynamo compiles a frame of such a function, and for the backward compiles of graphs
+    compiled there. Everywhere else torch behaves as if megacache were not there: it keeps
+    every guard, FX graph cache counters and standalone_compile's layout are torch's own, and
+    calls that compile nothing cost nothing more."""
+
+    __slots__ = ("previous",)
+
+    def __enter__(self) -> None:
+        global recording
+        config = torch._dynamo.config
+        self.previous = config.caching_precompile
+        if not self.previous:
+            config.caching_precompile = True
+            recording += 1
+
+    def __exit__(self, *exc_info: Any) -> None:
+        global recording
+        if not self.previous:
+            torch._dynamo.config.caching_precompile = False
+            recording -= 1
 
 
 def _own_lazy_packages(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -299,20 +328,34 @@ def _own_lazy_packages(original: Callable[..., Any]) -> Callable[..., Any]:
     return __init__
 
 
-def _compile_unrecorded_on_failure(original: Callable[..., Any]) -> Callable[..., Any]:
+def _record_frames_of_owned_packages(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Dynamo compiles a frame of a function megacache wrapped: recorded, with torch's
+    caching_precompile on, while megacache records; else compiled as plain torch.compile would,
+    with no package to record into."""
+    retrying = _compile_unrecorded_on_failure(original)
+
     @functools.wraps(original)
     def __call__(self: Any, frame: Any, *args: Any, **kwargs: Any) -> Any:
         package = self._package
-        if package is None:
-            return original(self, frame, *args, **kwargs)
-        if getattr(package, "_megacache_owned", False) and not torch._dynamo.config.caching_precompile:
-            # megacache is not recording now (inside fresh_cache(), after disable()): the frame
-            # compiles as plain torch.compile would, with no package to record into.
+        if package is None or not getattr(package, "_megacache_owned", False):
+            return retrying(self, frame, *args, **kwargs)
+        if not should_record():
             self._package = None
             try:
                 return original(self, frame, *args, **kwargs)
             finally:
                 self._package = package
+        with Recording():
+            return retrying(self, frame, *args, **kwargs)
+
+    return __call__
+
+
+def _compile_unrecorded_on_failure(original: Callable[..., Any]) -> Callable[..., Any]:
+    def __call__(self: Any, frame: Any, *args: Any, **kwargs: Any) -> Any:
+        package = self._package
+        if package is None:
+            return original(self, frame, *args, **kwargs)
         try:
             return original(self, frame, *args, **kwargs)
         except _DYNAMO_DECISIONS:
@@ -398,8 +441,8 @@ def _install_safely(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _save_backward_as_recorded(original: Callable[..., Any]) -> Callable[..., Any]:
     """AOTAutograd compiles a training graph's backward on its first backward call, after
-    the forward's call returned, and bundles it for a package only if caching_precompile is on
-    then. megacache turns that flag on only while it records (precompile._Recording), so the
+    the forward's frame was compiled, and bundles it for a package only if caching_precompile
+    is on then. megacache turns that flag on only while it records (`Recording`), so the
     backward's cache entry is saved with the flag as it was when its forward compiled."""
 
     def post_compile(spec: Any) -> Any:
@@ -408,7 +451,7 @@ def _save_backward_as_recorded(original: Callable[..., Any]) -> Callable[..., An
             return original(spec)
 
         def try_save_cache_entry(*args: Any, **kwargs: Any) -> Any:
-            with torch._dynamo.config.patch(caching_precompile=True):
+            with Recording():
                 return save(*args, **kwargs)
 
         return original(dataclasses.replace(spec, try_save_cache_entry=try_save_cache_entry))
@@ -439,7 +482,7 @@ def patch() -> None:
     CompilePackage.code_context = _record_or_bypass(CompilePackage.code_context)
     PyCodegen.create_load_python_module = _record_module_globals(PyCodegen.create_load_python_module)
     converter = convert_frame.ConvertFrameAssert
-    converter.__call__ = _compile_unrecorded_on_failure(converter.__call__)
+    converter.__call__ = _record_frames_of_owned_packages(converter.__call__)
     manager = dynamo_guards.CheckFunctionManager
     manager.serialize_guards = _serialize_or_bypass(manager.serialize_guards)
     pickler = dynamo_guards.GuardsStatePickler

@@ -15,7 +15,6 @@ function; megacache puts its own DynamoCache there, which answers from an explic
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import hashlib
 import inspect
@@ -395,28 +394,6 @@ def compile_seconds_name(key: str) -> str:
     return _core.store_name(identity(_functions[key]), variant) + ".compile-seconds"
 
 
-class _Recording:
-    """torch's caching_precompile on for a `with` block, then back as it was. megacache turns
-    it on only where it records: while torch.compile wraps a function for megacache, during the
-    calls of that function, and (megacache.torch.hooks) for the backward compiles of graphs
-    compiled there. Everywhere else torch behaves as if megacache were not there: it keeps every
-    guard, FX graph cache counters and standalone_compile's layout are torch's own."""
-
-    __slots__ = ("previous",)
-
-    def __enter__(self) -> None:
-        config = torch._dynamo.config
-        self.previous = config.caching_precompile
-        if not self.previous:
-            config.caching_precompile = True
-            hooks.recording += 1
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if not self.previous:
-            torch._dynamo.config.caching_precompile = False
-            hooks.recording -= 1
-
-
 class _QuietDroppedGuards(logging.Filter):
     """torch warns for each guard caching_precompile leaves out of a recorded frame (ID_MATCH
     and its kind, which cannot hold in another process). Where megacache turned the flag on,
@@ -586,7 +563,8 @@ _installed = False
 
 def install_hooks() -> None:
     """Puts megacache's DynamoCache in torch's place and patches torch's precompile classes
-    (megacache.torch.hooks). torch's caching_precompile stays as it is outside `_Recording`."""
+    (megacache.torch.hooks). torch's caching_precompile stays as it is outside
+    `hooks.Recording`."""
     global _installed
     with _lock:
         if _installed:
@@ -606,8 +584,16 @@ def install_hooks() -> None:
         if hasattr(torch_precompile_context, "DynamoCache"):
             torch_precompile_context.DynamoCache = cache
         logging.getLogger("torch._dynamo.guards").addFilter(_QuietDroppedGuards())
+        hooks.should_record = _records
         atexit.register(_close_at_exit)
         _installed = True
+
+
+def _records() -> bool:
+    """Whether frames of the functions megacache wrapped are recorded now: always for
+    megacache.compile, and in automatic mode while the mode is active."""
+    mode = _automatic
+    return mode is None or mode.active()
 
 
 def _close_at_exit() -> None:
@@ -620,14 +606,12 @@ def _close_at_exit() -> None:
 _call_depth = threading.local()
 
 
-def _watch_calls(compiled: Callable[..., Any], key: str, explicit: bool) -> Callable[..., Any]:
-    """Wraps a compiled callable. An outermost call runs with torch recording (`_Recording`)
-    for megacache.compile, and in automatic mode while the mode is active. The first outermost
-    call through an entry installed from a package is watched: if it raises, the entry is
-    taken back and the call runs again without it (an error then is the caller's own), and if
-    Dynamo traced anyway, it was a guard miss. In automatic mode, an outermost call that
-    compiled publishes the function's package, and any outermost call ends this process's
-    claim on compiling it."""
+def _watch_calls(compiled: Callable[..., Any], key: str) -> Callable[..., Any]:
+    """Wraps a compiled callable. The first outermost call through an entry installed from a
+    package is watched: if it raises, the entry is taken back and the call runs again without
+    it (an error then is the caller's own), and if Dynamo traced anyway, it was a guard miss.
+    In automatic mode, an outermost call that compiled publishes the function's package, and
+    any outermost call ends this process's claim on compiling it."""
 
     @functools.wraps(compiled)
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -635,22 +619,20 @@ def _watch_calls(compiled: Callable[..., Any], key: str, explicit: bool) -> Call
         if depth > 0:
             return compiled(*args, **kwargs)
         mode = _automatic
-        recording = explicit or (mode is not None and mode.active())
         pending = _pending.pop(key, None)
         _call_depth.value = 1
         started = time.monotonic()
         try:
-            with _Recording() if recording else contextlib.nullcontext():
-                try:
-                    result = compiled(*args, **kwargs)
-                except Exception as error:
-                    if pending is None or pending.installation.compile_package is None:
-                        raise
-                    # The entry is taken back and the call runs without it: if it raises again,
-                    # the error is the caller's own and reaches them; else the package was at fault.
-                    pending.installation.undo()
-                    result = compiled(*args, **kwargs)
-                    pending.installation.on_failure(hooks.InstallFailed("first_call", error))
+            try:
+                result = compiled(*args, **kwargs)
+            except Exception as error:
+                if pending is None or pending.installation.compile_package is None:
+                    raise
+                # The entry is taken back and the call runs without it: if it raises again,
+                # the error is the caller's own and reaches them; else the package was at fault.
+                pending.installation.undo()
+                result = compiled(*args, **kwargs)
+                pending.installation.on_failure(hooks.InstallFailed("first_call", error))
             if pending is not None:
                 _first_call_done(key, pending)
             if mode is not None and (key in mode.dirty or key in mode.held_back):
@@ -667,12 +649,12 @@ def _watch_calls(compiled: Callable[..., Any], key: str, explicit: bool) -> Call
     return call
 
 
-def watch_calls(compiled: Any, key: str, *, explicit: bool) -> Any:
+def watch_calls(compiled: Any, key: str) -> Any:
     if isinstance(compiled, torch.nn.Module):
-        compiled.forward = _watch_calls(compiled.forward, key, explicit)
+        compiled.forward = _watch_calls(compiled.forward, key)
         watched = compiled.forward
     else:
-        compiled = watched = _watch_calls(compiled, key, explicit)
+        compiled = watched = _watch_calls(compiled, key)
     mode = _automatic
     if mode is not None:  # a function wrapped and never called holds no claim
         weakref.finalize(watched, mode.release_claim, key)
@@ -698,9 +680,9 @@ def enable(store: Optional[str], wait_seconds: float) -> None:
                 if mode is None or key is None or not mode.active():
                     return original_compile(model, **kwargs)
                 _variants[key] = compile_variant(kwargs)
-                with _Recording():
+                with hooks.Recording():
                     compiled = original_compile(model, **kwargs)
-                return watch_calls(compiled, key, explicit=False)
+                return watch_calls(compiled, key)
 
             compile._megacache = True  # type: ignore[attr-defined]
             torch.compile = compile
@@ -734,9 +716,9 @@ def compile_function(fn: Callable[..., Any], package: Optional[str], ignore_sour
     if package is not None:
         _explicit[key] = _PackageSource(os.fspath(package), ignore_source_changes)
     _variants[key] = compile_variant(torch_compile_kwargs)
-    with _Recording():
+    with hooks.Recording():
         compiled = _torch_compile(fn, **torch_compile_kwargs)
-    compiled = watch_calls(compiled, key, explicit=True)
+    compiled = watch_calls(compiled, key)
 
     def save_package(path: Optional[str] = None, format: str = "binary", *, sign_with: Optional[str] = None) -> str:
         target = os.fspath(path) if path is not None else package

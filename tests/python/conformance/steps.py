@@ -79,10 +79,9 @@ def second_wrap():
             kwargs["dynamic"] = {"None": None, "True": True, "False": False}[option.split("=")[1]]
     backend, graphs = backend_named(name)
     fn = g if "graphbreak" in options else f
-    outcome = {}
-    for attempt in ("first", "second"):
-        compiled = torch.compile(fn, backend=backend, **kwargs)
-        outcome[attempt] = [values(compiled(torch.arange(6.0))), values(compiled(torch.arange(9.0)))]
+    outcome = {"first": values(torch.compile(fn, backend=backend, **kwargs)(torch.arange(6.0)))}
+    compiled = torch.compile(fn, backend=backend, **kwargs)  # after one call of the first wrap
+    outcome["second"] = [values(compiled(torch.arange(6.0))), values(compiled(torch.arange(9.0)))]
     outcome["eager"] = [values(fn(torch.arange(6.0))), values(fn(torch.arange(9.0)))]
     outcome["informational"] = {"graphs_compiled": graphs}
     return outcome
