@@ -1,6 +1,8 @@
 #include "megacache/populate.h"
 
 #include <algorithm>
+#include <string_view>
+#include <vector>
 
 #include "util/file_system.h"
 #include "util/hash.h"
@@ -119,9 +121,11 @@ Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, const Populat
                        artifact.type) != options.caller_populated_types.end()) {
     file.caller_populates = true;
   } else {
-    std::string known = "inductor, autotune, aot_autograd, pgo, precompile";
+    const std::vector<std::string_view> built_in = {kInductor, kAutotune, kAotAutograd, kPgo, kPrecompile};
+    std::string known;
+    for (std::string_view name : built_in) known += (known.empty() ? "" : ", ") + std::string(name);
     for (const std::string& extra : options.caller_populated_types) {
-      if (known.find(extra) == std::string::npos) known += ", " + extra;
+      if (std::find(built_in.begin(), built_in.end(), extra) == built_in.end()) known += ", " + extra;
     }
     return Status::InvalidArgument(
         "unknown artifact type '" + artifact.type + "' (known here: " + known + "); torch refuses "
