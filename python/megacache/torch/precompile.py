@@ -391,7 +391,8 @@ def compile_seconds_name(key: str) -> str:
     environment: waiters size their deadline by it when a new torch or GPU makes everyone
     compile again."""
     variant = [("torch.compile", _variants.get(key, ""))]
-    return _core.store_name(identity(_functions[key]), variant) + ".compile-seconds"
+    package_name = _core.store_name(identity(_functions[key]), variant)
+    return "compile-seconds-" + package_name.removeprefix("precompile-")
 
 
 class _QuietDroppedGuards(logging.Filter):

@@ -73,6 +73,8 @@ from megacache import _core  # noqa: E402
 store = _core.Store(STORE)
 packaged_names = set()  # the globals an install of the stored package would add
 for name, _, _ in store.list():
+    if not name.startswith("precompile-"):
+        continue  # the compile-seconds record beside it
     data = store.get(name)
     package = _core.Package.from_bytes(data, "")
     for key in package.keys():
