@@ -70,3 +70,14 @@ def redis_url():
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.fixture
+def fresh_torch_manager():
+    """torch's CacheArtifactManager emptied for one test, and emptied again after it."""
+    from torch.compiler._cache import CacheArtifactManager
+
+    CacheArtifactManager._ensure_cache_artifacts_registered()
+    CacheArtifactManager.clear()
+    yield CacheArtifactManager
+    CacheArtifactManager.clear()

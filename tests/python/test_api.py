@@ -84,16 +84,6 @@ def test_load_of_aot_compiled_artifact_says_what_to_do(tmp_path):
         megacache.load(path, cache_dir=str(tmp_path / "cache"))
 
 
-@pytest.fixture
-def fresh_torch_manager():
-    from torch.compiler._cache import CacheArtifactManager
-
-    CacheArtifactManager._ensure_cache_artifacts_registered()
-    CacheArtifactManager.clear()
-    yield CacheArtifactManager
-    CacheArtifactManager.clear()
-
-
 def test_incremental_save_matches_torch_batch_by_batch(fresh_torch_manager):
     import torch
 

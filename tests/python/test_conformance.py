@@ -112,14 +112,6 @@ def test_training_variants_of_one_function(tmp_path):
 # --- the drop-ins, against torch's own functions ------------------------------------------------
 
 
-@pytest.fixture
-def fresh_torch_manager():
-    CacheArtifactManager._ensure_cache_artifacts_registered()
-    CacheArtifactManager.clear()
-    yield CacheArtifactManager
-    CacheArtifactManager.clear()
-
-
 def torch_manager_state():
     manager = CacheArtifactManager
     return (manager.need_serialize(), dict(manager._cache_info.artifacts), manager._serializer.to_bytes())
