@@ -159,10 +159,22 @@ bool is_package(const bundle::Bundle& bundle);
 Result<Package> read_package(const bundle::Bundle& bundle);
 
 // Unpacked format: a directory a person can read and edit (manifest.json, pickles, kernels,
-// mega_cache.bin). write_unpacked replaces `dir` as a whole: it is built beside it and renamed.
-// Errors: IOError; read_unpacked also InvalidArgument and Corruption naming the file.
-Status write_unpacked(const Package& package, const std::string& dir);
-Result<Package> read_unpacked(const std::string& dir);
+// mega_cache.bin). write_unpacked replaces `dir` as a whole: it is built beside it and renamed;
+// with `signing_key` it adds signature.json, an Ed25519 signature over every file's sha256.
+// read_unpacked holds the directory to the trust policy of bundle::check_trust, reads only
+// files its signature lists (each checked against its sha256) and never follows a link inside
+// `dir`. Thread-safe. Errors: IOError; read_unpacked also InvalidArgument (trust, a link, a
+// changed file) and Corruption, naming the file.
+Status write_unpacked(const Package& package, const std::string& dir,
+                      const bundle::SigningKey* signing_key = nullptr);
+Result<Package> read_unpacked(const std::string& dir, const std::vector<bundle::PublicKey>& trusted_keys);
+
+// The one door to a package from outside, in either form, with one trust policy: `file` holds
+// the binary form (a bundle, bundle::check_trust); `path` is a directory in the unpacked form or
+// a file in the binary one. Thread-safe. Errors: those of bundle::parse, check_trust,
+// read_package and read_unpacked; NotFound and IOError for the path.
+Result<Package> read_package(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys);
+Result<Package> read_package_at(const std::string& path, const std::vector<bundle::PublicKey>& trusted_keys);
 
 // What the loading process is, and what it asks for.
 struct LoadCheck {

@@ -65,7 +65,7 @@ Result<LoadedFile> load_file(const std::string& path, const Options& o, Need nee
   Result<std::vector<bundle::PublicKey>> keys = trusted_keys(o.trusted);
   if (!keys.ok()) return keys.status();
   const std::vector<bundle::PublicKey> trusted = check_trust ? *keys : std::vector<bundle::PublicKey>{};
-  Result<std::string> bytes = util::FileSystem::real().read_file(path);
+  Result<std::string> bytes = util::read_named_file(path);
   if (!bytes.ok()) return bytes.status();
   // The views inside point into `file.bytes`, so open only after it has its final home.
   Result<LoadedFile> result(LoadedFile{std::move(bytes).value(), {}});
@@ -267,7 +267,7 @@ int cmd_inspect(const Reporter& r, const Options& o) {
 }
 
 int cmd_verify(const Reporter& r, const Options& o) {
-  Result<std::string> bytes = util::FileSystem::real().read_file(o.file);
+  Result<std::string> bytes = util::read_named_file(o.file);
   if (!bytes.ok()) return r.fail(o.file, bytes.status());
   Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
   if (!trusted.ok()) return r.fail(o.file, trusted.status());
@@ -314,7 +314,7 @@ int cmd_convert(const Reporter& r, const Options& o) {
   } else {
     std::optional<bundle::SigningKey> key;
     if (!o.sign_key_file.empty()) {
-      Result<std::string> text = util::FileSystem::real().read_file(o.sign_key_file);
+      Result<std::string> text = util::read_named_file(o.sign_key_file);
       if (!text.ok()) return r.fail(o.sign_key_file, text.status());
       Result<bundle::SigningKey> parsed = bundle::parse_signing_key(*text);
       if (!parsed.ok()) return r.fail(o.sign_key_file, parsed.status());
@@ -325,7 +325,7 @@ int cmd_convert(const Reporter& r, const Options& o) {
                            {o.level, key ? &*key : nullptr});
     direction = key ? "signed megacache bundle" : "megacache bundle";
   }
-  if (Status written = util::FileSystem::real().write_atomic(o.output, output); !written.ok()) {
+  if (Status written = util::write_named_file(o.output, output); !written.ok()) {
     return r.fail(o.output, written);
   }
   r.done({{"ok", true}, {"input", o.file}, {"output", o.output}, {"format", direction},
@@ -339,10 +339,9 @@ int cmd_keygen(const Reporter& r, const Options& o) {
   const bundle::SigningKey key = bundle::SigningKey::generate();
   const std::string secret =
       util::hex(std::string_view(reinterpret_cast<const char*>(key.secret.data()), key.secret.size()));
-  util::FileSystem& fs = util::FileSystem::real();
-  if (Status s = fs.write_atomic(o.output, secret + "\n"); !s.ok()) return r.fail(o.output, s);
-  ::chmod(o.output.c_str(), 0600);
-  if (Status s = fs.write_atomic(o.output + ".pub", hex_of(key.public_key) + "\n"); !s.ok()) {
+  // The secret is never readable by others, not even between its creation and a chmod.
+  if (Status s = util::write_named_file(o.output, secret + "\n", 0600); !s.ok()) return r.fail(o.output, s);
+  if (Status s = util::write_named_file(o.output + ".pub", hex_of(key.public_key) + "\n"); !s.ok()) {
     return r.fail(o.output + ".pub", s);
   }
   r.done({{"ok", true}, {"signing_key", o.output}, {"public_key", hex_of(key.public_key)}},
@@ -399,7 +398,7 @@ int cmd_pull(const Reporter& r, const Options& o) {
   if (Result<OpenedFile> opened = open_artifacts(*value, *trusted); !opened.ok()) {
     return r.fail(o.name, opened.status());
   }
-  if (Status written = util::FileSystem::real().write_atomic(o.output, *value); !written.ok()) {
+  if (Status written = util::write_named_file(o.output, *value); !written.ok()) {
     return r.fail(o.output, written);
   }
   r.done({{"ok", true}, {"name", o.name}, {"store", (*s)->url()}, {"output", o.output},

@@ -14,7 +14,7 @@ Result<std::vector<bundle::PublicKey>> parse_trusted_keys(std::string_view spec)
     if (item.find_first_not_of(" \t") == std::string::npos) continue;
     Result<bundle::PublicKey> key = bundle::parse_public_key(item);
     if (!key.ok()) {
-      Result<std::string> text = util::FileSystem::real().read_file(item);
+      Result<std::string> text = util::read_named_file(item);
       if (!text.ok()) {
         return Status::InvalidArgument("trusted key '" + item +
                                        "' is neither 64 hex digits nor a readable .pub file (" +

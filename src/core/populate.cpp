@@ -1,6 +1,7 @@
 #include "megacache/populate.h"
 
 #include <algorithm>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -137,9 +138,11 @@ Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, const Populat
 
 // Whether `dir` already holds a file with exactly `content`: for content-named entries the
 // name is then the sha256 of these bytes, so comparing saves hashing them.
-bool dir_holds_content(util::FileSystem& fs, const std::string& dir, std::string_view content) {
-  for (const std::string& name : fs.list_directory(dir)) {
-    if (name.front() != '.' && fs.file_equals(dir + "/" + name, content)) return true;
+bool dir_holds_content(util::FileSystem& fs, const std::string& cache_dir, const std::string& dir,
+                       std::string_view content) {
+  for (const std::string& name : fs.list_directory(cache_dir, dir)) {
+    const std::string path = dir.empty() ? name : dir + "/" + name;
+    if (name.front() != '.' && fs.file_equals(cache_dir, path, content)) return true;
   }
   return false;
 }
@@ -180,7 +183,7 @@ Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::s
     return plan.status();
   }
   PopulateReport report;
-  std::string last_made_dir;
+  std::optional<std::string> last_made_dir;
   for (const PlannedFile& file : *plan) {
     const mega_cache::Artifact& artifact = *file.artifact;
     report.info.add(artifact.type, artifact.key);
@@ -189,20 +192,22 @@ Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::s
           {artifact.type, artifact.key, std::string(artifact.content)});
       continue;
     }
-    const std::string dir = file.relative_dir.empty() ? cache_dir : cache_dir + "/" + file.relative_dir;
+    // Paths are relative to the cache dir, which the file layer never leaves (no links).
+    const std::string& dir = file.relative_dir;
     const bool content_named = file.file_name.empty();
-    const std::string path = dir + "/" + (content_named ? "" : file.file_name);
-    if (content_named ? dir_holds_content(fs, dir, artifact.content)
-                      : fs.file_equals(path, artifact.content)) {
+    auto in_dir = [&dir](const std::string& name) { return dir.empty() ? name : dir + "/" + name; };
+    const std::string path = in_dir(file.file_name);
+    if (content_named ? dir_holds_content(fs, cache_dir, dir, artifact.content)
+                      : fs.file_equals(cache_dir, path, artifact.content)) {
       ++report.files_unchanged;
       continue;
     }
     if (dir != last_made_dir) {
-      if (Status made = fs.create_directories(dir); !made.ok()) return made;
+      if (Status made = fs.create_directories(cache_dir, dir); !made.ok()) return made;
       last_made_dir = dir;
     }
-    const std::string target = content_named ? path + util::torch_sha256_name(artifact.content) : path;
-    if (Status written = fs.write_atomic(target, artifact.content); !written.ok()) {
+    const std::string target = content_named ? in_dir(util::torch_sha256_name(artifact.content)) : path;
+    if (Status written = fs.write_atomic(cache_dir, target, artifact.content); !written.ok()) {
       return written;
     }
     ++report.files_written;

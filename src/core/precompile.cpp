@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -164,21 +165,39 @@ bool PrecompileContext::empty() const {
 Result<std::vector<KernelFile>> read_kernels(const std::string& cache_dir) {
   util::FileSystem& files = util::FileSystem::real();
   std::vector<KernelFile> kernels;
-  std::vector<std::string> subdirs = files.list_directory(cache_dir);
+  std::vector<std::string> subdirs = files.list_directory(cache_dir, "");
   std::sort(subdirs.begin(), subdirs.end());
   for (const std::string& subdir : subdirs) {
     if (subdir.size() != 2) continue;
-    std::vector<std::string> names = files.list_directory(cache_dir + "/" + subdir);
+    std::vector<std::string> names = files.list_directory(cache_dir, subdir);
     std::sort(names.begin(), names.end());
     for (const std::string& name : names) {
       const std::string path = subdir + "/" + name;
-      if (!is_kernel_path(path) || !files.file_info(cache_dir + "/" + path)) continue;
-      Result<std::string> bytes = files.read_file(cache_dir + "/" + path);
+      if (!is_kernel_path(path) || !files.file_info(cache_dir, path)) continue;
+      Result<std::string> bytes = files.read_file(cache_dir, path);
       if (!bytes.ok()) return bytes.status();
       kernels.push_back({path, std::move(bytes).value()});
     }
   }
   return kernels;
+}
+
+Result<Package> read_package(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys) {
+  Result<bundle::Bundle> bundle = bundle::parse(file);
+  if (!bundle.ok()) return bundle.status();
+  if (Status trust = bundle::check_trust(*bundle, trusted_keys); !trust.ok()) return trust;
+  return read_package(*bundle);
+}
+
+Result<Package> read_package_at(const std::string& path, const std::vector<bundle::PublicKey>& trusted_keys) {
+  if (path.empty() || path.find('\0') != std::string::npos) {
+    return Status::InvalidArgument("the package path '" + path + "' is empty or holds a NUL character");
+  }
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) return read_unpacked(path, trusted_keys);
+  Result<std::string> bytes = util::read_named_file(path);
+  if (!bytes.ok()) return bytes.status();
+  return read_package(*bytes, trusted_keys);
 }
 
 std::string store_name(const FunctionIdentity& function, const bundle::Fingerprint& fingerprint) {
@@ -296,13 +315,12 @@ Result<PopulateReport> populate_package(const Package& package, const std::strin
   }
   util::FileSystem& files = util::FileSystem::real();
   for (const KernelFile& k : package.kernels) {
-    const std::string path = cache_dir + "/" + k.path;
-    if (files.file_equals(path, k.bytes)) {
+    if (files.file_equals(cache_dir, k.path, k.bytes)) {
       ++report.files_unchanged;
       continue;
     }
-    if (Status s = files.create_directories(cache_dir + "/" + k.path.substr(0, 2)); !s.ok()) return s;
-    if (Status s = files.write_atomic(path, k.bytes); !s.ok()) return s;
+    if (Status s = files.create_directories(cache_dir, k.path.substr(0, 2)); !s.ok()) return s;
+    if (Status s = files.write_atomic(cache_dir, k.path, k.bytes); !s.ok()) return s;
     ++report.files_written;
   }
   return report;

@@ -4,12 +4,16 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <map>
+#include <optional>
 #include <set>
+#include <sodium.h>
 #include <unistd.h>
 
 #include "megacache/mega_cache.h"
 #include "megacache/precompile.h"
 #include "util/file_system.h"
+#include "util/hash.h"
 
 namespace megacache::precompile {
 namespace {
@@ -373,11 +377,141 @@ namespace {
 constexpr std::string_view kManifestFile = "manifest.json";
 constexpr std::string_view kFingerprintFile = "fingerprint.json";
 constexpr std::string_view kMegaCacheFile = "mega_cache.bin";
+constexpr std::string_view kSignatureFile = "signature.json";
+constexpr std::string_view kSignatureFormat = "megacache-unpacked-signature";
+// Prefixes the signed text, so a signature over a file list can never pass for one over
+// something else this key signs.
+constexpr std::string_view kSignedTextHeader = "megacache-unpacked-v1\n";
 
-Status write_file(util::FileSystem& files, const fs::path& path, std::string_view bytes) {
-  if (Status s = files.create_directories(path.parent_path().string()); !s.ok()) return s;
-  return files.write_atomic(path.string(), bytes);
+// The text a signature covers: one "<sha256 hex> <path>\n" line per file, sorted by path.
+std::string signed_text(const std::map<std::string, std::string>& sha256_of) {
+  std::string text(kSignedTextHeader);
+  for (const auto& [path, sha256] : sha256_of) text += sha256 + " " + path + "\n";
+  return text;
 }
+
+template <size_t N>
+std::string hex_of(const std::array<uint8_t, N>& bytes) {
+  return util::hex(std::string_view(reinterpret_cast<const char*>(bytes.data()), N));
+}
+
+// Writes the files of one package beneath `root`, recording each file's sha256.
+class UnpackedWriter {
+ public:
+  explicit UnpackedWriter(std::string root) : root_(std::move(root)) {}
+
+  Status write(const std::string& path, std::string_view bytes) {
+    const size_t slash = path.find_last_of('/');
+    if (slash != std::string::npos) {
+      if (Status s = files_.create_directories(root_, path.substr(0, slash)); !s.ok()) return s;
+    }
+    if (Status s = files_.write_atomic(root_, path, bytes); !s.ok()) return s;
+    sha256_of_[path] = util::sha256_hex(bytes);
+    return Status::OK();
+  }
+
+  // signature.json: the files written so far, and an Ed25519 signature over their list.
+  Status sign(const bundle::SigningKey& key) {
+    if (sodium_init() < 0) return Status::IOError("libsodium failed to initialise");
+    const std::string text = signed_text(sha256_of_);
+    std::array<uint8_t, crypto_sign_BYTES> signature{};
+    crypto_sign_detached(signature.data(), nullptr, reinterpret_cast<const unsigned char*>(text.data()),
+                         text.size(), key.secret.data());
+    ordered_json listed = ordered_json::object();
+    for (const auto& [path, sha256] : sha256_of_) listed[path] = sha256;
+    const ordered_json document = {{"format", kSignatureFormat},
+                                   {"version", 1},
+                                   {"public_key", hex_of(key.public_key)},
+                                   {"signature", hex_of(signature)},
+                                   {"files", listed}};
+    return files_.write_atomic(root_, std::string(kSignatureFile), document.dump(2) + "\n");
+  }
+
+ private:
+  util::FileSystem& files_ = util::FileSystem::real();
+  std::string root_;
+  std::map<std::string, std::string> sha256_of_;
+};
+
+// Reads the files of one package beneath `root`, never through a link. When the directory
+// is signed, only listed files are read, each checked against its signed sha256.
+class UnpackedReader {
+ public:
+  explicit UnpackedReader(std::string root) : root_(std::move(root)) {}
+
+  // Reads signature.json and applies the trust policy of bundle::check_trust: a signature
+  // that does not verify is always refused; with trusted keys, only a trusted signer passes.
+  Status check_trust(const std::vector<bundle::PublicKey>& trusted_keys) {
+    Result<std::string> text = files_.read_file(root_, std::string(kSignatureFile));
+    if (!text.ok() && text.status().code() != Status::Code::kNotFound) return text.status();
+    if (!text.ok()) {
+      if (trusted_keys.empty()) return Status::OK();
+      return Status::InvalidArgument(
+          root_ + " is an unsigned package directory, and trusted keys are configured "
+          "(MEGACACHE_TRUSTED_KEYS); save it signed (sign_with=) or use the binary format");
+    }
+    const std::string where = root_ + "/" + std::string(kSignatureFile);
+    const ordered_json document = ordered_json::parse(*text, nullptr, false);
+    if (!document.is_object() || document.value("format", "") != kSignatureFormat ||
+        document.value("version", 0) != 1 || !document.contains("files") || !document["files"].is_object() ||
+        !document["public_key"].is_string() || !document["signature"].is_string()) {
+      return Status::Corruption(0, where + ": not a version 1 " + std::string(kSignatureFormat) +
+                                       " with format, version, public_key, signature and files");
+    }
+    std::map<std::string, std::string> sha256_of;
+    for (const auto& [path, sha256] : document["files"].items()) {
+      if (!sha256.is_string() || sha256.get<std::string>().size() != 64) {
+        return Status::Corruption(0, where + ": the sha256 of '" + path + "' is not 64 hex digits");
+      }
+      sha256_of[path] = sha256.get<std::string>();
+    }
+    Result<bundle::PublicKey> key = bundle::parse_public_key(document["public_key"].get<std::string>());
+    const std::string signature_hex = document["signature"].get<std::string>();
+    std::array<uint8_t, crypto_sign_BYTES> signature{};
+    if (!key.ok() || signature_hex.size() != 2 * signature.size() ||
+        sodium_hex2bin(signature.data(), signature.size(), signature_hex.data(), signature_hex.size(),
+                       nullptr, nullptr, nullptr) != 0) {
+      return Status::Corruption(0, where + ": public_key or signature is not hex of the right length");
+    }
+    const std::string text_signed = signed_text(sha256_of);
+    if (sodium_init() < 0 ||
+        crypto_sign_verify_detached(signature.data(), reinterpret_cast<const unsigned char*>(text_signed.data()),
+                                    text_signed.size(), key->data()) != 0) {
+      return Status::InvalidArgument(where + ": the signature does not verify: the file list was changed "
+                                     "after signing, or signed by someone else than key " + hex_of(*key));
+    }
+    if (!trusted_keys.empty() &&
+        std::find(trusted_keys.begin(), trusted_keys.end(), *key) == trusted_keys.end()) {
+      return Status::InvalidArgument(root_ + " is signed by key " + hex_of(*key) +
+                                     ", which is not among the trusted keys");
+    }
+    signed_ = std::move(sha256_of);
+    return Status::OK();
+  }
+
+  Result<std::string> read(const std::string& path) {
+    if (signed_ && !signed_->count(path)) {
+      return Status::InvalidArgument(root_ + "/" + path + " is not among the files its signature covers");
+    }
+    Result<std::string> bytes = files_.read_file(root_, path);
+    if (!bytes.ok()) return bytes.status();
+    if (signed_ && util::sha256_hex(*bytes) != signed_->at(path)) {
+      return Status::InvalidArgument(root_ + "/" + path + " was changed after the package was signed");
+    }
+    return bytes;
+  }
+
+  bool exists(const std::string& path) {
+    return signed_ ? signed_->count(path) > 0 : files_.file_info(root_, path).has_value();
+  }
+
+  const std::string& root() const { return root_; }
+
+ private:
+  util::FileSystem& files_ = util::FileSystem::real();
+  std::string root_;
+  std::optional<std::map<std::string, std::string>> signed_;
+};
 
 std::string unique_suffix() {
   std::random_device random;
@@ -386,8 +520,8 @@ std::string unique_suffix() {
 
 }  // namespace
 
-Status write_unpacked(const Package& package, const std::string& dir) {
-  util::FileSystem& files = util::FileSystem::real();
+Status write_unpacked(const Package& package, const std::string& dir, const bundle::SigningKey* signing_key) {
+  if (dir.find('\0') != std::string::npos) return Status::InvalidArgument("the path '" + dir + "' holds a NUL");
   fs::path target = fs::path(dir).lexically_normal();
   if (!target.has_filename()) target = target.parent_path();  // "pkg/" names "pkg"
   const fs::path building = target.string() + ".tmp-" + unique_suffix();
@@ -396,35 +530,40 @@ Status write_unpacked(const Package& package, const std::string& dir) {
     fs::remove_all(building, ignored);
     return status;
   };
-  if (Status s = write_file(files, building / kManifestFile, manifest_json(package).dump(2) + "\n"); !s.ok()) {
+  std::error_code error;
+  if (!fs::create_directory(building, error) || error) {
+    return Status::IOError("cannot create " + building.string() + ": " + error.message());
+  }
+  UnpackedWriter writer(building.string());
+  if (Status s = writer.write(std::string(kManifestFile), manifest_json(package).dump(2) + "\n"); !s.ok()) {
     return fail(s);
   }
   ordered_json fingerprint = ordered_json::object();
   for (const auto& [name, value] : package.fingerprint) fingerprint[name] = value;
-  if (Status s = write_file(files, building / kFingerprintFile, fingerprint.dump(2) + "\n"); !s.ok()) {
+  if (Status s = writer.write(std::string(kFingerprintFile), fingerprint.dump(2) + "\n"); !s.ok()) {
     return fail(s);
   }
   for (const FunctionPackage& f : package.functions) {
-    const fs::path function_dir = building / "functions" / f.entry.key();
-    if (Status s = write_file(files, function_dir / "dynamo.pkl", f.entry.pickle); !s.ok()) return fail(s);
+    const std::string function_dir = "functions/" + f.entry.key();
+    if (Status s = writer.write(function_dir + "/dynamo.pkl", f.entry.pickle); !s.ok()) return fail(s);
     for (const auto& [id, pickle] : f.backends) {
       if (!is_safe_name(id)) return fail(Status::InvalidArgument("backend id '" + id + "' is not a safe file name"));
-      if (Status s = write_file(files, function_dir / "backends" / (id + ".pkl"), pickle); !s.ok()) {
-        return fail(s);
-      }
+      if (Status s = writer.write(function_dir + "/backends/" + id + ".pkl", pickle); !s.ok()) return fail(s);
     }
   }
   for (const KernelFile& k : package.kernels) {
     if (!is_kernel_path(k.path)) return fail(Status::InvalidArgument("kernel path '" + k.path + "' is unsafe"));
-    if (Status s = write_file(files, building / "kernels" / k.path, k.bytes); !s.ok()) return fail(s);
+    if (Status s = writer.write("kernels/" + k.path, k.bytes); !s.ok()) return fail(s);
   }
   if (!package.mega_cache.empty()) {
-    if (Status s = write_file(files, building / kMegaCacheFile, package.mega_cache); !s.ok()) return fail(s);
+    if (Status s = writer.write(std::string(kMegaCacheFile), package.mega_cache); !s.ok()) return fail(s);
+  }
+  if (signing_key != nullptr) {
+    if (Status s = writer.sign(*signing_key); !s.ok()) return fail(s);
   }
   // Swap the whole directory in: readers see the old package or the new one.
-  std::error_code error;
   const fs::path old = target.string() + ".old-" + unique_suffix();
-  const bool had_old = fs::exists(target, error);
+  const bool had_old = fs::exists(fs::symlink_status(target, error));
   if (had_old) {
     fs::rename(target, old, error);
     if (error) return fail(Status::IOError("cannot move aside " + target.string() + ": " + error.message()));
@@ -438,25 +577,25 @@ Status write_unpacked(const Package& package, const std::string& dir) {
   return Status::OK();
 }
 
-Result<Package> read_unpacked(const std::string& dir) {
-  util::FileSystem& files = util::FileSystem::real();
-  const fs::path root(dir);
-  auto read = [&](const fs::path& path) { return files.read_file(path.string()); };
-  Result<std::string> manifest = read(root / kManifestFile);
+Result<Package> read_unpacked(const std::string& dir, const std::vector<bundle::PublicKey>& trusted_keys) {
+  UnpackedReader files(dir);
+  if (Status trust = files.check_trust(trusted_keys); !trust.ok()) return trust;
+  const std::string where = dir + "/";
+  Result<std::string> manifest = files.read(std::string(kManifestFile));
   if (!manifest.ok()) return manifest.status();
-  Result<Package> parsed = parse_manifest(*manifest, (root / kManifestFile).string());
+  Result<Package> parsed = parse_manifest(*manifest, where + std::string(kManifestFile));
   if (!parsed.ok()) return parsed.status();
   Package package = std::move(parsed).value();
 
-  Result<std::string> fingerprint_text = read(root / kFingerprintFile);
+  Result<std::string> fingerprint_text = files.read(std::string(kFingerprintFile));
   if (!fingerprint_text.ok()) return fingerprint_text.status();
   ordered_json fingerprint = ordered_json::parse(*fingerprint_text, nullptr, false);
   if (!fingerprint.is_object()) {
-    return Status::Corruption(0, (root / kFingerprintFile).string() + ": not a JSON object");
+    return Status::Corruption(0, where + std::string(kFingerprintFile) + ": not a JSON object");
   }
   for (const auto& [name, value] : fingerprint.items()) {
     if (!value.is_string()) {
-      return Status::Corruption(0, (root / kFingerprintFile).string() + ": field '" + name +
+      return Status::Corruption(0, where + std::string(kFingerprintFile) + ": field '" + name +
                                        "' is not a string");
     }
     package.fingerprint.emplace_back(name, value.get<std::string>());
@@ -464,17 +603,17 @@ Result<Package> read_unpacked(const std::string& dir) {
   std::sort(package.fingerprint.begin(), package.fingerprint.end());
 
   for (FunctionPackage& f : package.functions) {
-    const fs::path function_dir = root / "functions" / f.entry.key();
-    Result<std::string> dynamo = read(function_dir / "dynamo.pkl");
+    const std::string function_dir = "functions/" + f.entry.key();
+    Result<std::string> dynamo = files.read(function_dir + "/dynamo.pkl");
     if (!dynamo.ok()) return dynamo.status();
     f.entry.pickle = std::move(dynamo).value();
     for (const Code& code : f.entry.codes) {
       for (const std::string& id : code.backend_ids) {
         if (f.backends.count(id)) continue;
         if (!is_safe_name(id)) return Status::InvalidArgument("backend id '" + id + "' is not a safe file name");
-        const fs::path path = function_dir / "backends" / (id + ".pkl");
-        if (!files.file_info(path.string())) continue;  // a bypassed code's backend
-        Result<std::string> backend = read(path);
+        const std::string path = function_dir + "/backends/" + id + ".pkl";
+        if (!files.exists(path)) continue;  // a bypassed code's backend
+        Result<std::string> backend = files.read(path);
         if (!backend.ok()) return backend.status();
         f.backends[id] = std::move(backend).value();
       }
@@ -482,12 +621,12 @@ Result<Package> read_unpacked(const std::string& dir) {
   }
   for (KernelFile& k : package.kernels) {
     if (!is_kernel_path(k.path)) return Status::InvalidArgument("kernel path '" + k.path + "' is unsafe");
-    Result<std::string> bytes = read(root / "kernels" / k.path);
+    Result<std::string> bytes = files.read("kernels/" + k.path);
     if (!bytes.ok()) return bytes.status();
     k.bytes = std::move(bytes).value();
   }
-  if (files.file_info((root / kMegaCacheFile).string())) {
-    Result<std::string> blob = read(root / kMegaCacheFile);
+  if (files.exists(std::string(kMegaCacheFile))) {
+    Result<std::string> blob = files.read(std::string(kMegaCacheFile));
     if (!blob.ok()) return blob.status();
     package.mega_cache = std::move(blob).value();
   }

@@ -3,7 +3,6 @@
 #include <nanobind/nanobind.h>
 
 #include <stdexcept>
-#include <sys/stat.h>
 
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/map.h>
@@ -178,7 +177,7 @@ void write_file_atomic(const std::string& path, const nb::bytes& data) {
   megacache::Status status;
   {
     nb::gil_scoped_release release;
-    status = megacache::util::FileSystem::real().write_atomic(path, view(data));
+    status = megacache::util::write_named_file(path, view(data));
   }
   if (!status.ok()) raise(status);
 }
@@ -287,17 +286,7 @@ struct PyPackage {
     megacache::Result<pc::Package> read = megacache::Status::OK();
     {
       nb::gil_scoped_release release;
-      read = [&]() -> megacache::Result<pc::Package> {
-        megacache::Result<std::vector<megacache::bundle::PublicKey>> keys =
-            megacache::parse_trusted_keys(trusted_keys);
-        if (!keys.ok()) return keys.status();
-        megacache::Result<megacache::bundle::Bundle> bundle = megacache::bundle::parse(view(data));
-        if (!bundle.ok()) return bundle.status();
-        if (megacache::Status trust = megacache::bundle::check_trust(*bundle, *keys); !trust.ok()) {
-          return trust;
-        }
-        return pc::read_package(*bundle);
-      }();
+      read = with_trusted_keys(trusted_keys, [&](const auto& keys) { return pc::read_package(view(data), keys); });
     }
     if (!read.ok()) raise(read.status());
     return PyPackage{std::move(read).value()};
@@ -305,19 +294,21 @@ struct PyPackage {
 
   // A directory is the unpacked format; a file the binary one.
   static PyPackage read(const std::string& path, const std::string& trusted_keys) {
-    struct stat info {};
-    if (::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode)) {
-      megacache::Result<pc::Package> read = megacache::Status::OK();
-      {
-        nb::gil_scoped_release release;
-        read = pc::read_unpacked(path);
-      }
-      if (!read.ok()) raise(read.status());
-      return PyPackage{std::move(read).value()};
+    megacache::Result<pc::Package> read = megacache::Status::OK();
+    {
+      nb::gil_scoped_release release;
+      read = with_trusted_keys(trusted_keys, [&](const auto& keys) { return pc::read_package_at(path, keys); });
     }
-    megacache::Result<std::string> bytes = megacache::util::FileSystem::real().read_file(path);
-    if (!bytes.ok()) raise(bytes.status());
-    return from_bytes(nb::bytes(bytes->data(), bytes->size()), trusted_keys);
+    if (!read.ok()) raise(read.status());
+    return PyPackage{std::move(read).value()};
+  }
+
+  // `read(keys)` with the keys of MEGACACHE_TRUSTED_KEYS text.
+  template <typename Read>
+  static megacache::Result<pc::Package> with_trusted_keys(const std::string& trusted_keys, Read read) {
+    megacache::Result<std::vector<megacache::bundle::PublicKey>> keys = megacache::parse_trusted_keys(trusted_keys);
+    if (!keys.ok()) return keys.status();
+    return read(*keys);
   }
 
   nb::bytes to_bytes(const std::string& signing_key, int zstd_level) const {
@@ -331,11 +322,13 @@ struct PyPackage {
     return nb::bytes(out.data(), out.size());
   }
 
-  void write_unpacked(const std::string& dir) const {
+  void write_unpacked(const std::string& dir, const std::string& signing_key) const {
+    megacache::Result<std::optional<megacache::bundle::SigningKey>> key = signing_key_of(signing_key);
+    if (!key.ok()) raise(key.status());
     megacache::Status status;
     {
       nb::gil_scoped_release release;
-      status = pc::write_unpacked(package, dir);
+      status = pc::write_unpacked(package, dir, *key ? &**key : nullptr);
     }
     if (!status.ok()) raise(status);
   }
@@ -507,7 +500,7 @@ NB_MODULE(_core, m) {
                   "A package file (binary) or directory (unpacked).")
       .def_static("from_bytes", &PyPackage::from_bytes, "data"_a, "trusted_keys"_a = "")
       .def("to_bytes", &PyPackage::to_bytes, "signing_key"_a = "", "zstd_level"_a = 3)
-      .def("write_unpacked", &PyPackage::write_unpacked, "dir"_a)
+      .def("write_unpacked", &PyPackage::write_unpacked, "dir"_a, "signing_key"_a = "")
       .def("check", &PyPackage::check, "current"_a, "function"_a = nb::none(),
            "ignore_source_changes"_a = false, "module_source"_a = nb::none(),
            "Raise PackageMismatchError if the package does not fit here (see check_package).")

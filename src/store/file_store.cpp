@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <map>
@@ -26,6 +27,11 @@ namespace megacache::store {
 namespace {
 
 constexpr int kStatsFields = 7;
+constexpr const char* kVersionDir = "v1";
+constexpr const char* kObjects = "v1/objects";
+constexpr const char* kRefs = "v1/refs";
+constexpr const char* kLocks = "v1/locks";
+constexpr const char* kStats = "v1/stats";
 // An object younger than this is never collected as unreferenced: its ref may be on its way.
 constexpr int64_t kGraceSeconds = 600;
 
@@ -44,7 +50,7 @@ class FileLock final : public Lock {
 class FileStore final : public Store {
  public:
   FileStore(std::string url, std::string root, uint64_t max_size)
-      : url_(std::move(url)), base_(std::move(root) + "/v1"), max_size_(max_size) {}
+      : url_(std::move(url)), root_(std::move(root)), max_size_(max_size) {}
 
   const std::string& url() const override { return url_; }
 
@@ -54,17 +60,17 @@ class FileStore final : public Store {
       count({.misses = 1});
       return std::nullopt;
     }
-    Result<std::string> value = fs().read_file(object_path(ref->hash));
+    Result<std::string> value = fs().read_file(root_, object_path(ref->hash));
     if (!value.ok() || value->size() != ref->size || hash_hex(*value) != ref->hash) {
       // Collected or damaged under us: a miss, and the ref goes (unless a put has just replaced
       // it) so the next put repairs the entry.
       count({.misses = 1, .errors = value.ok() ? 1u : 0u});
       if (const std::optional<Ref> now = read_ref(name); now && now->hash == ref->hash) {
-        (void)fs().remove_file(ref_path(name));
+        (void)fs().remove_file(root_, ref_path(name));
       }
       return std::nullopt;
     }
-    fs().touch(ref_path(name));
+    fs().touch(root_, ref_path(name));
     report_progress(value->size(), value->size());
     count({.hits = 1, .bytes_in = value->size()});
     return std::move(value).value();
@@ -74,15 +80,15 @@ class FileStore final : public Store {
     if (Status valid = check_name(name); !valid.ok()) return valid;
     const std::string hash = hash_hex(value);
     const std::string object = object_path(hash);
-    const std::optional<util::FileSystem::FileInfo> existing = fs().file_info(object);
+    const std::optional<util::FileSystem::FileInfo> existing = fs().file_info(root_, object);
     if (!existing || existing->size != value.size()) {
-      if (Status s = fs().create_directories(parent(object)); !s.ok()) return s;
-      if (Status s = fs().write_atomic(object, value); !s.ok()) return s;
+      if (Status s = fs().create_directories(root_, parent(object)); !s.ok()) return s;
+      if (Status s = fs().write_atomic(root_, object, value); !s.ok()) return s;
     } else {
-      fs().touch(object);  // keep it out of the unreferenced-object grace window
+      fs().touch(root_, object);  // keep it out of the unreferenced-object grace window
     }
-    if (Status s = fs().create_directories(base_ + "/refs"); !s.ok()) return s;
-    if (Status s = fs().write_atomic(ref_path(name), hash + " " + std::to_string(value.size()) + "\n");
+    if (Status s = fs().create_directories(root_, kRefs); !s.ok()) return s;
+    if (Status s = fs().write_atomic(root_, ref_path(name), hash + " " + std::to_string(value.size()) + "\n");
         !s.ok()) {
       return s;
     }
@@ -96,15 +102,15 @@ class FileStore final : public Store {
 
   Status remove(const std::string& name) override {
     if (Status valid = check_name(name); !valid.ok()) return valid;
-    return fs().remove_file(ref_path(name));
+    return fs().remove_file(root_, ref_path(name));
   }
 
   std::vector<EntryInfo> list() override {
     std::vector<EntryInfo> out;
-    for (const std::string& name : fs().list_directory(base_ + "/refs")) {
+    for (const std::string& name : fs().list_directory(root_, kRefs)) {
       if (!check_name(name).ok()) continue;  // temp files
       const std::optional<Ref> ref = read_ref(name);
-      const std::optional<util::FileSystem::FileInfo> info = fs().file_info(ref_path(name));
+      const std::optional<util::FileSystem::FileInfo> info = fs().file_info(root_, ref_path(name));
       if (ref && info) out.push_back({name, ref->size, info->modified_unix});
     }
     std::sort(out.begin(), out.end(), [](const EntryInfo& a, const EntryInfo& b) { return a.name < b.name; });
@@ -113,10 +119,13 @@ class FileStore final : public Store {
 
   std::unique_ptr<Lock> lock(const std::string& name, std::chrono::milliseconds wait,
                              std::chrono::milliseconds /*ttl: the kernel releases a dead holder's flock*/) override {
-    if (!check_name(name).ok() || !fs().create_directories(base_ + "/locks").ok()) return nullptr;
-    const std::string path = base_ + "/locks/" + name;
-    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (fd < 0) return nullptr;
+    if (!check_name(name).ok() || !fs().create_directories(root_, kLocks).ok()) return nullptr;
+    Result<int> opened = fs().open_for_update(root_, std::string(kLocks) + "/" + name);
+    if (!opened.ok()) {
+      log_refusal(opened.status());
+      return nullptr;
+    }
+    const int fd = *opened;
     const auto deadline = std::chrono::steady_clock::now() + wait;
     while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       if (errno != EWOULDBLOCK && errno != EINTR) break;
@@ -148,7 +157,7 @@ class FileStore final : public Store {
     for (const auto& [name, hash] : hash_of) ++users[hash];
     for (const EntryInfo& entry : entries) {
       if (total <= max_bytes) break;
-      if (Status s = fs().remove_file(ref_path(entry.name)); !s.ok()) return s;
+      if (Status s = fs().remove_file(root_, ref_path(entry.name)); !s.ok()) return s;
       const std::string& hash = hash_of[entry.name];
       if (--users[hash] == 0) {
         total -= referenced[hash];
@@ -158,13 +167,15 @@ class FileStore final : public Store {
     // Objects no ref names, and temp files a killed writer left, once past the grace period.
     uint64_t freed = 0;
     const int64_t now = static_cast<int64_t>(std::time(nullptr));
-    const std::string objects = base_ + "/objects";
-    for (const std::string& shard : fs().list_directory(objects)) {
-      for (const std::string& file : fs().list_directory(objects + "/" + shard)) {
-        const std::string path = objects + "/" + shard + "/" + file;
-        const std::optional<util::FileSystem::FileInfo> info = fs().file_info(path);
+    // The file layer lists nothing through a link, so a planted v1/objects/<hh> -> elsewhere
+    // is never walked and nothing outside the store is removed.
+    for (const std::string& shard : fs().list_directory(root_, kObjects)) {
+      const std::string shard_dir = std::string(kObjects) + "/" + shard;
+      for (const std::string& file : fs().list_directory(root_, shard_dir)) {
+        const std::string path = shard_dir + "/" + file;
+        const std::optional<util::FileSystem::FileInfo> info = fs().file_info(root_, path);
         if (!info || referenced.count(file) || now - info->modified_unix < kGraceSeconds) continue;
-        if (fs().remove_file(path).ok()) freed += info->size;
+        if (fs().remove_file(root_, path).ok()) freed += info->size;
       }
     }
     return freed;
@@ -189,6 +200,13 @@ class FileStore final : public Store {
 
   static util::FileSystem& fs() { return util::FileSystem::real(); }
 
+  // What the file layer refused (a planted link, a hard-linked stats file) is a miss, said
+  // once per occurrence on stderr like the Redis backend's failures. It is not counted as an
+  // error here: counting writes the stats file, which may be the very thing refused.
+  void log_refusal(const Status& status) const {
+    std::fprintf(stderr, "megacache: %s: %s; treating it as a miss\n", url_.c_str(), status.message().c_str());
+  }
+
   static std::string hash_hex(std::string_view value) {
     const util::Xxh3Digest digest = util::xxh3_128(value);
     return util::hex(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()));
@@ -196,15 +214,19 @@ class FileStore final : public Store {
 
   static std::string parent(const std::string& path) { return path.substr(0, path.find_last_of('/')); }
 
-  std::string object_path(const std::string& hash) const {
-    return base_ + "/objects/" + hash.substr(0, 2) + "/" + hash;
+  // Paths beneath the root.
+  static std::string object_path(const std::string& hash) {
+    return std::string(kObjects) + "/" + hash.substr(0, 2) + "/" + hash;
   }
-  std::string ref_path(const std::string& name) const { return base_ + "/refs/" + name; }
+  static std::string ref_path(const std::string& name) { return std::string(kRefs) + "/" + name; }
 
   std::optional<Ref> read_ref(const std::string& name) {
     if (!check_name(name).ok()) return std::nullopt;
-    Result<std::string> text = fs().read_file(ref_path(name));
-    if (!text.ok()) return std::nullopt;
+    Result<std::string> text = fs().read_file(root_, ref_path(name));
+    if (!text.ok()) {
+      if (text.status().code() != Status::Code::kNotFound) log_refusal(text.status());
+      return std::nullopt;
+    }
     const size_t space = text->find(' ');
     if (space != 32 || text->size() < 35 || text->back() != '\n') return std::nullopt;
     Ref ref{text->substr(0, 32), 0};
@@ -223,10 +245,13 @@ class FileStore final : public Store {
 
   // Reads the counters into `out`, adding `add` or zeroing them first, under an exclusive lock.
   void update_stats(Stats& out, const Stats* add, bool zero) {
-    if (!fs().create_directories(base_).ok()) return;
-    const std::string path = base_ + "/stats";
-    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (fd < 0) return;
+    if (!fs().create_directories(root_, kVersionDir).ok()) return;
+    Result<int> opened = fs().open_for_update(root_, kStats);
+    if (!opened.ok()) {
+      log_refusal(opened.status());
+      return;
+    }
+    const int fd = *opened;
     ::flock(fd, LOCK_EX);
     uint64_t* fields[kStatsFields] = {&out.hits,     &out.misses, &out.puts,    &out.bytes_in,
                                       &out.bytes_out, &out.errors, &out.timeouts};
@@ -253,7 +278,7 @@ class FileStore final : public Store {
   }
 
   std::string url_;
-  std::string base_;
+  std::string root_;
   uint64_t max_size_;
 };
 

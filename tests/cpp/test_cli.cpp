@@ -61,8 +61,7 @@ TEST(Cli, VerifyAndPopulate) {
 TEST(Cli, InvalidInputExitsOneWithTheReason) {
   test::TempDir dir;
   const std::string hostile = dir.path() + "/hostile.bin";
-  ASSERT_TRUE(util::FileSystem::real()
-                  .write_atomic(hostile, test::make_blob({{"autotune", {{"../../evil", "{}"}}}}))
+  ASSERT_TRUE(test::write_file(hostile, test::make_blob({{"autotune", {{"../../evil", "{}"}}}}))
                   .ok());
   const CliResult r = run({"verify", hostile});
   EXPECT_EQ(r.code, 1);
@@ -154,7 +153,7 @@ TEST(Cli, PushPullListGcAndStats) {
 
   // Garbage never enters a store.
   const std::string junk = dir.path() + "/junk.bin";
-  ASSERT_TRUE(util::FileSystem::real().write_atomic(junk, std::string(100, 'j')).ok());
+  ASSERT_TRUE(test::write_file(junk, std::string(100, 'j')).ok());
   EXPECT_EQ(run({"push", junk, "--store", store}).code, 1);
 }
 

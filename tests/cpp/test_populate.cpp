@@ -83,7 +83,7 @@ TEST(Populate, IsIdempotentAndRepairsChangedFiles) {
   const std::string autotune = dir.path() + "/ab/0123456789abcdef.best_config";
   std::string damaged = first.at("ab/0123456789abcdef.best_config");
   damaged[2] = 'Y';
-  ASSERT_TRUE(util::FileSystem::real().write_atomic(autotune, damaged).ok());
+  ASSERT_TRUE(test::write_file(autotune, damaged).ok());
   Result<PopulateReport> repaired = populate(cache, dir.path());
   ASSERT_TRUE(repaired.ok());
   EXPECT_EQ(repaired->files_written, 1u);
@@ -109,22 +109,31 @@ TEST(Populate, RewritesPgoMastKeysToTheLoadingJob) {
 class FailingFileSystem final : public util::FileSystem {
  public:
   explicit FailingFileSystem(int allowed) : allowed_(allowed) {}
-  Status create_directories(const std::string& dir) override {
-    return real().create_directories(dir);
+  Status create_directories(const std::string& root, std::string_view dir) override {
+    return real().create_directories(root, dir);
   }
-  std::vector<std::string> list_directory(const std::string& dir) override {
-    return real().list_directory(dir);
+  std::vector<std::string> list_directory(const std::string& root, std::string_view dir) override {
+    return real().list_directory(root, dir);
   }
-  bool file_equals(const std::string& path, std::string_view content) override {
-    return real().file_equals(path, content);
+  bool file_equals(const std::string& root, std::string_view path, std::string_view content) override {
+    return real().file_equals(root, path, content);
   }
-  Result<std::string> read_file(const std::string& path) override { return real().read_file(path); }
-  std::optional<FileInfo> file_info(const std::string& path) override { return real().file_info(path); }
-  void touch(const std::string& path) override { real().touch(path); }
-  Status remove_file(const std::string& path) override { return real().remove_file(path); }
-  Status write_atomic(const std::string& path, std::string_view content) override {
+  Result<std::string> read_file(const std::string& root, std::string_view path) override {
+    return real().read_file(root, path);
+  }
+  std::optional<FileInfo> file_info(const std::string& root, std::string_view path) override {
+    return real().file_info(root, path);
+  }
+  void touch(const std::string& root, std::string_view path) override { real().touch(root, path); }
+  Status remove_file(const std::string& root, std::string_view path) override {
+    return real().remove_file(root, path);
+  }
+  Result<int> open_for_update(const std::string& root, std::string_view path) override {
+    return real().open_for_update(root, path);
+  }
+  Status write_atomic(const std::string& root, std::string_view path, std::string_view content) override {
     if (allowed_-- <= 0) return Status::IOError("injected: no space left on device");
-    return real().write_atomic(path, content);
+    return real().write_atomic(root, path, content);
   }
 
  private:

@@ -474,7 +474,7 @@ TEST(Package, ReadRefusesUnsafeKernelPathsAndUnknownArtifacts) {
 std::string manifest_of(const Package& package) {
   test::TempDir tmp;
   EXPECT_TRUE(write_unpacked(package, tmp.path() + "/pkg").ok());
-  return *util::FileSystem::real().read_file(tmp.path() + "/pkg/manifest.json");
+  return *test::read_file(tmp.path() + "/pkg/manifest.json");
 }
 
 TEST(Package, UnpackedRoundTripReplacesTheWholeDir) {
@@ -484,12 +484,12 @@ TEST(Package, UnpackedRoundTripReplacesTheWholeDir) {
   ASSERT_TRUE(write_unpacked(package, dir).ok());
   EXPECT_TRUE(std::filesystem::is_regular_file(dir + "/manifest.json"));
   EXPECT_TRUE(std::filesystem::is_regular_file(dir + "/kernels/ab/cabcdefghij.so"));
-  Result<Package> read = read_unpacked(dir);
+  Result<Package> read = read_unpacked(dir, {});
   ASSERT_TRUE(read.ok()) << read.status().to_string();
   EXPECT_EQ(difference(*read, package), "");
 
   // A stray file, and a second write of another package: the dir is the new package only.
-  ASSERT_TRUE(util::FileSystem::real().write_atomic(dir + "/stray.txt", "left over").ok());
+  ASSERT_TRUE(test::write_file(dir + "/stray.txt", "left over").ok());
   Package second = sample_package();
   second.kernels.pop_back();
   second.mega_cache.clear();
@@ -499,7 +499,7 @@ TEST(Package, UnpackedRoundTripReplacesTheWholeDir) {
   EXPECT_FALSE(std::filesystem::exists(dir + "/mega_cache.bin"));
   EXPECT_FALSE(std::filesystem::exists(dir + "/kernels/x_"));
   EXPECT_FALSE(std::filesystem::exists(dir + "/functions/" + source_key("helper", 4)));
-  read = read_unpacked(dir);
+  read = read_unpacked(dir, {});
   ASSERT_TRUE(read.ok()) << read.status().to_string();
   EXPECT_EQ(difference(*read, second), "");
   // Nothing is left beside it (the build and the moved-aside old copy are gone).
@@ -518,44 +518,43 @@ TEST(Package, UnpackedMissingBackendIsAnError) {
   const std::string forward_backends = dir + "/functions/" + source_key("Model.forward", 12) + "/backends";
   EXPECT_TRUE(std::filesystem::exists(forward_backends + "/__compiled_fn_1_aaa.pkl"));
   EXPECT_FALSE(std::filesystem::exists(forward_backends + "/__compiled_fn_3_ccc.pkl"));
-  ASSERT_TRUE(read_unpacked(dir).ok());
+  ASSERT_TRUE(read_unpacked(dir, {}).ok());
 
   ASSERT_TRUE(std::filesystem::remove(dir + "/functions/" + source_key("helper", 4) +
                                       "/backends/__compiled_fn_2_bbb.pkl"));
-  Result<Package> read = read_unpacked(dir);
+  Result<Package> read = read_unpacked(dir, {});
   ASSERT_FALSE(read.ok());
   EXPECT_TRUE(contains(read.status().message(), "__compiled_fn_2_bbb")) << read.status().message();
 
   ASSERT_TRUE(std::filesystem::remove(dir + "/functions/" + source_key("helper", 4) + "/dynamo.pkl"));
-  EXPECT_FALSE(read_unpacked(dir).ok());
-  EXPECT_FALSE(read_unpacked(tmp.path() + "/absent").ok());
+  EXPECT_FALSE(read_unpacked(dir, {}).ok());
+  EXPECT_FALSE(read_unpacked(tmp.path() + "/absent", {}).ok());
 }
 
 TEST(Package, UnpackedBadManifestIsCorruptionNamingTheFile) {
   test::TempDir tmp;
   const std::string dir = tmp.path() + "/pkg";
   ASSERT_TRUE(write_unpacked(sample_package(), dir).ok());
-  util::FileSystem& files = util::FileSystem::real();
-  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", "{\"format\": \"megacache-package\", ").ok());
-  Result<Package> read = read_unpacked(dir);
+  ASSERT_TRUE(test::write_file(dir + "/manifest.json", "{\"format\": \"megacache-package\", ").ok());
+  Result<Package> read = read_unpacked(dir, {});
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
   EXPECT_TRUE(contains(read.status().message(), "manifest.json")) << read.status().message();
 
   // Valid JSON with a field of the wrong type names the field.
-  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json",
+  ASSERT_TRUE(test::write_file(dir + "/manifest.json",
                                  R"({"format": "megacache-package", "version": "1", "functions": [], "kernels": []})")
                   .ok());
-  read = read_unpacked(dir);
+  read = read_unpacked(dir, {});
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
   EXPECT_TRUE(contains(read.status().message(), "manifest.json")) << read.status().message();
   EXPECT_TRUE(contains(read.status().message(), "version")) << read.status().message();
 
-  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json",
+  ASSERT_TRUE(test::write_file(dir + "/manifest.json",
                                  R"({"format": "megacache-package", "version": 2, "functions": [], "kernels": []})")
                   .ok());
-  read = read_unpacked(dir);
+  read = read_unpacked(dir, {});
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
   EXPECT_TRUE(contains(read.status().message(), "version 2")) << read.status().message();
@@ -564,22 +563,22 @@ TEST(Package, UnpackedBadManifestIsCorruptionNamingTheFile) {
   const std::string pristine = manifest_of(sample_package());
   nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(pristine);
   manifest["functions"][0]["bypassed"][0]["code"] = 2;
-  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", manifest.dump(2)).ok());
-  read = read_unpacked(dir);
+  ASSERT_TRUE(test::write_file(dir + "/manifest.json", manifest.dump(2)).ok());
+  read = read_unpacked(dir, {});
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
   EXPECT_TRUE(contains(read.status().message(), "bypass of code 2")) << read.status().message();
 
   manifest = nlohmann::ordered_json::parse(pristine);
   manifest["functions"][1]["function"]["first_line"] = 5;
-  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", manifest.dump(2)).ok());
-  read = read_unpacked(dir);
+  ASSERT_TRUE(test::write_file(dir + "/manifest.json", manifest.dump(2)).ok());
+  read = read_unpacked(dir, {});
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
   EXPECT_TRUE(contains(read.status().message(), "source_key")) << read.status().message();
 
-  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", pristine).ok());
-  EXPECT_TRUE(read_unpacked(dir).ok());
+  ASSERT_TRUE(test::write_file(dir + "/manifest.json", pristine).ok());
+  EXPECT_TRUE(read_unpacked(dir, {}).ok());
 }
 
 TEST(Package, UnpackedRefusesPathsThatEscape) {
@@ -587,25 +586,24 @@ TEST(Package, UnpackedRefusesPathsThatEscape) {
   const std::string dir = tmp.path() + "/pkg";
   Package package = sample_package();
   ASSERT_TRUE(write_unpacked(package, dir).ok());
-  util::FileSystem& files = util::FileSystem::real();
-  const std::string pristine = *files.read_file(dir + "/manifest.json");
+  const std::string pristine = *test::read_file(dir + "/manifest.json");
   // Files a traversal would reach: <dir>/x.so via kernels/../x.so and kernels/ab/../../x.so,
   // and <tmp>/x.so via kernels/../../x.so.
-  ASSERT_TRUE(files.write_atomic(dir + "/x.so", "outside the kernels dir").ok());
-  ASSERT_TRUE(files.write_atomic(tmp.path() + "/x.so", "outside the package").ok());
+  ASSERT_TRUE(test::write_file(dir + "/x.so", "outside the kernels dir").ok());
+  ASSERT_TRUE(test::write_file(tmp.path() + "/x.so", "outside the package").ok());
   for (const std::string bad : {"../x.so", "ab/../../x.so", "../../x.so", "/etc/x.so", "ab/../x.so"}) {
     nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(pristine);
     manifest["kernels"][0] = bad;
-    ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", manifest.dump(2)).ok());
-    Result<Package> read = read_unpacked(dir);
+    ASSERT_TRUE(test::write_file(dir + "/manifest.json", manifest.dump(2)).ok());
+    Result<Package> read = read_unpacked(dir, {});
     ASSERT_FALSE(read.ok()) << bad;
     EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument) << bad << ": " << read.status().to_string();
   }
   // A backend id is a file name too.
   nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(pristine);
   manifest["functions"][1]["codes"][0]["backend_ids"][0] = "../../../x";
-  ASSERT_TRUE(files.write_atomic(dir + "/manifest.json", manifest.dump(2)).ok());
-  Result<Package> read = read_unpacked(dir);
+  ASSERT_TRUE(test::write_file(dir + "/manifest.json", manifest.dump(2)).ok());
+  Result<Package> read = read_unpacked(dir, {});
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument) << read.status().to_string();
 
@@ -812,7 +810,7 @@ TEST(PackagePopulate, WritesKernelsAndMegaCacheArtifacts) {
   EXPECT_EQ(read_tree(dir.path()), expected);
 
   // A kernel changed on disk is written again.
-  ASSERT_TRUE(util::FileSystem::real().write_atomic(dir.path() + "/ab/cabcdefghij.so", "other").ok());
+  ASSERT_TRUE(test::write_file(dir.path() + "/ab/cabcdefghij.so", "other").ok());
   Result<PopulateReport> repaired = populate_package(package, dir.path());
   ASSERT_TRUE(repaired.ok());
   EXPECT_EQ(repaired->files_written, 1u);
@@ -875,7 +873,7 @@ TEST(Package, UnpackedDirNamedWithATrailingSlash) {
   const Package package = sample_package();
   ASSERT_TRUE(write_unpacked(package, tmp.path() + "/pkg/").ok());
   ASSERT_TRUE(write_unpacked(package, tmp.path() + "/pkg/").ok());  // over an existing one
-  Result<Package> read = read_unpacked(tmp.path() + "/pkg");
+  Result<Package> read = read_unpacked(tmp.path() + "/pkg", {});
   ASSERT_TRUE(read.ok()) << read.status().to_string();
   EXPECT_EQ(difference(*read, package), "");
 }
@@ -925,20 +923,19 @@ TEST(Package, OpenFileRecognisesAPackage) {
   Result<PopulateReport> report = populate_file(*opened, dir.path());
   ASSERT_TRUE(report.ok()) << report.status().to_string();
   EXPECT_EQ(report->files_written, fallback->size() + package.kernels.size());
-  Result<std::string> kernel = util::FileSystem::real().read_file(dir.path() + "/ab/cabcdefghij.so");
+  Result<std::string> kernel = test::read_file(dir.path() + "/ab/cabcdefghij.so");
   ASSERT_TRUE(kernel.ok());
   EXPECT_EQ(*kernel, package.kernels[0].bytes);
 }
 
 TEST(PackagePopulate, ReadKernelsTakesOnlyKernelPathsSorted) {
   test::TempDir dir;
-  util::FileSystem& files = util::FileSystem::real();
-  for (const char* sub : {"zz", "ab", "toolong", "lo"}) ASSERT_TRUE(files.create_directories(dir.path() + "/" + sub).ok());
-  ASSERT_TRUE(files.write_atomic(dir.path() + "/zz/cz.so", "two").ok());
-  ASSERT_TRUE(files.write_atomic(dir.path() + "/ab/ca.main.so", "one").ok());
-  ASSERT_TRUE(files.write_atomic(dir.path() + "/ab/ca.cpp", "source, not a library").ok());
-  ASSERT_TRUE(files.write_atomic(dir.path() + "/toolong/c.so", "not a kernel dir").ok());
-  ASSERT_TRUE(files.create_directories(dir.path() + "/lo/cdir.so").ok());  // a directory
+  for (const char* sub : {"zz", "ab", "toolong", "lo"}) ASSERT_TRUE(test::make_dirs(dir.path() + "/" + sub).ok());
+  ASSERT_TRUE(test::write_file(dir.path() + "/zz/cz.so", "two").ok());
+  ASSERT_TRUE(test::write_file(dir.path() + "/ab/ca.main.so", "one").ok());
+  ASSERT_TRUE(test::write_file(dir.path() + "/ab/ca.cpp", "source, not a library").ok());
+  ASSERT_TRUE(test::write_file(dir.path() + "/toolong/c.so", "not a kernel dir").ok());
+  ASSERT_TRUE(test::make_dirs(dir.path() + "/lo/cdir.so").ok());  // a directory
   Result<std::vector<KernelFile>> kernels = read_kernels(dir.path());
   ASSERT_TRUE(kernels.ok()) << kernels.status().to_string();
   ASSERT_EQ(kernels->size(), 2u);
@@ -1064,7 +1061,7 @@ TEST(PackageGolden, ReadsAndReproducesTheGoldenFile) {
   const std::string path = std::string(MEGACACHE_TEST_DATA) + "/package_v1.mcpkg";
   if (const char* regenerate = std::getenv("MEGACACHE_REGENERATE_GOLDEN");
       regenerate != nullptr && std::string(regenerate) == "1") {
-    ASSERT_TRUE(util::FileSystem::real().write_atomic(path, write_package(golden_package())).ok());
+    ASSERT_TRUE(test::write_file(path, write_package(golden_package())).ok());
   }
   const std::string file = test::read_test_file("package_v1.mcpkg");
   ASSERT_FALSE(file.empty()) << path << " is missing";

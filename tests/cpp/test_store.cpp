@@ -81,7 +81,7 @@ TEST(FileStore, DamagedObjectIsAMissNotACorruptHit) {
   for (const auto& [path, content] : test::read_tree(dir.path() + "/v1/objects")) {
     std::string damaged = content;
     damaged[0] ^= 1;
-    ASSERT_TRUE(util::FileSystem::real().write_atomic(dir.path() + "/v1/objects/" + path, damaged).ok());
+    ASSERT_TRUE(test::write_file(dir.path() + "/v1/objects/" + path, damaged).ok());
   }
   EXPECT_FALSE(store->get("a"));
   EXPECT_EQ(store->stats().errors, 1u);

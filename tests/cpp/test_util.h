@@ -12,6 +12,7 @@
 
 #include "megacache/mega_cache.h"
 #include "util/byte_reader.h"
+#include "util/file_system.h"
 #include "util/hash.h"
 
 namespace megacache::test {
@@ -27,6 +28,18 @@ inline const std::vector<std::string>& fixture_names() {
   static const std::vector<std::string> names = {"mega_mlp_infer.bin", "mega_graphbreak.bin",
                                                  "mega_dynamic.bin"};
   return names;
+}
+
+// Test set-up writes and reads by absolute path, links followed (the code under test goes
+// through util::FileSystem beneath its roots instead).
+inline Status write_file(const std::string& path, std::string_view bytes) {
+  return util::write_named_file(path, bytes);
+}
+inline Result<std::string> read_file(const std::string& path) { return util::read_named_file(path); }
+inline Status make_dirs(const std::string& path) {
+  std::error_code error;
+  std::filesystem::create_directories(path, error);
+  return error ? Status::IOError(path + ": " + error.message()) : Status::OK();
 }
 
 // A fresh directory, removed with everything in it at scope exit.

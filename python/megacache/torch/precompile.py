@@ -770,9 +770,7 @@ def save(target: str, *, format: str, keys: Optional[List[str]], sign_with: Opti
     if format == "binary":
         _core.write_file_atomic(target, package.to_bytes(signing_key))
     elif format == "unpacked":
-        if signing_key:
-            raise ValueError("unpacked packages are meant to be edited and cannot be signed")
-        package.write_unpacked(target)
+        package.write_unpacked(target, signing_key)
     else:
         raise ValueError(f"format must be 'binary' or 'unpacked', not {format!r}")
 
