@@ -16,7 +16,14 @@ from megacache import _core
 if TYPE_CHECKING:
     from torch.compiler._cache import CacheInfo
 
+# What a cache operation can raise: a damaged or refused input, a package built for another
+# environment, the file system or a store, and memory. The boundaries between the cache and the
+# job (load_cache_artifacts, megacache.compile's and automatic mode's load and publish) turn
+# each into a logged, counted miss; anything else is a bug and reaches the user.
+CACHE_ERRORS = (CorruptionError, InvalidInputError, PackageMismatchError, OSError, MemoryError)
+
 __all__ = [
+    "CACHE_ERRORS",
     "CorruptionError",
     "InvalidInputError",
     "PackageMismatchError",

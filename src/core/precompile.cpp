@@ -8,6 +8,7 @@
 
 #include "util/file_system.h"
 #include "util/hash.h"
+#include "util/utf8.h"
 
 namespace megacache::precompile {
 
@@ -191,7 +192,7 @@ Result<Package> read_package(std::string_view file, const std::vector<bundle::Pu
 
 Result<Package> read_package_at(const std::string& path, const std::vector<bundle::PublicKey>& trusted_keys) {
   if (path.empty() || path.find('\0') != std::string::npos) {
-    return Status::InvalidArgument("the package path '" + path + "' is empty or holds a NUL character");
+    return Status::InvalidArgument("the package path '" + util::printable(path) + "' is empty or holds a NUL character");
   }
   std::error_code error;
   if (std::filesystem::is_directory(path, error)) return read_unpacked(path, trusted_keys);

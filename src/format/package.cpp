@@ -14,6 +14,7 @@
 #include "megacache/precompile.h"
 #include "util/file_system.h"
 #include "util/hash.h"
+#include "util/utf8.h"
 
 namespace megacache::precompile {
 namespace {
@@ -521,7 +522,9 @@ std::string unique_suffix() {
 }  // namespace
 
 Status write_unpacked(const Package& package, const std::string& dir, const bundle::SigningKey* signing_key) {
-  if (dir.find('\0') != std::string::npos) return Status::InvalidArgument("the path '" + dir + "' holds a NUL");
+  if (dir.find('\0') != std::string::npos) {
+    return Status::InvalidArgument("the path '" + util::printable(dir) + "' holds a NUL character");
+  }
   fs::path target = fs::path(dir).lexically_normal();
   if (!target.has_filename()) target = target.parent_path();  // "pkg/" names "pkg"
   const fs::path building = target.string() + ".tmp-" + unique_suffix();

@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "store/backends.h"
+#include "util/utf8.h"
 
 namespace megacache::store {
 namespace {
@@ -63,6 +64,15 @@ Result<std::unique_ptr<Store>> open_one(const std::string& url) {
 }  // namespace
 
 Result<std::unique_ptr<Store>> open(const std::string& url) {
+  // A NUL would cut the path short at the system call; a newline would forge a log line.
+  for (size_t i = 0; i < url.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(url[i]);
+    if (c < 0x20 || c == 0x7f) {
+      return Status::InvalidArgument("store URL '" + util::printable(url) + "' holds control character " +
+                                     std::to_string(c) + " at offset " + std::to_string(i) +
+                                     "; URLs and paths may not hold NUL or other control characters");
+    }
+  }
   std::vector<std::unique_ptr<Store>> stores;
   size_t start = 0;
   while (start <= url.size()) {

@@ -12,6 +12,8 @@
 #include <thread>
 #include <utility>
 
+#include "util/utf8.h"
+
 namespace megacache::util {
 namespace {
 
@@ -71,14 +73,14 @@ Status open_error(int dir, const std::string& name, const std::string& where) {
 // The names of `path`, each checked: none empty, ".", ".." or holding a NUL.
 Result<std::vector<std::string>> names_of(const std::string& root, std::string_view path) {
   if (root.empty() || root.find('\0') != std::string::npos) {
-    return Status::InvalidArgument("the directory '" + root + "' is empty or holds a NUL character");
+    return Status::InvalidArgument("the directory '" + printable(root) + "' is empty or holds a NUL character");
   }
   std::vector<std::string> names;
   while (!path.empty()) {
     const size_t slash = path.find('/');
     const std::string_view name = path.substr(0, slash);
     if (name.empty() || name == "." || name == ".." || name.find('\0') != std::string_view::npos) {
-      return Status::InvalidArgument("the path '" + std::string(path) + "' beneath " + root +
+      return Status::InvalidArgument("the path '" + printable(path) + "' beneath " + root +
                                      " has an empty, '.', '..' or NUL name");
     }
     names.emplace_back(name);
@@ -312,7 +314,7 @@ FileSystem& FileSystem::real() {
 
 Result<std::string> read_named_file(const std::string& path) {
   if (path.find('\0') != std::string::npos) {
-    return Status::InvalidArgument("the path '" + path + "' holds a NUL character");
+    return Status::InvalidArgument("the path '" + printable(path) + "' holds a NUL character");
   }
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
@@ -324,7 +326,7 @@ Result<std::string> read_named_file(const std::string& path) {
 
 Status write_named_file(const std::string& path, std::string_view content, unsigned mode) {
   if (path.empty() || path.find('\0') != std::string::npos) {
-    return Status::InvalidArgument("the path '" + path + "' is empty or holds a NUL character");
+    return Status::InvalidArgument("the path '" + printable(path) + "' is empty or holds a NUL character");
   }
   const size_t slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);

@@ -1,6 +1,7 @@
 #include "util/utf8.h"
 
 #include <cstdint>
+#include <cstdio>
 
 namespace megacache::util {
 
@@ -41,6 +42,21 @@ bool is_valid_utf8(std::string_view text) {
     i += length;
   }
   return true;
+}
+
+std::string printable(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) {
+      char escaped[5];
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", byte);
+      out += escaped;
+    } else {
+      out += c;
+    }
+  }
+  return out;
 }
 
 }  // namespace megacache::util

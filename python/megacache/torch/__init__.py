@@ -163,9 +163,11 @@ def load_bytes(data: bytes, cache_dir: Optional[str] = None) -> CacheInfo:
 def load_cache_artifacts(serialized_artifacts: bytes) -> Optional[CacheInfo]:
     # torch's contract: a blob that cannot be loaded is a logged no-op. A full or read-only
     # disk is one too, so that the job compiles instead of failing.
+    from megacache import CACHE_ERRORS
+
     try:
         return load_bytes(serialized_artifacts, None)
-    except (_core.CorruptionError, _core.InvalidInputError, OSError) as error:
+    except CACHE_ERRORS as error:
         log.warning("megacache: not loading cache artifacts: %s", error)
         return None
 

@@ -313,6 +313,8 @@ def _load_entry(fn: Callable[..., Any], key: str, read: Callable[[], Optional["_
     """The one load path: reads and checks the package (C++), writes its files, unpickles the
     entry and hands it to torch under the safety net (`_guarded`). Whatever fails, the function
     compiles as if there had been no package."""
+    from megacache import CACHE_ERRORS
+
     qualname = getattr(_innermost(fn), "__qualname__", key)
     try:
         package = read()
@@ -321,7 +323,7 @@ def _load_entry(fn: Callable[..., Any], key: str, read: Callable[[], Optional["_
             return None
         check(package, fn, ignore_source_changes)
         install_files(package)
-    except (_core.CorruptionError, _core.InvalidInputError, _core.PackageMismatchError, OSError) as error:
+    except CACHE_ERRORS as error:
         _refuse(key, qualname, "read", error)
         return None
     try:
@@ -438,21 +440,21 @@ class _AutomaticMode:
     def load(self, fn: Callable[..., Any], key: str) -> Optional[PrecompileCacheEntry]:
         """The function's package from the store, or None; on a miss this process claims the
         compile, unless it holds the claim already (a second wrap): it never waits on itself."""
+        self.looked_up.add(key)
+        # The lookup runs inside the load path's boundary: a store that fails is a miss. A
+        # package that cannot be used compiles the function, and its package replaces it.
+        return _load_entry(fn, key, lambda: self._lookup(key), ignore_source_changes=False)
+
+    def _lookup(self, key: str) -> Optional["_core.Package"]:
         from megacache import trusted_keys
 
-        self.looked_up.add(key)
         name = store_name(key)
         value = self.store.get(name)
         if value is None and key not in self.claims:
             value, claim = self.store.get_or_claim(name, self._deadline(key))
             if claim is not None:
                 self.claims[key] = claim
-        if value is None:
-            _stats["misses"] += 1
-            return None
-        # A package that cannot be used compiles the function, and its package replaces it.
-        return _load_entry(fn, key, lambda: _core.Package.from_bytes(value, trusted_keys()),
-                           ignore_source_changes=False)
+        return None if value is None else _core.Package.from_bytes(value, trusted_keys())
 
     def _deadline(self, key: str) -> float:
         """How long to wait for another process's compile of the function: WAIT_FACTOR times
@@ -479,6 +481,8 @@ class _AutomaticMode:
         yet (training compiles the backward on the first backward call) is held back once: it
         goes out when torch records that backend, or after the next call, or at exit. Never
         raises into the job: a failed publish costs other processes a compile, nothing more."""
+        from megacache import CACHE_ERRORS
+
         self.dirty.discard(key)
         try:
             package = build_package([key])
@@ -503,8 +507,7 @@ class _AutomaticMode:
             seconds = self.compile_seconds.pop(key, None)
             if seconds is not None:
                 self.store.put(compile_seconds_name(key), f"{seconds:.3f}".encode())
-        except (OSError, _core.InvalidInputError, _core.CorruptionError,
-                pickle.PicklingError, TypeError, AttributeError) as error:
+        except (*CACHE_ERRORS, pickle.PicklingError, TypeError, AttributeError) as error:
             # TypeError and AttributeError are what pickle raises for an object it cannot
             # pickle; the job goes on without a published package.
             log.warning("megacache: could not publish the package of %s: %s", key, error, exc_info=True)
