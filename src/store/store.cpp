@@ -156,10 +156,23 @@ Result<uint64_t> parse_size(std::string_view text) {
     default: break;
   }
   const std::string_view digits = multiplier == 1 ? text : text.substr(0, text.size() - 1);
-  if (digits.empty() || digits.size() > 12 || digits.find_first_not_of("0123456789") != std::string_view::npos) {
+  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string_view::npos) {
     return Status::InvalidArgument("size '" + std::string(text) + "' is not a number with an optional K, M, G or T");
   }
-  return std::stoull(std::string(digits)) * multiplier;
+  // Checked at every step: a size that wrapped around would pass every later bound as some
+  // smaller size nobody asked for.
+  const auto too_large = [&] {
+    return Status::InvalidArgument("size '" + std::string(text) + "' is over " + std::to_string(UINT64_MAX) +
+                                   " bytes");
+  };
+  uint64_t number = 0;
+  for (char c : digits) {
+    const uint64_t digit = static_cast<uint64_t>(c - '0');
+    if (number > (UINT64_MAX - digit) / 10) return too_large();
+    number = number * 10 + digit;
+  }
+  if (number > UINT64_MAX / multiplier) return too_large();
+  return number * multiplier;
 }
 
 }  // namespace megacache::store

@@ -221,5 +221,25 @@ TEST(StoreUrl, ParsesAndRefuses) {
   EXPECT_FALSE(parse_size("1.5G").ok());
 }
 
+// A size past 2^64 - 1 bytes is refused, not wrapped around into some smaller size that
+// would then pass every later check.
+TEST(StoreUrl, ParseSizeRefusesSizesThatOverflow) {
+  for (const std::string text : {"99999999999T", "16777216T", "17179869184G", "18446744073709551616",
+                                 "99999999999999999999999"}) {
+    SCOPED_TRACE(text);
+    Result<uint64_t> size = parse_size(text);
+    ASSERT_FALSE(size.ok()) << "parsed as " << *size;
+    EXPECT_EQ(size.status().code(), Status::Code::kInvalidArgument);
+    EXPECT_NE(size.status().message().find(text), std::string::npos) << size.status().message();
+  }
+  // Up to the largest size there is, every size parses.
+  const Result<uint64_t> largest_in_t = parse_size("16777215T");
+  ASSERT_TRUE(largest_in_t.ok()) << largest_in_t.status().to_string();
+  EXPECT_EQ(*largest_in_t, ((uint64_t{1} << 24) - 1) << 40);
+  const Result<uint64_t> largest = parse_size("18446744073709551615");
+  ASSERT_TRUE(largest.ok()) << largest.status().to_string();
+  EXPECT_EQ(*largest, UINT64_MAX);
+}
+
 }  // namespace
 }  // namespace megacache::store

@@ -54,3 +54,63 @@ class Outside:
 
 def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["megacache", *args], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def redis_command(url: str, *args: bytes | str) -> bytes:
+    """Sends one command to a real redis-server (RESP) and returns the raw reply's first line
+    and payload; enough to plant poisoned entries."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    request = b"*%d\r\n" % len(args)
+    for arg in args:
+        raw = arg.encode() if isinstance(arg, str) else arg
+        request += b"$%d\r\n%s\r\n" % (len(raw), raw)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=5) as connection:
+        connection.sendall(request)
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            reply += connection.recv(65536)
+        return reply
+
+
+class HostileServer:
+    """A real TCP server on 127.0.0.1 that answers every Redis request with `respond(send)`,
+    where send(bytes) writes to the client; it runs in a thread until closed."""
+
+    def __init__(self, respond) -> None:
+        import socket
+        import threading
+
+        self.respond = respond
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(client,), daemon=True).start()
+
+    def _answer(self, client) -> None:
+        with client:
+            try:
+                while not self.closed.is_set():
+                    if not client.recv(65536):
+                        return
+                    self.respond(client.sendall, self.closed)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
