@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -50,6 +51,18 @@ struct Signature {
   std::array<uint8_t, 64> value{};  // Ed25519 over the header and index
 };
 
+// The format's limits on what payloads claim to decode to (docs/bundle-format.md, Limits).
+inline constexpr uint64_t kMaxArtifactBytes = uint64_t{4} << 30;  // one artifact, raw
+inline constexpr uint64_t kMaxDecodedBytes = mega_cache::kMaxBlobBytes;  // all, deduplicated
+
+// Budgets for decoding input that may be hostile. Whatever they say, no claim is allocated
+// before the stored bytes are shown able to back it.
+struct DecodeLimits {
+  // Raw bytes that all distinct payloads may decode to together: the arena decode()
+  // allocates. Lower it to bound what a store's bundle can cost a process.
+  uint64_t max_decoded_bytes = kMaxDecodedBytes;
+};
+
 struct Bundle {
   uint32_t version = kVersion;
   Fingerprint fingerprint;
@@ -58,10 +71,13 @@ struct Bundle {
   std::string_view header_and_index;  // what the trailing checksum and the signature cover
   std::string_view payloads;
 
-  // Decompresses entry `index` alone and checks its checksum. Errors: Corruption, naming the
-  // artifact. Thread-safe.
-  Result<std::string> read(size_t index) const;
-  // The same into `out`, which must hold entries[index].raw_size bytes.
+  // Decompresses entry `index` alone and checks its checksum; the caller owns the result.
+  // Memory grows only as the payload really decompresses: its claim is checked against
+  // what the stored bytes can decode to, and `limits`, before anything is allocated.
+  // Errors: Corruption(payload offset, reason) naming the artifact. Thread-safe.
+  Result<std::string> read(size_t index, const DecodeLimits& limits = {}) const;
+  // The same into `out`, which the caller owns and which must hold entries[index].raw_size
+  // bytes; nothing is written past them. Errors: Corruption as read. Thread-safe.
   Status read_into(size_t index, char* out) const;
 };
 
@@ -117,10 +133,16 @@ struct Decoded {
   Decoded(const Decoded&) = delete;
   Decoded& operator=(const Decoded&) = delete;
 
-  std::vector<char> storage;
+  std::unique_ptr<char[]> storage;  // every distinct payload, decompressed in place
   mega_cache::MegaCache cache;
 };
-Result<Decoded> decode(const Bundle& bundle);
+// Every claim is checked against the bytes that must back it (a zstd frame's declared size
+// and its blocks; an uncompressed payload's stored size; payloads shared whole or disjoint)
+// and against `limits` before the one arena is allocated, whose pages then fill only as
+// payloads really decompress.
+// The result owns its bytes. Thread-safe. Errors: Corruption(payload offset, reason);
+// IOError when memory for claims that pass every check cannot be had.
+Result<Decoded> decode(const Bundle& bundle, const DecodeLimits& limits = {});
 
 // The Mega-Cache blob the bundle was made from (2.8+ layout): decode, then
 // mega_cache::write_groups, which callers holding a Decoded use directly. Errors: Corruption.

@@ -3,14 +3,16 @@
 
 #include <sodium.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include <sys/utsname.h>
 
 #include <cctype>
 #include <cstring>
-#include <memory>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <new>
 
 #include "util/byte_reader.h"
 #include "util/hash.h"
@@ -22,7 +24,6 @@ namespace {
 constexpr uint32_t kFlagSigned = 1;
 constexpr uint32_t kKnownFlags = kFlagSigned;
 constexpr uint32_t kMaxFingerprintFields = 256;
-constexpr uint64_t kMaxArtifactBytes = uint64_t{4} << 30;  // per artifact, decompressed
 constexpr size_t kTrailerBytes = 8;
 // type(2+) key(4+) group(4) compression(1) offset(8) stored(8) raw(8) checksum(16)
 constexpr size_t kMinEntryBytes = 2 + 4 + 4 + 1 + 8 + 8 + 8 + 16;
@@ -63,6 +64,143 @@ ZSTD_DCtx* decompression_context() {
 bool sodium_ready() {
   static const bool ready = sodium_init() >= 0;
   return ready;
+}
+
+// Where a payload starts in the bundle file: the offset a refused claim is reported at.
+uint64_t payload_offset(const Bundle& bundle, const Entry& entry) {
+  return static_cast<uint64_t>(bundle.payloads.data() - bundle.header_and_index.data()) + entry.offset;
+}
+
+constexpr uint32_t kZstdMagic = 0xFD2FB528;
+// RFC 8878: no block regenerates more than 128 KiB, whatever the window.
+constexpr uint64_t kZstdMaxBlockBytes = 128 * 1024;
+
+// The most that the zstd frame `frame` can decode to, read from its block headers (RFC 8878
+// 3.1.1): a raw or RLE block regenerates exactly the size its header gives, a compressed block
+// at most 128 KiB. The frame header's content size is only a claim that any 14 bytes can make;
+// the blocks are what back it, so this bound refuses a claim before anything is allocated.
+// The frame must fill `frame` exactly. Errors: Corruption at the malformed block.
+Result<uint64_t> decodable_bytes(std::string_view frame, uint64_t at, const Entry& entry) {
+  auto byte = [&](size_t i) { return static_cast<uint32_t>(static_cast<uint8_t>(frame[i])); };
+  if (frame.size() < 5 ||
+      (byte(0) | byte(1) << 8 | byte(2) << 16 | byte(3) << 24) != kZstdMagic) {
+    return Status::Corruption(at, describe(entry) + ": payload is not a zstd frame");
+  }
+  const uint32_t descriptor = byte(4);
+  const bool single_segment = (descriptor & 0x20) != 0;
+  const bool has_checksum = (descriptor & 0x04) != 0;
+  constexpr size_t kDictionaryIdBytes[] = {0, 1, 2, 4};
+  constexpr size_t kContentSizeBytes[] = {0, 2, 4, 8};
+  const size_t content_size_bytes =
+      (descriptor >> 6) == 0 && single_segment ? 1 : kContentSizeBytes[descriptor >> 6];
+  size_t position = 5 + (single_segment ? 0 : 1) + kDictionaryIdBytes[descriptor & 3] + content_size_bytes;
+  uint64_t decodable = 0;
+  for (bool last = false; !last;) {
+    const uint64_t block_at = at + position;
+    if (position > frame.size() || frame.size() - position < 3) {
+      return Status::Corruption(block_at, describe(entry) + ": zstd frame runs past its " +
+                                              std::to_string(frame.size()) + " stored bytes");
+    }
+    const uint32_t header = byte(position) | byte(position + 1) << 8 | byte(position + 2) << 16;
+    position += 3;
+    last = (header & 1) != 0;
+    const uint32_t type = (header >> 1) & 3;  // 0 raw, 1 RLE, 2 compressed, 3 reserved
+    const uint32_t size = header >> 3;
+    if (type == 3 || size > kZstdMaxBlockBytes) {
+      return Status::Corruption(block_at, describe(entry) + ": malformed zstd block header");
+    }
+    const size_t stored = type == 1 ? 1 : size;  // an RLE block stores its one byte
+    if (frame.size() - position < stored) {
+      return Status::Corruption(block_at, describe(entry) + ": zstd block runs past its " +
+                                              std::to_string(frame.size()) + " stored bytes");
+    }
+    position += stored;
+    decodable += type == 2 ? kZstdMaxBlockBytes : size;
+  }
+  if (has_checksum) position += 4;
+  if (position != frame.size()) {
+    return Status::Corruption(at + std::min(position, frame.size()),
+                              describe(entry) + ": zstd frame ends at byte " + std::to_string(position) +
+                                  " of its " + std::to_string(frame.size()) + " stored bytes");
+  }
+  return decodable;
+}
+
+// Whether entry's stored bytes can back the raw size it claims, checked before that size is
+// allocated: an uncompressed payload is its own raw bytes; a zstd frame must declare the
+// claim and hold blocks that can decode to it.
+Status check_claim(const Entry& entry, std::string_view stored, uint64_t at) {
+  if (entry.compression == Compression::kNone) {
+    if (stored.size() == entry.raw_size) return Status::OK();
+    return Status::Corruption(at, describe(entry) + " is stored uncompressed with " +
+                                      std::to_string(stored.size()) + " of " +
+                                      std::to_string(entry.raw_size) + " bytes");
+  }
+  const unsigned long long declared = ZSTD_getFrameContentSize(stored.data(), stored.size());
+  if (declared == ZSTD_CONTENTSIZE_ERROR) {
+    return Status::Corruption(at, describe(entry) + ": payload is not a zstd frame");
+  }
+  if (declared != entry.raw_size) {
+    return Status::Corruption(
+        at, describe(entry) + ": zstd frame declares " +
+                (declared == ZSTD_CONTENTSIZE_UNKNOWN ? std::string("no size") : std::to_string(declared) + " bytes") +
+                ", the index claims " + std::to_string(entry.raw_size));
+  }
+  Result<uint64_t> decodable = decodable_bytes(stored, at, entry);
+  if (!decodable.ok()) return decodable.status();
+  if (*decodable < entry.raw_size) {
+    return Status::Corruption(at, describe(entry) + " claims " + std::to_string(entry.raw_size) +
+                                      " bytes, but its zstd blocks can decode to at most " +
+                                      std::to_string(*decodable));
+  }
+  return Status::OK();
+}
+
+// Decompresses a payload whose claim check_claim accepted into exactly out[0, raw_size): the
+// output window is the claim, so zstd cannot write past it, and a frame that wants more or
+// ends short is refused. The window covers the whole frame, so zstd decodes it in one pass
+// straight into place, without a window buffer of its own.
+Status decompress_claimed(const Entry& entry, std::string_view stored, uint64_t at, char* out) {
+  if (entry.compression == Compression::kNone) {
+    std::memcpy(out, stored.data(), stored.size());
+    return Status::OK();
+  }
+  ZSTD_DCtx* context = decompression_context();
+  ZSTD_DCtx_reset(context, ZSTD_reset_session_only);  // a refused frame leaves state behind
+  ZSTD_inBuffer input{stored.data(), stored.size(), 0};
+  ZSTD_outBuffer output{out, entry.raw_size, 0};
+  const size_t left = ZSTD_decompressStream(context, &output, &input);
+  const std::string claim = std::to_string(entry.raw_size) + " bytes it claims";
+  if (ZSTD_isError(left)) {
+    if (ZSTD_getErrorCode(left) == ZSTD_error_dstSize_tooSmall) {
+      return Status::Corruption(at, describe(entry) + ": zstd payload decodes to more than the " + claim);
+    }
+    return Status::Corruption(at, describe(entry) + ": zstd payload does not decompress (" +
+                                      ZSTD_getErrorName(left) + ")");
+  }
+  if (left != 0 && output.pos == output.size) {
+    return Status::Corruption(at, describe(entry) + ": zstd payload decodes to more than the " + claim);
+  }
+  if (left != 0 || output.pos != entry.raw_size || input.pos != input.size) {
+    return Status::Corruption(at, describe(entry) + ": zstd payload ends after " +
+                                      std::to_string(output.pos) + " of the " + claim);
+  }
+  return Status::OK();
+}
+
+Status check_checksum(const Entry& entry, const char* raw, uint64_t at) {
+  if (util::xxh3_128(std::string_view(raw, entry.raw_size)) != entry.checksum) {
+    return Status::Corruption(at, describe(entry) + ": payload checksum mismatch");
+  }
+  return Status::OK();
+}
+
+// `claimed_before`: what the payloads decoded with this one have claimed already.
+Status over_budget(const Entry& entry, uint64_t at, uint64_t claimed_before, const DecodeLimits& limits) {
+  return Status::Corruption(at, describe(entry) + " claims " + std::to_string(entry.raw_size) +
+                                    " bytes, which after " + std::to_string(claimed_before) +
+                                    " claimed before it exceeds the decode budget of " +
+                                    std::to_string(limits.max_decoded_bytes) + " bytes");
 }
 
 }  // namespace
@@ -262,9 +400,10 @@ Result<Bundle> parse(std::string_view file) {
       return Status::Corruption(payloads_at, describe(entry) + " points past the payload area");
     }
     if (entry.compression == Compression::kNone && entry.stored_size != entry.raw_size) {
-      return Status::Corruption(payloads_at, describe(entry) + " is stored uncompressed with " +
-                                                 std::to_string(entry.stored_size) + " of " +
-                                                 std::to_string(entry.raw_size) + " bytes");
+      return Status::Corruption(payloads_at + 8 + entry.offset,
+                                describe(entry) + " is stored uncompressed with " +
+                                    std::to_string(entry.stored_size) + " of " +
+                                    std::to_string(entry.raw_size) + " bytes");
     }
   }
   if (flags & kFlagSigned) {
@@ -292,35 +431,35 @@ Result<Bundle> parse(std::string_view file) {
   return bundle;
 }
 
-Result<std::string> Bundle::read(size_t index) const {
-  std::string raw(entries.at(index).raw_size, '\0');
-  if (Status status = read_into(index, raw.data()); !status.ok()) return status;
-  return raw;
+Result<std::string> Bundle::read(size_t index, const DecodeLimits& limits) const {
+  const Entry& entry = entries.at(index);
+  const std::string_view stored = payloads.substr(entry.offset, entry.stored_size);
+  const uint64_t at = payload_offset(*this, entry);
+  if (Status claim = check_claim(entry, stored, at); !claim.ok()) return claim;
+  if (entry.raw_size > limits.max_decoded_bytes) return over_budget(entry, at, 0, limits);
+  if (entry.compression == Compression::kNone) {
+    if (Status status = check_checksum(entry, stored.data(), at); !status.ok()) return status;
+    return std::string(stored);
+  }
+  // Not a std::string yet: that would zero-fill the whole claim, and a claim the blocks can
+  // back may still fail on its first block. Uninitialized pages fill only as bytes arrive.
+  std::unique_ptr<char[]> raw(new (std::nothrow) char[entry.raw_size]);
+  if (!raw) {
+    return Status::IOError("cannot allocate " + std::to_string(entry.raw_size) + " bytes for " +
+                           describe(entry));
+  }
+  if (Status status = decompress_claimed(entry, stored, at, raw.get()); !status.ok()) return status;
+  if (Status status = check_checksum(entry, raw.get(), at); !status.ok()) return status;
+  return std::string(raw.get(), entry.raw_size);
 }
 
 Status Bundle::read_into(size_t index, char* out) const {
   const Entry& entry = entries.at(index);
   const std::string_view stored = payloads.substr(entry.offset, entry.stored_size);
-  const uint64_t at = static_cast<uint64_t>(stored.data() - header_and_index.data());
-  if (entry.compression == Compression::kNone) {
-    std::memcpy(out, stored.data(), stored.size());
-  } else {
-    const unsigned long long declared = ZSTD_getFrameContentSize(stored.data(), stored.size());
-    if (declared != entry.raw_size) {
-      return Status::Corruption(at, describe(entry) + ": zstd frame does not declare the indexed " +
-                                        std::to_string(entry.raw_size) + " bytes");
-    }
-    const size_t size = ZSTD_decompressDCtx(decompression_context(), out, entry.raw_size,
-                                            stored.data(), stored.size());
-    if (ZSTD_isError(size) || size != entry.raw_size) {
-      return Status::Corruption(at, describe(entry) + ": zstd payload does not decompress (" +
-                                        (ZSTD_isError(size) ? ZSTD_getErrorName(size) : "short") + ")");
-    }
-  }
-  if (util::xxh3_128(std::string_view(out, entry.raw_size)) != entry.checksum) {
-    return Status::Corruption(at, describe(entry) + ": payload checksum mismatch");
-  }
-  return Status::OK();
+  const uint64_t at = payload_offset(*this, entry);
+  if (Status claim = check_claim(entry, stored, at); !claim.ok()) return claim;
+  if (Status status = decompress_claimed(entry, stored, at, out); !status.ok()) return status;
+  return check_checksum(entry, out, at);
 }
 
 SignatureCheck check_signature(const Bundle& bundle) {
@@ -444,33 +583,77 @@ Fingerprint host_fingerprint() {
   return out;
 }
 
-Result<Decoded> decode(const Bundle& bundle) {
-  // Each stored payload is decompressed once, straight into one arena sized up front; an
-  // entry sharing it must carry the same checksum as the entry that was verified against it.
+Result<Decoded> decode(const Bundle& bundle, const DecodeLimits& limits) {
+  // Each stored payload is decompressed once, straight into one arena; an entry sharing it
+  // must carry the same checksum as the entry that was verified against it. Every claim is
+  // checked, and the arena sized, before the first byte is allocated or decompressed.
   std::map<std::pair<uint64_t, uint64_t>, size_t> first_user;  // (offset, raw size) -> entry
-  std::vector<size_t> arena_start(bundle.entries.size());
+  std::vector<uint64_t> arena_start(bundle.entries.size());
   uint64_t total = 0;
   for (size_t i = 0; i < bundle.entries.size(); ++i) {
     const Entry& entry = bundle.entries[i];
-    const auto [it, first] = first_user.try_emplace({entry.offset, entry.raw_size}, i);
-    if (first) {
-      arena_start[i] = total;
-      total += entry.raw_size;
-    } else if (bundle.entries[it->second].checksum != entry.checksum) {
-      return Status::Corruption(0, describe(entry) + ": payload checksum mismatch");
-    } else {
-      arena_start[i] = arena_start[it->second];
+    const uint64_t at = payload_offset(bundle, entry);
+    if (i > 0 && bundle.entries[i - 1].group == entry.group && bundle.entries[i - 1].type != entry.type) {
+      return Status::Corruption(at, describe(entry) + " shares group " + std::to_string(entry.group) +
+                                        " with type " + bundle.entries[i - 1].type);
     }
+    const auto [it, first] = first_user.try_emplace({entry.offset, entry.raw_size}, i);
+    if (!first) {
+      const Entry& shared = bundle.entries[it->second];
+      if (shared.checksum != entry.checksum) {
+        return Status::Corruption(at, describe(entry) + ": payload checksum mismatch");
+      }
+      if (shared.stored_size != entry.stored_size || shared.compression != entry.compression) {
+        return Status::Corruption(at, describe(entry) + " shares the payload of " + describe(shared) +
+                                          " but not its stored size and compression");
+      }
+      arena_start[i] = arena_start[it->second];
+      continue;
+    }
+    if (Status claim = check_claim(entry, bundle.payloads.substr(entry.offset, entry.stored_size), at);
+        !claim.ok()) {
+      return claim;
+    }
+    if (entry.raw_size > limits.max_decoded_bytes - total) {
+      return over_budget(entry, at, total, limits);
+    }
+    arena_start[i] = total;
+    total += entry.raw_size;
   }
-  if (total > mega_cache::kMaxBlobBytes) {
-    return Status::Corruption(0, "artifacts add up to " + std::to_string(total) + " bytes");
+  // Stored payloads are identical (shared above) or disjoint, as write() makes them. Payloads
+  // overlapping in other ways would let each stored byte back many claims: ten thousand
+  // entries over the same 100 KiB, each a byte shorter, decode to a gigabyte. first_user is
+  // ordered by offset, so each payload need only start past the end of the one before it.
+  uint64_t stored_end = 0;
+  const Entry* stored_last = nullptr;
+  for (const auto& [place, i] : first_user) {
+    const Entry& entry = bundle.entries[i];
+    if (entry.stored_size == 0) continue;  // an empty payload holds no bytes
+    if (stored_last != nullptr && entry.offset < stored_end) {
+      return Status::Corruption(payload_offset(bundle, entry),
+                                describe(entry) + " overlaps the payload of " + describe(*stored_last));
+    }
+    stored_end = entry.offset + entry.stored_size;
+    stored_last = &entry;
   }
   Decoded decoded;
-  decoded.storage.resize(total);
+  // Uninitialized on purpose: zero-filling would touch every page of the claims at once, while
+  // untouched pages cost address space only, so memory grows as payloads really decompress.
+  decoded.storage.reset(new (std::nothrow) char[total]);
+  if (!decoded.storage) {
+    return Status::IOError("cannot allocate " + std::to_string(total) +
+                           " bytes for the bundle's decoded artifacts");
+  }
   for (const auto& [place, i] : first_user) {
-    if (Status status = bundle.read_into(i, decoded.storage.data() + arena_start[i]); !status.ok()) {
+    const Entry& entry = bundle.entries[i];
+    const uint64_t at = payload_offset(bundle, entry);
+    char* out = decoded.storage.get() + arena_start[i];
+    if (Status status = decompress_claimed(entry, bundle.payloads.substr(entry.offset, entry.stored_size),
+                                           at, out);
+        !status.ok()) {
       return status;
     }
+    if (Status status = check_checksum(entry, out, at); !status.ok()) return status;
   }
   mega_cache::MegaCache& cache = decoded.cache;
   cache.layout = mega_cache::Layout::kV2_8;
@@ -479,13 +662,10 @@ Result<Decoded> decode(const Bundle& bundle) {
     if (i == 0 || bundle.entries[i - 1].group != entry.group) {
       // A bundle has no blob offsets: a group's offset is the index of its first entry.
       cache.groups.push_back(mega_cache::TypeGroup{entry.type, i, {}, false});
-    } else if (cache.groups.back().type != entry.type) {
-      return Status::Corruption(0, describe(entry) + " shares group " + std::to_string(entry.group) +
-                                       " with type " + cache.groups.back().type);
     }
     cache.groups.back().artifacts.push_back(mega_cache::Artifact{
         entry.type, entry.key,
-        std::string_view(decoded.storage.data() + arena_start[i], entry.raw_size)});
+        std::string_view(decoded.storage.get() + arena_start[i], entry.raw_size)});
   }
   mega_cache::mark_dropped_groups(cache);
   return decoded;

@@ -133,6 +133,55 @@ TEST(Bundle, SignatureVerifiesAndDetectsTampering) {
   EXPECT_EQ(check_signature(*parse(unsigned_file)), SignatureCheck::kUnsigned);
 }
 
+// Real zstd frames with raw, RLE and compressed blocks (several of each, past 128 KiB) pass
+// the check of their blocks against the claim and decode whole.
+TEST(Bundle, FramesOfEveryBlockKindDecodeWithinTheirClaims) {
+  std::mt19937_64 rng(3);
+  std::string mixed;
+  for (int part = 0; part < 6; ++part) {
+    for (int i = 0; i < 200000; ++i) mixed.push_back(static_cast<char>(rng()));  // raw blocks
+    mixed.append(400000, static_cast<char>('a' + part));                        // RLE blocks
+    std::string text;                                                           // compressed
+    for (int i = 0; text.size() < 300000; ++i) text += std::to_string(i % 1000) + ",";
+    mixed += text;
+  }
+  const std::string blob = test::make_blob({{"inductor", {{"fmixed", mixed}, {"fempty", ""}}}});
+  const std::string file = write(parsed(blob), kFingerprint);
+  Result<Bundle> bundle = parse(file);
+  ASSERT_TRUE(bundle.ok());
+  ASSERT_EQ(bundle->entries[0].compression, Compression::kZstd);
+  EXPECT_EQ(*bundle->read(0), mixed);
+  EXPECT_EQ(*bundle->read(1), "");
+  EXPECT_EQ(*to_mega_cache(*bundle), blob);
+}
+
+// The decode budget is the caller's: it counts each stored payload once, as the arena does,
+// and a bundle over it is refused at the payload that crosses it, before allocating.
+TEST(Bundle, DecodeBudgetIsTheCallersAndCountsSharedPayloadsOnce) {
+  const std::string shared(5000, 's');
+  const std::string blob = test::make_blob(
+      {{"inductor", {{"fa", shared}, {"fb", shared}, {"fc", std::string(3000, 'c')}}}});
+  const std::string file = write(parsed(blob), kFingerprint);
+  Result<Bundle> bundle = parse(file);
+  ASSERT_TRUE(bundle.ok());
+  EXPECT_TRUE(decode(*bundle).ok());  // the default is the format's limit, 64 GiB
+  EXPECT_TRUE(decode(*bundle, {.max_decoded_bytes = 8000}).ok());
+  Result<Decoded> over = decode(*bundle, {.max_decoded_bytes = 7999});
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.status().code(), Status::Code::kCorruption);
+  const uint64_t third_payload_at =
+      static_cast<uint64_t>(bundle->payloads.data() - file.data()) + bundle->entries[2].offset;
+  EXPECT_EQ(over.status().offset(), third_payload_at) << over.status().to_string();
+  EXPECT_NE(over.status().message().find("after 5000 claimed before it exceeds the decode budget of 7999"),
+            std::string::npos)
+      << over.status().to_string();
+
+  EXPECT_EQ(*bundle->read(0, {.max_decoded_bytes = 5000}), shared);
+  Result<std::string> one = bundle->read(0, {.max_decoded_bytes = 4999});
+  ASSERT_FALSE(one.ok());
+  EXPECT_EQ(one.status().code(), Status::Code::kCorruption);
+}
+
 TEST(BundleCorruption, EveryTruncationFails) {
   const std::string file = write(parsed(test::small_blob()), kFingerprint);
   for (size_t length = 0; length < file.size(); ++length) {
