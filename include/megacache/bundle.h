@@ -48,7 +48,11 @@ struct SigningKey {
 
 struct Signature {
   PublicKey public_key{};
-  std::array<uint8_t, 64> value{};  // Ed25519 over the header and index
+  std::array<uint8_t, 64> value{};  // Ed25519 over signed_bytes (docs/bundle-format.md)
+  // Flag bit 1: the signed bytes end with the sha256 of the payload area, so the signature
+  // binds every payload byte, not only their XXH3 checksums, which are no cryptographic
+  // hash. Bundles signed before it was set are refused under a trust policy.
+  bool covers_payloads = false;
 };
 
 // The format's limits on what payloads claim to decode to (docs/bundle-format.md, Limits).

@@ -7,6 +7,7 @@
 
 #include <sys/utsname.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <fstream>
@@ -22,7 +23,8 @@ namespace megacache::bundle {
 namespace {
 
 constexpr uint32_t kFlagSigned = 1;
-constexpr uint32_t kKnownFlags = kFlagSigned;
+constexpr uint32_t kFlagSignatureCoversPayloads = 2;
+constexpr uint32_t kKnownFlags = kFlagSigned | kFlagSignatureCoversPayloads;
 constexpr uint32_t kMaxFingerprintFields = 256;
 constexpr size_t kTrailerBytes = 8;
 // type(2+) key(4+) group(4) compression(1) offset(8) stored(8) raw(8) checksum(16)
@@ -205,6 +207,21 @@ Status over_budget(const Entry& entry, uint64_t at, uint64_t claimed_before, con
 
 }  // namespace
 
+namespace {
+
+// What a signature covers: the header and the index, then, when the signature covers the
+// payloads (flag bit 1), the sha256 of the payload area's bytes as stored.
+std::string signed_bytes(std::string_view header_and_index, std::string_view payloads, bool covers_payloads) {
+  std::string message(header_and_index);
+  if (covers_payloads) {
+    const util::Sha256Digest digest = util::sha256(payloads);
+    message.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  }
+  return message;
+}
+
+}  // namespace
+
 SigningKey SigningKey::generate() {
   SigningKey key;
   if (!sodium_ready()) std::abort();  // libsodium cannot run without a random source
@@ -278,7 +295,7 @@ std::string write(const mega_cache::MegaCache& cache, const Fingerprint& fingerp
 
   std::string out(kMagic);
   append_uint_be(out, kVersion, 4);
-  append_uint_be(out, options.signing_key ? kFlagSigned : 0, 4);
+  append_uint_be(out, options.signing_key ? kFlagSigned | kFlagSignatureCoversPayloads : 0, 4);
   append_uint_be(out, fingerprint.size(), 4);
   for (const auto& [name, value] : fingerprint) {
     put_field(out, name, 2);
@@ -301,8 +318,9 @@ std::string write(const mega_cache::MegaCache& cache, const Fingerprint& fingerp
   if (options.signing_key) {
     std::array<uint8_t, 64> value{};
     if (!sodium_ready()) std::abort();
-    crypto_sign_detached(value.data(), nullptr, reinterpret_cast<const unsigned char*>(out.data()),
-                         index_end, options.signing_key->secret.data());
+    const std::string message = signed_bytes(std::string_view(out.data(), index_end), payloads, true);
+    crypto_sign_detached(value.data(), nullptr, reinterpret_cast<const unsigned char*>(message.data()),
+                         message.size(), options.signing_key->secret.data());
     signature.append(reinterpret_cast<const char*>(options.signing_key->public_key.data()), 32);
     signature.append(reinterpret_cast<const char*>(value.data()), 64);
   }
@@ -329,6 +347,10 @@ Result<Bundle> parse(std::string_view file) {
   if (bundle.version != kVersion) {
     return Status::Corruption(kMagic.size(), "bundle format version " + std::to_string(bundle.version) +
                                                  " is not supported (this megacache reads 1)");
+  }
+  if ((flags & kFlagSignatureCoversPayloads) && !(flags & kFlagSigned)) {
+    return Status::Corruption(kMagic.size() + 4, "flag bit 1 (the signature covers the payloads) "
+                                                 "is set on an unsigned bundle");
   }
   if ((flags & ~kKnownFlags) != 0) {
     return Status::Corruption(kMagic.size() + 4, "unknown flags " + std::to_string(flags));
@@ -416,6 +438,7 @@ Result<Bundle> parse(std::string_view file) {
     Signature signature;
     std::memcpy(signature.public_key.data(), key.data(), 32);
     std::memcpy(signature.value.data(), value.data(), 64);
+    signature.covers_payloads = (flags & kFlagSignatureCoversPayloads) != 0;
     bundle.signature = signature;
   }
   const size_t trailer_at = reader.position();
@@ -465,19 +488,24 @@ Status Bundle::read_into(size_t index, char* out) const {
 SignatureCheck check_signature(const Bundle& bundle) {
   if (!bundle.signature) return SignatureCheck::kUnsigned;
   if (!sodium_ready()) return SignatureCheck::kInvalid;
-  const int result = crypto_sign_verify_detached(
-      bundle.signature->value.data(),
-      reinterpret_cast<const unsigned char*>(bundle.header_and_index.data()),
-      bundle.header_and_index.size(), bundle.signature->public_key.data());
+  const std::string message =
+      signed_bytes(bundle.header_and_index, bundle.payloads, bundle.signature->covers_payloads);
+  const int result = crypto_sign_verify_detached(bundle.signature->value.data(),
+                                                 reinterpret_cast<const unsigned char*>(message.data()),
+                                                 message.size(), bundle.signature->public_key.data());
   return result == 0 ? SignatureCheck::kValid : SignatureCheck::kInvalid;
 }
 
+namespace {
+
+bool signed_by_one_of(const Bundle& bundle, const std::vector<PublicKey>& keys) {
+  return std::find(keys.begin(), keys.end(), bundle.signature->public_key) != keys.end();
+}
+
+}  // namespace
+
 bool is_trusted(const Bundle& bundle, const std::vector<PublicKey>& trusted_keys) {
-  if (check_signature(bundle) != SignatureCheck::kValid) return false;
-  for (const PublicKey& key : trusted_keys) {
-    if (key == bundle.signature->public_key) return true;
-  }
-  return false;
+  return check_signature(bundle) == SignatureCheck::kValid && signed_by_one_of(bundle, trusted_keys);
 }
 
 Status check_trust(const Bundle& bundle, const std::vector<PublicKey>& trusted_keys) {
@@ -493,11 +521,17 @@ Status check_trust(const Bundle& bundle, const std::vector<PublicKey>& trusted_k
     return Status::InvalidArgument("the bundle is unsigned, and trusted keys are configured "
                                    "(MEGACACHE_TRUSTED_KEYS); sign it with 'megacache convert --sign'");
   }
-  if (!is_trusted(bundle, trusted_keys)) {
+  if (!signed_by_one_of(bundle, trusted_keys)) {
     return Status::InvalidArgument(
         "the bundle is signed by key " +
         util::hex(std::string_view(reinterpret_cast<const char*>(bundle.signature->public_key.data()), 32)) +
         ", which is not among the trusted keys");
+  }
+  if (!bundle.signature->covers_payloads) {
+    return Status::InvalidArgument(
+        "the bundle's signature covers its header and index but not its payloads (signed before "
+        "flag bit 1 existed): their XXH3 checksums are no cryptographic hash, so a trusted key "
+        "cannot vouch for them; sign it again with 'megacache convert --sign'");
   }
   return Status::OK();
 }

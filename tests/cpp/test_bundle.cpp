@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
+#include <sodium.h>
 
+#include <cstring>
 #include <random>
 
 #include "megacache/bundle.h"
@@ -131,6 +133,64 @@ TEST(Bundle, SignatureVerifiesAndDetectsTampering) {
 
   const std::string unsigned_file = write(parsed(test::small_blob()), kFingerprint);
   EXPECT_EQ(check_signature(*parse(unsigned_file)), SignatureCheck::kUnsigned);
+}
+
+// The signature covers the payload bytes themselves: XXH3, which the index holds for each
+// payload, is no cryptographic hash, so a signature over the index alone would let whoever
+// finds a payload with the same XXH3-128 swap it in.
+TEST(Bundle, TheSignatureCoversEveryPayloadByte) {
+  const SigningKey key = SigningKey::generate();
+  const std::string file = write(parsed(test::small_blob()), kFingerprint, {.signing_key = &key});
+  Result<Bundle> bundle = parse(file);
+  ASSERT_TRUE(bundle.ok());
+  ASSERT_TRUE(bundle->signature->covers_payloads);
+  // A payload byte changed, header, index and trailer untouched: the file still parses (the
+  // trailer covers header and index), and the signature no longer verifies.
+  std::string swapped = file;
+  const size_t payload_at = static_cast<size_t>(bundle->payloads.data() - bundle->header_and_index.data());
+  swapped[payload_at] = static_cast<char>(swapped[payload_at] ^ 1);
+  Result<Bundle> reparsed = parse(swapped);
+  ASSERT_TRUE(reparsed.ok()) << reparsed.status().to_string();
+  EXPECT_EQ(check_signature(*reparsed), SignatureCheck::kInvalid);
+  EXPECT_EQ(check_trust(*reparsed, {key.public_key}).code(), Status::Code::kInvalidArgument);
+}
+
+// A bundle signed the old way (flag bit 1 clear: the signature covers header and index only)
+// still verifies, but a trust policy refuses it, since its key vouches for no payload byte.
+TEST(Bundle, ASignatureThatDoesNotCoverThePayloadsIsNotTrusted) {
+  const SigningKey key = SigningKey::generate();
+  std::string file = write(parsed(test::small_blob()), kFingerprint, {.signing_key = &key});
+  const size_t flags_at = kMagic.size() + 4;
+  ASSERT_EQ(file[flags_at + 3], 3);
+  file[flags_at + 3] = 1;
+  const size_t index_end = [&] {
+    std::string probe = file;
+    probe[flags_at + 3] = 3;
+    return parse(probe)->header_and_index.size();
+  }();
+  std::array<uint8_t, 64> old_style{};
+  ASSERT_EQ(crypto_sign_detached(old_style.data(), nullptr, reinterpret_cast<const unsigned char*>(file.data()),
+                                 index_end, key.secret.data()),
+            0);
+  const size_t signature_at = file.size() - 8 - 64;
+  std::memcpy(file.data() + signature_at, old_style.data(), 64);
+  const uint64_t trailer = util::xxh3_64(std::string_view(file).substr(0, index_end));
+  for (int i = 0; i < 8; ++i) file[file.size() - 1 - i] = static_cast<char>(trailer >> (8 * i));
+  Result<Bundle> old = parse(file);
+  ASSERT_TRUE(old.ok()) << old.status().to_string();
+  EXPECT_FALSE(old->signature->covers_payloads);
+  EXPECT_EQ(check_signature(*old), SignatureCheck::kValid);
+  EXPECT_TRUE(check_trust(*old, {}).ok());
+  const Status trusted = check_trust(*old, {key.public_key});
+  EXPECT_EQ(trusted.code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(trusted.message().find("not its payloads"), std::string::npos) << trusted.message();
+
+  // Bit 1 on an unsigned bundle means nothing and is refused.
+  std::string unsigned_file = write(parsed(test::small_blob()), kFingerprint);
+  unsigned_file[flags_at + 3] = 2;
+  Result<Bundle> odd = parse(unsigned_file);
+  ASSERT_FALSE(odd.ok());
+  EXPECT_EQ(odd.status().offset(), flags_at);
 }
 
 // Real zstd frames with raw, RLE and compressed blocks (several of each, past 128 KiB) pass
