@@ -6,7 +6,6 @@
 // A put writes the object and then the ref, each to a hidden temp file renamed into place,
 // so a crash or kill -9 leaves at most a hidden temp file, never a visible partial entry, and
 // nothing relies on renaming directories (NFS).
-#include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
 
