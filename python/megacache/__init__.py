@@ -173,7 +173,8 @@ def save_package(path: str | os.PathLike[str], *, format: str = "binary",
                  sign_with: Optional[str | os.PathLike[str]] = None) -> None:
     """Saves every function this process compiled (or loaded) with megacache.compile or
     automatic mode as one package: a file (binary), a directory a person can read and edit
-    (unpacked), or a store URL."""
+    (unpacked), or a store URL; signed with the key file `sign_with` if given (a signed
+    directory lists every file's sha256, so it must be saved again after an edit)."""
     from megacache.torch import precompile
 
     precompile.save(os.fspath(path), format=format, keys=None,
