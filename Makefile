@@ -44,6 +44,7 @@ bench: python
 	$(PYTHON) -m pip install -q redis
 	$(PYTHON) bench/bench_mega_cache.py
 	$(PYTHON) bench/bench_bundles_and_stores.py
+	$(PYTHON) bench/bench_hostile.py
 	$(PYTHON) bench/bench_startup.py --repeat 3 --fleet 8
 
 # The model suite with torch's own precompile path beside each case (a compile more per
