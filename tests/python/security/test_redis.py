@@ -93,9 +93,11 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(call):
         elapsed, _, _ = child_peak_rss_growth(server.url + "?timeout_ms=500", call)
     finally:
         server.close()
-    # get_or_claim makes two requests (get, then the lock), each with its own deadline.
+    # get_or_claim makes two requests (get, then the lock), each with its own deadline. A
+    # per-read timeout would let the server hold the call for 300 s; the margin here only
+    # absorbs a busy machine (bench/bench_hostile.py measures how far past the deadline).
     deadline = 1.0 if "claim" in call else 0.5
-    assert elapsed < deadline + 0.1, f"{call} took {elapsed:.2f} s against a {deadline} s deadline"
+    assert elapsed < deadline + 0.5, f"{call} took {elapsed:.2f} s against a {deadline} s deadline"
 
 
 def test_automatic_mode_compiles_past_poisoned_refs(redis_url, tmp_path):
