@@ -175,7 +175,7 @@ Result<std::vector<KernelFile>> read_kernels(const std::string& cache_dir) {
     for (const std::string& name : names) {
       const std::string path = subdir + "/" + name;
       if (!is_kernel_path(path) || !files.file_info(cache_dir, path)) continue;
-      Result<std::string> bytes = files.read_file(cache_dir, path);
+      Result<std::string> bytes = files.read_file(cache_dir, path, bundle::kMaxArtifactBytes);
       if (!bytes.ok()) return bytes.status();
       kernels.push_back({path, std::move(bytes).value()});
     }

@@ -380,6 +380,8 @@ constexpr std::string_view kFingerprintFile = "fingerprint.json";
 constexpr std::string_view kMegaCacheFile = "mega_cache.bin";
 constexpr std::string_view kSignatureFile = "signature.json";
 constexpr std::string_view kSignatureFormat = "megacache-unpacked-signature";
+// A file list of ~100 bytes per file: room for far more files than any package holds.
+constexpr uint64_t kMaxSignatureFileBytes = uint64_t{64} << 20;
 // Prefixes the signed text, so a signature over a file list can never pass for one over
 // something else this key signs.
 constexpr std::string_view kSignedTextHeader = "megacache-unpacked-v1\n";
@@ -443,7 +445,7 @@ class UnpackedReader {
   // Reads signature.json and applies the trust policy of bundle::check_trust: a signature
   // that does not verify is always refused; with trusted keys, only a trusted signer passes.
   Status check_trust(const std::vector<bundle::PublicKey>& trusted_keys) {
-    Result<std::string> text = files_.read_file(root_, std::string(kSignatureFile));
+    Result<std::string> text = files_.read_file(root_, std::string(kSignatureFile), kMaxSignatureFileBytes);
     if (!text.ok() && text.status().code() != Status::Code::kNotFound) return text.status();
     if (!text.ok()) {
       if (trusted_keys.empty()) return Status::OK();
@@ -494,7 +496,7 @@ class UnpackedReader {
     if (signed_ && !signed_->count(path)) {
       return Status::InvalidArgument(root_ + "/" + path + " is not among the files its signature covers");
     }
-    Result<std::string> bytes = files_.read_file(root_, path);
+    Result<std::string> bytes = files_.read_file(root_, path, bundle::kMaxArtifactBytes);
     if (!bytes.ok()) return bytes.status();
     if (signed_ && util::sha256_hex(*bytes) != signed_->at(path)) {
       return Status::InvalidArgument(root_ + "/" + path + " was changed after the package was signed");

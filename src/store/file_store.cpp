@@ -31,6 +31,9 @@ constexpr const char* kObjects = "v1/objects";
 constexpr const char* kRefs = "v1/refs";
 constexpr const char* kLocks = "v1/locks";
 constexpr const char* kStats = "v1/stats";
+// "<32 hex digits> <at most 19 digits>\n"; anything longer is not a ref.
+constexpr uint64_t kMaxRefBytes = 64;
+constexpr uint64_t kDefaultMaxValueBytes = uint64_t{4} << 30;
 // An object younger than this is never collected as unreferenced: its ref may be on its way.
 constexpr int64_t kGraceSeconds = 600;
 
@@ -48,8 +51,8 @@ class FileLock final : public Lock {
 
 class FileStore final : public Store {
  public:
-  FileStore(std::string url, std::string root, uint64_t max_size)
-      : url_(std::move(url)), root_(std::move(root)), max_size_(max_size) {}
+  FileStore(std::string url, std::string root, uint64_t max_size, uint64_t max_value_bytes)
+      : url_(std::move(url)), root_(std::move(root)), max_size_(max_size), max_value_bytes_(max_value_bytes) {}
 
   const std::string& url() const override { return url_; }
 
@@ -59,7 +62,9 @@ class FileStore final : public Store {
       count({.misses = 1});
       return std::nullopt;
     }
-    Result<std::string> value = fs().read_file(root_, object_path(ref->hash));
+    // The ref says how large the value is; a bigger object file (another writer's, or a sparse
+    // file planted in its place) is refused unread.
+    Result<std::string> value = fs().read_file(root_, object_path(ref->hash), ref->size);
     if (!value.ok() || value->size() != ref->size || hash_hex(*value) != ref->hash) {
       // Collected or damaged under us: a miss, and the ref goes (unless a put has just replaced
       // it) so the next put repairs the entry.
@@ -77,6 +82,10 @@ class FileStore final : public Store {
 
   Status put(const std::string& name, std::string_view value) override {
     if (Status valid = check_name(name); !valid.ok()) return valid;
+    if (value.size() > max_value_bytes_) {
+      return Status::InvalidArgument(url_ + ": '" + name + "' is " + std::to_string(value.size()) +
+                                     " bytes, more than max_value_bytes (" + std::to_string(max_value_bytes_) + ")");
+    }
     const std::string hash = hash_hex(value);
     const std::string object = object_path(hash);
     const std::optional<util::FileSystem::FileInfo> existing = fs().file_info(root_, object);
@@ -221,7 +230,7 @@ class FileStore final : public Store {
 
   std::optional<Ref> read_ref(const std::string& name) {
     if (!check_name(name).ok()) return std::nullopt;
-    Result<std::string> text = fs().read_file(root_, ref_path(name));
+    Result<std::string> text = fs().read_file(root_, ref_path(name), kMaxRefBytes);
     if (!text.ok()) {
       if (text.status().code() != Status::Code::kNotFound) log_refusal(text.status());
       return std::nullopt;
@@ -234,6 +243,11 @@ class FileStore final : public Store {
       return std::nullopt;
     }
     ref.size = std::stoull(size);
+    if (ref.size > max_value_bytes_) {
+      log_refusal(Status::InvalidArgument("the ref of '" + name + "' claims " + size +
+                                          " bytes, more than max_value_bytes (" + std::to_string(max_value_bytes_) + ")"));
+      return std::nullopt;
+    }
     return ref;
   }
 
@@ -279,6 +293,7 @@ class FileStore final : public Store {
   std::string url_;
   std::string root_;
   uint64_t max_size_;
+  uint64_t max_value_bytes_;
 };
 
 }  // namespace
@@ -294,7 +309,15 @@ Result<std::unique_ptr<Store>> open_file_store(const std::string& url, const std
     if (!parsed.ok()) return Status::InvalidArgument(url + ": max_size: " + parsed.status().message());
     max_size = *parsed;
   }
-  return std::unique_ptr<Store>(new FileStore(url, root, max_size));
+  uint64_t max_value_bytes = kDefaultMaxValueBytes;
+  if (const std::optional<std::string> text = options.get("max_value_bytes")) {
+    Result<uint64_t> parsed = parse_size(*text);
+    if (!parsed.ok() || *parsed == 0) {
+      return Status::InvalidArgument(url + ": max_value_bytes must be a size above 0, e.g. 4G");
+    }
+    max_value_bytes = *parsed;
+  }
+  return std::unique_ptr<Store>(new FileStore(url, root, max_size, max_value_bytes));
 }
 
 }  // namespace megacache::store

@@ -147,11 +147,16 @@ Result<Located> locate(const std::string& root, std::string_view path, bool crea
   return Located{std::move(parent).value(), names->back(), joined(root, path)};
 }
 
-Result<std::string> read_all(int fd, const std::string& where) {
+Result<std::string> read_all(int fd, const std::string& where, uint64_t max_bytes) {
   std::string out;
   struct stat st;
   if (::fstat(fd, &st) != 0) return Status::IOError(errno_text("cannot stat", where));
   if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(where + " is not a regular file");
+  auto too_large = [&](uint64_t size) {
+    return Status::InvalidArgument(where + " holds " + std::to_string(size) + " bytes, more than the " +
+                                   std::to_string(max_bytes) + " it may");
+  };
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) return too_large(static_cast<uint64_t>(st.st_size));
   out.reserve(static_cast<size_t>(st.st_size));
   char buffer[1 << 16];
   while (true) {
@@ -162,6 +167,7 @@ Result<std::string> read_all(int fd, const std::string& where) {
       return Status::IOError(errno_text("cannot read", where));
     }
     out.append(buffer, static_cast<size_t>(n));
+    if (out.size() > max_bytes) return too_large(out.size());  // it grew while being read
   }
   return out;
 }
@@ -242,10 +248,10 @@ class PosixFileSystem final : public FileSystem {
     return equal;
   }
 
-  Result<std::string> read_file(const std::string& root, std::string_view path) override {
+  Result<std::string> read_file(const std::string& root, std::string_view path, uint64_t max_bytes) override {
     Result<Fd> fd = open_file(root, path, O_RDONLY);
     if (!fd.ok()) return fd.status();
-    return read_all(fd->get(), joined(root, path));
+    return read_all(fd->get(), joined(root, path), max_bytes);
   }
 
   Status write_atomic(const std::string& root, std::string_view path, std::string_view content) override {
@@ -321,7 +327,7 @@ Result<std::string> read_named_file(const std::string& path) {
     return errno == ENOENT ? Status::NotFound(errno_text("cannot open", path))
                            : Status::IOError(errno_text("cannot open", path));
   }
-  return read_all(fd.get(), path);
+  return read_all(fd.get(), path, UINT64_MAX);  // the user chose it
 }
 
 Status write_named_file(const std::string& path, std::string_view content, unsigned mode) {

@@ -44,7 +44,7 @@ TEST(FileSystem, RefusesALinkedDirectoryAtEveryDepth) {
     EXPECT_EQ(made.code(), Status::Code::kInvalidArgument) << linked << ": " << made.to_string();
     EXPECT_TRUE(contains(made.message(), "symbolic link " + p.root.path() + "/" + linked)) << made.message();
     EXPECT_FALSE(fs.write_atomic(p.root.path(), linked + "/new", "x").ok()) << linked;
-    EXPECT_FALSE(fs.read_file(p.root.path(), linked + "/victim").ok()) << linked;
+    EXPECT_FALSE(fs.read_file(p.root.path(), linked + "/victim", 1 << 20).ok()) << linked;
     EXPECT_TRUE(fs.list_directory(p.root.path(), linked).empty()) << linked;
     EXPECT_FALSE(fs.file_info(p.root.path(), linked + "/victim")) << linked;
     EXPECT_TRUE(fs.remove_file(p.root.path(), linked + "/victim").code() == Status::Code::kInvalidArgument);
@@ -58,7 +58,7 @@ TEST(FileSystem, RefusesALinkedFileButReplacesItAtomically) {
   Planted p;
   const std::string victim = p.outside.path() + "/victim";
   p.link("file", victim);
-  const Result<std::string> read = fs.read_file(p.root.path(), "file");
+  const Result<std::string> read = fs.read_file(p.root.path(), "file", 1 << 20);
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument);
   EXPECT_FALSE(fs.file_equals(p.root.path(), "file", "outside bytes"));
@@ -68,7 +68,7 @@ TEST(FileSystem, RefusesALinkedFileButReplacesItAtomically) {
   // A write replaces the link itself; a removal removes the link, never its target.
   ASSERT_TRUE(fs.write_atomic(p.root.path(), "file", "inside").ok());
   EXPECT_FALSE(std::filesystem::is_symlink(p.root.path() + "/file"));
-  EXPECT_EQ(*fs.read_file(p.root.path(), "file"), "inside");
+  EXPECT_EQ(*fs.read_file(p.root.path(), "file", 1 << 20), "inside");
   p.link("other", victim);
   ASSERT_TRUE(fs.remove_file(p.root.path(), "other").ok());
   EXPECT_TRUE(p.outside_unchanged());
@@ -100,7 +100,7 @@ TEST(FileSystem, RefusesPathsThatLeaveTheRootOrHoldNul) {
   for (const std::string& bad : std::vector<std::string>{"../victim", "a/../../victim", "./x", "a//b", "/etc/passwd",
                                                           std::string("a\0b", 3)}) {
     EXPECT_EQ(fs.write_atomic(p.root.path(), bad, "x").code(), Status::Code::kInvalidArgument) << bad;
-    EXPECT_EQ(fs.read_file(p.root.path(), bad).status().code(), Status::Code::kInvalidArgument) << bad;
+    EXPECT_EQ(fs.read_file(p.root.path(), bad, 1 << 20).status().code(), Status::Code::kInvalidArgument) << bad;
   }
   EXPECT_EQ(fs.create_directories(std::string("/tmp/x\0y", 8), "a").code(), Status::Code::kInvalidArgument);
   EXPECT_EQ(util::write_named_file(std::string("/tmp/o\0x", 8), "x").code(), Status::Code::kInvalidArgument);
@@ -112,9 +112,24 @@ TEST(FileSystem, AFifoInPlaceOfAFileDoesNotBlock) {
   FileSystem& fs = FileSystem::real();
   test::TempDir root;
   ASSERT_EQ(::mkfifo((root.path() + "/ref").c_str(), 0600), 0);
-  const Result<std::string> read = fs.read_file(root.path(), "ref");
+  const Result<std::string> read = fs.read_file(root.path(), "ref", 1 << 20);
   ASSERT_FALSE(read.ok());
   EXPECT_TRUE(contains(read.status().message(), "not a regular file")) << read.status().message();
+}
+
+TEST(FileSystem, AFileLargerThanItsLimitIsRefusedUnread) {
+  FileSystem& fs = FileSystem::real();
+  test::TempDir root;
+  // A sparse file claims 64 GiB and costs nothing on disk: reading it would cost 64 GiB.
+  const std::string path = root.path() + "/object";
+  ASSERT_TRUE(test::write_file(path, "x").ok());
+  std::filesystem::resize_file(path, uint64_t{64} << 30);
+  const Result<std::string> read = fs.read_file(root.path(), "object", 1 << 20);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_TRUE(contains(read.status().message(), "more than the 1048576")) << read.status().message();
+  std::filesystem::resize_file(path, 1 << 20);
+  EXPECT_EQ(fs.read_file(root.path(), "object", 1 << 20)->size(), size_t{1} << 20);
 }
 
 TEST(FileSystem, TheRootItselfIsFollowed) {

@@ -118,8 +118,8 @@ class FailingFileSystem final : public util::FileSystem {
   bool file_equals(const std::string& root, std::string_view path, std::string_view content) override {
     return real().file_equals(root, path, content);
   }
-  Result<std::string> read_file(const std::string& root, std::string_view path) override {
-    return real().read_file(root, path);
+  Result<std::string> read_file(const std::string& root, std::string_view path, uint64_t max_bytes) override {
+    return real().read_file(root, path, max_bytes);
   }
   std::optional<FileInfo> file_info(const std::string& root, std::string_view path) override {
     return real().file_info(root, path);
