@@ -41,8 +41,11 @@ class ArtifactManager {
   bool need_serialize() const { return !pending_.empty(); }
 
   // The whole blob of everything recorded so far, or an empty view when nothing ever was
-  // (torch returns None then). Appends only what is new since the last call, so the cost is
-  // proportional to the new bytes. The view is valid until the next record/serialize/clear.
+  // (torch returns None then). Each type is one group, so a reader that keeps the last group
+  // of a type (torch's load) still gets every artifact. When only new types were recorded
+  // since the last call, their groups are appended (the cost is the new bytes); a type that
+  // is already in the blob rewrites it. The view is valid until the next
+  // record/serialize/clear.
   std::string_view serialize();
 
   // Everything serialized so far, per type.
@@ -67,11 +70,14 @@ class ArtifactManager {
   };
 
   std::string_view content_of(const Recorded& artifact);
+  void append_pending();
+  void rewrite_merged();
 
   std::vector<Recorded> recorded_;
   // Exact-repeat detection: hash of (type, key, content) -> indices into recorded_.
   std::unordered_multimap<uint64_t, size_t> by_hash_;
   std::vector<Pending> pending_;  // in order of first record since the last serialize
+  std::vector<std::string> serialized_types_;  // the blob's groups, in order
   mega_cache::Writer writer_;
   CacheInfo info_;
 };

@@ -65,6 +65,26 @@ bool ArtifactManager::record(std::string_view type, std::string_view key,
 }
 
 std::string_view ArtifactManager::serialize() {
+  const bool repeats_a_type = std::any_of(pending_.begin(), pending_.end(), [&](const Pending& p) {
+    return std::find(serialized_types_.begin(), serialized_types_.end(), p.type) !=
+           serialized_types_.end();
+  });
+  // A second group of a type would hide the first from torch's loader (its groups become a
+  // dict, so the last one of each type wins): a compile after a save would drop the graphs
+  // saved before it.
+  if (repeats_a_type) {
+    rewrite_merged();
+  } else {
+    append_pending();
+  }
+  pending_.clear();
+  if (info_.empty()) {
+    return {};
+  }
+  return writer_.bytes();
+}
+
+void ArtifactManager::append_pending() {
   for (const Pending& group : pending_) {
     std::vector<mega_cache::Artifact> artifacts;
     for (size_t index : group.recorded) {
@@ -74,6 +94,7 @@ std::string_view ArtifactManager::serialize() {
     }
     std::vector<uint64_t> offsets;
     writer_.append_group(group.type, artifacts, &offsets);
+    serialized_types_.push_back(group.type);
     for (size_t i = 0; i < group.recorded.size(); ++i) {
       Recorded& artifact = recorded_[group.recorded[i]];
       artifact.offset = offsets[i];
@@ -81,17 +102,49 @@ std::string_view ArtifactManager::serialize() {
       std::string().swap(artifact.pending_content);  // the blob holds the bytes now
     }
   }
-  pending_.clear();
-  if (info_.empty()) {
-    return {};
+}
+
+void ArtifactManager::rewrite_merged() {
+  // Every artifact, grouped by type in order of the type's first record and in record order
+  // within it, so that a key recorded twice keeps its last content last.
+  std::vector<std::string> types = serialized_types_;
+  for (const Pending& group : pending_) {
+    if (std::find(types.begin(), types.end(), group.type) == types.end()) {
+      types.push_back(group.type);
+    }
   }
-  return writer_.bytes();
+  mega_cache::Writer merged;
+  std::vector<std::pair<size_t, uint64_t>> placed;  // index into recorded_, new offset
+  for (const std::string& type : types) {
+    std::vector<size_t> indices;
+    std::vector<mega_cache::Artifact> artifacts;
+    for (size_t index = 0; index < recorded_.size(); ++index) {
+      const Recorded& artifact = recorded_[index];
+      if (artifact.type != type) continue;
+      indices.push_back(index);
+      // A view into the old blob or the pending bytes: both live until writer_ is replaced.
+      artifacts.push_back({artifact.type, artifact.key, content_of(artifact)});
+      if (!artifact.serialized) info_.add(artifact.type, artifact.key);
+    }
+    std::vector<uint64_t> offsets;
+    merged.append_group(type, artifacts, &offsets);
+    for (size_t i = 0; i < indices.size(); ++i) placed.emplace_back(indices[i], offsets[i]);
+  }
+  for (const auto& [index, offset] : placed) {
+    Recorded& artifact = recorded_[index];
+    artifact.offset = offset;
+    artifact.serialized = true;
+    std::string().swap(artifact.pending_content);
+  }
+  writer_ = std::move(merged);
+  serialized_types_ = std::move(types);
 }
 
 void ArtifactManager::clear() {
   recorded_.clear();
   by_hash_.clear();
   pending_.clear();
+  serialized_types_.clear();
   writer_.clear();
   info_.clear();
 }

@@ -38,8 +38,8 @@ TEST(ArtifactManager, SerializeGroupsByTypeInFirstRecordOrder) {
   EXPECT_EQ(manager.cache_info().entries()[0].second, (std::vector<std::string>{"f1", "f2"}));
 }
 
-// Like torch's appending serializer: later calls append groups for what is new.
-TEST(ArtifactManager, IncrementalSerializeAppendsOnlyNewGroups) {
+// Types new to the blob are appended: the cost of a later save is what is new.
+TEST(ArtifactManager, IncrementalSerializeAppendsNewTypes) {
   ArtifactManager manager;
   manager.record("inductor", "f1", "a");
   manager.record("autotune", "ab/c.best_config", "{}");
@@ -47,15 +47,41 @@ TEST(ArtifactManager, IncrementalSerializeAppendsOnlyNewGroups) {
   EXPECT_FALSE(manager.need_serialize());
   EXPECT_EQ(std::string(manager.serialize()), first);  // nothing new, same bytes
 
-  manager.record("inductor", "f2", "b");
   manager.record("precompile", "p", "entry");
   EXPECT_TRUE(manager.need_serialize());
   const std::string second(manager.serialize());
+  EXPECT_EQ(second.substr(4, first.size() - 4), first.substr(4));  // after the crc: appended
   EXPECT_EQ(second, test::make_blob({{"inductor", {{"f1", "a"}}},
                                      {"autotune", {{"ab/c.best_config", "{}"}}},
-                                     {"inductor", {{"f2", "b"}}},
                                      {"precompile", {{"p", "entry"}}}}));
-  EXPECT_EQ(manager.cache_info().count("inductor"), 2u);
+}
+
+// A function that compiles again after a save (a second sequence length) records more
+// artifacts of the same types. torch's loader keeps only the last group of each type, so a
+// second group would drop every graph saved before it: the blob keeps one group per type.
+TEST(ArtifactManager, ATypeRecordedAgainAfterASaveStaysOneGroup) {
+  ArtifactManager manager;
+  manager.record("inductor", "f1", "a");
+  manager.record("autotune", "ab/c.best_config", "{}");
+  manager.serialize();
+  manager.record("inductor", "f2", "b");
+  manager.record("precompile", "p", "entry");
+  manager.record("inductor", "f1", "a2");  // the same key again, with other content: last
+  const std::string blob(manager.serialize());
+  EXPECT_EQ(blob, test::make_blob({{"inductor", {{"f1", "a"}, {"f2", "b"}, {"f1", "a2"}}},
+                                   {"autotune", {{"ab/c.best_config", "{}"}}},
+                                   {"precompile", {{"p", "entry"}}}}));
+  Result<mega_cache::MegaCache> cache = mega_cache::parse(blob);
+  ASSERT_TRUE(cache.ok());
+  EXPECT_EQ(cache->loaded_artifacts().size(), 5u);  // torch's rule drops nothing
+  EXPECT_EQ(manager.cache_info().count("inductor"), 3u);
+
+  manager.record("autotune", "de/f.best_config", "{}");  // rewritten blobs keep growing
+  EXPECT_EQ(std::string(manager.serialize()),
+            test::make_blob({{"inductor", {{"f1", "a"}, {"f2", "b"}, {"f1", "a2"}}},
+                             {"autotune", {{"ab/c.best_config", "{}"}, {"de/f.best_config", "{}"}}},
+                             {"precompile", {{"p", "entry"}}}}));
+  EXPECT_FALSE(manager.record("inductor", "f2", "b"));  // still a repeat after the rewrite
 }
 
 TEST(ArtifactManager, ClearForgetsEverything) {

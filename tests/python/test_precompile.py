@@ -176,6 +176,29 @@ def test_automatic_mode_training_package_includes_the_backward(tmp_path):
     assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt"))
 
 
+def test_a_function_that_compiled_twice_starts_warm_for_both(tmp_path):
+    """Two batch sizes: the function compiles twice and publishes after each compile. The
+    package must carry both compiles' artifacts (before the fix, its Mega-Cache payload held
+    two groups of each type and the loader kept only the last), so the next process compiles
+    neither graph."""
+    code = copy_cases(tmp_path)
+    store = f"file://{tmp_path / 'store'}"
+    first = run("automatic.py", store, tmp_path / "a.pt", "lengths", cwd=code, cache_dir=tmp_path / "c1")
+    assert first["automatic"]["published"] == 2 and first["inductor"]["fxgraph_cache_miss"] == 2
+    second = run("automatic.py", store, tmp_path / "b.pt", "lengths", cwd=code, cache_dir=tmp_path / "c2")
+    assert "fxgraph_cache_miss" not in second["inductor"], second
+    assert second["automatic"]["hits"] == 1 and second["automatic"]["published"] == 0, second
+    assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt"))
+
+    # Both graphs' FX cache entries came with the package: a process whose guards miss (a
+    # new torch, another input) still compiles neither graph.
+    def fx_graphs(cache_dir):
+        return sorted(p.name for p in (cache_dir / "fxgraph").glob("*/*"))
+
+    assert len(fx_graphs(tmp_path / "c1")) == 2
+    assert fx_graphs(tmp_path / "c2") == fx_graphs(tmp_path / "c1")
+
+
 def test_automatic_mode_refuses_a_corrupt_stored_package_and_compiles(tmp_path):
     """A damaged store entry is a logged miss: the process compiles and replaces it."""
     import megacache
