@@ -392,7 +392,9 @@ constexpr bool kPeakRssMeasuresTheSanitizer = false;
 // Prints the figure, as the other measured tests do, and holds it to the budget.
 void expect_within_budget(const std::string& what, uint64_t growth_kib) {
   std::cout << "[ measured ] " << what << " raised peak RSS by " << growth_kib << " KiB\n";
-  if (!kPeakRssMeasuresTheSanitizer) EXPECT_LT(growth_kib, kMemoryBudgetKiB) << what;
+  if (!kPeakRssMeasuresTheSanitizer) {
+    EXPECT_LT(growth_kib, kMemoryBudgetKiB) << what;
+  }
 }
 
 void expect_refused(const Result<bundle::Decoded>& decoded, uint64_t at, const std::string& says) {
