@@ -4,7 +4,7 @@ PYTHON ?= python3
 BUILD ?= build/cpp
 JOBS ?= $(shell nproc)
 
-.PHONY: deps cpp cpp-test sanitize python demo test bench fuzz models-table clean
+.PHONY: deps cpp cpp-test sanitize python wheel demo test python-test bench fuzz models-table clean
 
 deps:
 	PYTHON=$(PYTHON) scripts/install-deps.sh
@@ -22,8 +22,17 @@ python: deps
 demo: python
 	$(PYTHON) examples/demo.py
 
-test: cpp-test sanitize python
-	$(PYTHON) -m pytest -q tests/python
+# One wheel, built once: the venvs of the matrix share this Python, so its extension fits each.
+wheel: deps
+	rm -rf build/wheel
+	$(PYTHON) -m pip wheel -q --no-build-isolation --no-deps -w build/wheel .
+
+test: cpp-test sanitize python-test
+
+# The Python suites (the model suite included) on every torch of the matrix, each in its own
+# venv (scripts/test-matrix.sh, tests/matrix/torch-<version>.txt).
+python-test: wheel
+	PYTHON=$(PYTHON) scripts/test-matrix.sh build/wheel/megacache-*.whl -q tests/python
 
 # The unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer (clang, with the
 # libFuzzer instrumentation), then each fuzz target for a few seconds from the golden files.
@@ -48,9 +57,10 @@ bench: python
 	$(PYTHON) bench/bench_startup.py --repeat 3 --fleet 8
 
 # The model suite with torch's own precompile path beside each case (a compile more per
-# case): writes build/models/torch-<version>.md, the record kept in docs/models.md.
-models-table: python
-	MEGACACHE_MODELS_TORCH=1 $(PYTHON) -m pytest -q tests/python/models
+# case), with every g++ run for real so the seconds are a cold compile's (no compile memo,
+# tests/python/memo_cxx.py): writes build/models/torch-<version>.md, kept in docs/models.md.
+models-table: wheel
+	MEGACACHE_MODELS_TORCH=1 MEGACACHE_TEST_COMPILE_MEMO= PYTHON=$(PYTHON) scripts/test-matrix.sh build/wheel/megacache-*.whl -q tests/python/models
 
 # Longer fuzzing: make fuzz FUZZ_SECONDS=600
 fuzz: FUZZ_SECONDS = 120

@@ -29,7 +29,6 @@ if ! "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith
   echo "install-deps: pip install torch==2.13.0"
   "$PYTHON" -m pip install -q torch==2.13.0
 fi
-"$PYTHON" -m pip install -q "nanobind>=2.0" "scikit-build-core>=0.10" "pytest>=7" cmake ninja
-# Test dependencies, with torch held at the installed version so that nothing pulls another.
-"$PYTHON" -m pip install -q -r "$(dirname "$0")/../tests/requirements.txt" \
-  -c <(echo "torch==$("$PYTHON" -c 'import torch; print(torch.__version__.split("+")[0])')")
+"$PYTHON" -m pip install -q "nanobind>=2.0" "scikit-build-core>=0.10" cmake ninja
+# The Python suites run in venvs of their own, one per torch of the test matrix
+# (scripts/torch-venv.sh, tests/matrix).

@@ -1,6 +1,7 @@
 import json
 import shutil
 import socket
+import tempfile
 import time
 import os
 import subprocess
@@ -12,6 +13,28 @@ import pytest
 HERE = Path(__file__).parent
 DATA = HERE.parent / "data"
 WORKLOAD = HERE / "workload.py"
+
+
+def _share_compiled_libraries() -> None:
+    """Every process the tests start compiles with memo_cxx.py: a library g++ already built in
+    this test run, from the same command and bytes, is not built again (see its docstring).
+    Set before torch is imported: torch reads CXX once."""
+    global _compile_memo
+    if "MEGACACHE_TEST_COMPILE_MEMO" in os.environ or shutil.which("g++") is None:
+        return  # set by the caller (empty: off, as make models-table does for honest seconds)
+    _compile_memo = tempfile.mkdtemp(prefix="megacache-test-cxx-")
+    os.environ["MEGACACHE_TEST_REAL_CXX"] = os.environ.get("CXX", "g++")
+    os.environ["MEGACACHE_TEST_COMPILE_MEMO"] = _compile_memo
+    os.environ["CXX"] = str(HERE / "memo_cxx.py")
+
+
+_compile_memo = None
+_share_compiled_libraries()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _compile_memo is not None:
+        shutil.rmtree(_compile_memo, ignore_errors=True)
 
 
 def run_workload(*args, cache_dir, timeout=600):
