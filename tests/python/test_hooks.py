@@ -62,3 +62,37 @@ def test_unique_names_move_past_every_installed_name():
     assert bytecode_transformation.unique_id("x") == f"x_{start + 57}"
     hooks.advance_unique_ids([f"__builtins_dict___{start}"])  # never moves back
     assert bytecode_transformation.unique_id("x") == f"x_{start + 58}"
+
+
+def test_the_backward_is_saved_as_recorded_in_both_call_forms_of_post_compile():
+    """torch 2.11 passes AOTDispatchAutograd.post_compile its fields as arguments (with
+    try_save_cache_entry by keyword); 2.13 and later pass one spec. In both, the backward's
+    cache entry, saved on the first backward call after the forward's compile has ended, is
+    saved with caching_precompile on, as its forward was recorded."""
+    import dataclasses
+
+    import torch
+
+    seen = []
+
+    def save(*args):
+        seen.append(torch._dynamo.config.caching_precompile)
+
+    def original(*args, **kwargs):
+        return args, kwargs  # what AOTAutograd keeps: the saver runs on the first backward
+
+    @dataclasses.dataclass
+    class Spec:
+        aot_config: object
+        try_save_cache_entry: object
+
+    post_compile = hooks._save_backward_as_recorded(original)
+    with hooks.Recording():  # the forward's compile, recorded
+        args, kwargs = post_compile("fw", "bw", fw_metadata="meta", try_save_cache_entry=save)
+        (spec,), _ = post_compile(Spec("config", save))
+    assert args == ("fw", "bw") and kwargs["fw_metadata"] == "meta" and spec.aot_config == "config"
+    assert not torch._dynamo.config.caching_precompile
+    kwargs["try_save_cache_entry"]()  # the first backward of each
+    spec.try_save_cache_entry()
+    assert seen == [True, True]
+    assert not torch._dynamo.config.caching_precompile

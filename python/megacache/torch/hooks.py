@@ -443,18 +443,27 @@ def _save_backward_as_recorded(original: Callable[..., Any]) -> Callable[..., An
     """AOTAutograd compiles a training graph's backward on its first backward call, after
     the forward's frame was compiled, and bundles it for a package only if caching_precompile
     is on then. megacache turns that flag on only while it records (`Recording`), so the
-    backward's cache entry is saved with the flag as it was when its forward compiled."""
+    backward's cache entry is saved with the flag as it was when its forward compiled.
 
-    def post_compile(spec: Any) -> Any:
-        save = getattr(spec, "try_save_cache_entry", None)
-        if save is None or not torch._dynamo.config.caching_precompile:
-            return original(spec)
+    torch 2.13 and later pass post_compile one AOTDispatchAutogradCompileSpec; torch 2.11
+    passes the same fields as arguments, with try_save_cache_entry by keyword."""
 
+    def recorded(save: Callable[..., Any]) -> Callable[..., Any]:
         def try_save_cache_entry(*args: Any, **kwargs: Any) -> Any:
             with Recording():
                 return save(*args, **kwargs)
 
-        return original(dataclasses.replace(spec, try_save_cache_entry=try_save_cache_entry))
+        return try_save_cache_entry
+
+    def post_compile(*args: Any, **kwargs: Any) -> Any:
+        if not torch._dynamo.config.caching_precompile:
+            return original(*args, **kwargs)
+        if kwargs.get("try_save_cache_entry") is not None:
+            kwargs["try_save_cache_entry"] = recorded(kwargs["try_save_cache_entry"])
+        elif len(args) == 1 and getattr(args[0], "try_save_cache_entry", None) is not None:
+            spec = args[0]
+            args = (dataclasses.replace(spec, try_save_cache_entry=recorded(spec.try_save_cache_entry)),)
+        return original(*args, **kwargs)
 
     return post_compile
 
