@@ -55,8 +55,10 @@ ROLES = ["produce", "consume"] + (["torch-produce", "torch"] if WITH_TORCH else 
 
 
 def run(case: str, role: str, out: Path) -> Dict[str, Any]:
+    # The caller's PYTHONPATH stays (a megacache built in place, as on the GPU host).
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(out / f"cache-{role}"),
-               HF_HUB_OFFLINE="1", PYTHONPATH=str(HERE))
+               HF_HUB_OFFLINE="1", PYTHONPATH=path)
     store = f"file://{out / 'store'}"
     proc = subprocess.run([sys.executable, str(HERE / "run_case.py"), case, role, store, str(out)],
                           env=env, capture_output=True, text=True, timeout=900)
