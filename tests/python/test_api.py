@@ -101,8 +101,19 @@ def test_incremental_save_matches_torch_batch_by_batch(fresh_torch_manager):
     manager.record_artifact("inductor", "fb", b"graph-b")
     manager.record_artifact("autotune", "ab/c.best_config", {"XBLOCK": 32})
     second, second_info = megacache.save_cache_artifacts()
-    assert second == torch.compiler.save_cache_artifacts()[0]  # repeated groups, as torch
+    theirs = torch.compiler.save_cache_artifacts()[0]
     assert second_info.inductor_artifacts == ["fa", "fb"]
+
+    # torch appends a second inductor group, and its own loader keeps only the last group of
+    # each type: "fa" is lost. megacache's blob holds each type once, so torch's own loader
+    # reads every artifact from it.
+    def loaded_by_torch(blob):
+        return {(kind, a.key) for kind, artifacts in manager.deserialize(blob).items() for a in artifacts}
+
+    everything = {("inductor", "fa"), ("inductor", "fb"), ("aot_autograd", "aa"),
+                  ("autotune", "ab/c.best_config")}
+    assert loaded_by_torch(second) == everything
+    assert loaded_by_torch(theirs) == everything - {("inductor", "fa")}
 
     again, _ = megacache.save_cache_artifacts()
     assert again is second  # nothing new: no work, the same bytes object
