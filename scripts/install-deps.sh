@@ -31,4 +31,4 @@ if ! "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith
 fi
 "$PYTHON" -m pip install -q "nanobind>=2.0" "scikit-build-core>=0.10" cmake ninja
 # The Python suites run in venvs of their own, one per torch of the test matrix
-# (scripts/torch-venv.sh, tests/matrix).
+# (scripts/test-matrix.sh, tests/matrix).
