@@ -37,6 +37,11 @@ class ArtifactManager {
   // Returns true when the artifact was new.
   bool record(std::string_view type, std::string_view key, std::string_view content);
 
+  // Records what torch would load from a Mega-Cache blob (the last group of each type), as
+  // record() does one artifact at a time: a bundle loaded from a store is kept when the
+  // process publishes again. Errors: Corruption(offset, reason); nothing is recorded then.
+  Status record_blob(std::string_view blob);
+
   // True when something was recorded since the last serialize().
   bool need_serialize() const { return !pending_.empty(); }
 

@@ -203,6 +203,11 @@ Result<PopulateReport> populate_package(const Package& package, const std::strin
 // hands a process packages built for an environment like its own (docs/store-format.md).
 std::string store_name(const FunctionIdentity& function, const bundle::Fingerprint& fingerprint);
 
+// The store name of the one Mega-Cache bundle automatic mode keeps per environment where torch
+// lacks what packages need (python/megacache/torch/surfaces.py): "mega-cache-<32 hex>", the hex
+// a sha256 over every fingerprint field (docs/store-format.md). Pure; thread-safe.
+std::string mega_cache_store_name(const bundle::Fingerprint& fingerprint);
+
 // Torch's line slicing of a module's source (inspect.getsourcelines(m)[0][first-1:last-1]),
 // hashed as torch does: hex sha256 of the joined lines.
 std::string hash_source_lines(std::string_view module_source, uint32_t first_line,

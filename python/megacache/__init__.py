@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 from megacache._core import CorruptionError, InvalidInputError, PackageMismatchError, __version__
 from megacache import _core
+from megacache.torch.surfaces import UnsupportedTorchError  # imports no torch
 
 if TYPE_CHECKING:
     from torch.compiler._cache import CacheInfo
@@ -27,7 +28,9 @@ __all__ = [
     "CorruptionError",
     "InvalidInputError",
     "PackageMismatchError",
+    "UnsupportedTorchError",
     "__version__",
+    "automatic_stats",
     "compile",
     "disable",
     "enable",
@@ -49,7 +52,7 @@ __all__ = [
 def save_cache_artifacts() -> Optional[Tuple[bytes, "CacheInfo"]]:
     """Drop-in for torch.compiler.save_cache_artifacts(): (bytes, CacheInfo), or None when
     nothing was ever recorded. Serializing runs in C++ and costs only what is new."""
-    from megacache import torch as adapter
+    from megacache.torch import mega_cache as adapter
 
     return adapter.save_cache_artifacts()
 
@@ -58,7 +61,7 @@ def load_cache_artifacts(serialized_artifacts: bytes) -> Optional["CacheInfo"]:
     """Drop-in for torch.compiler.load_cache_artifacts(): writes the artifacts into torch's
     cache dir and returns CacheInfo. Like torch, a blob that cannot be loaded (corrupt,
     refused, or a disk error) logs a warning and returns None; load() raises instead."""
-    from megacache import torch as adapter
+    from megacache.torch import mega_cache as adapter
 
     return adapter.load_cache_artifacts(serialized_artifacts)
 
@@ -71,7 +74,7 @@ def save(
     deduplicated, checksummed, with this environment's fingerprint), atomically; signed with
     the key file `sign_with` (`megacache keygen`) if given. Returns the CacheInfo, or None
     (and writes nothing) when nothing was recorded."""
-    from megacache import torch as adapter
+    from megacache.torch import mega_cache as adapter
 
     key = Path(sign_with).read_text().strip() if sign_with else ""
     return adapter.save(os.fspath(path), signing_key=key, level=level)
@@ -81,7 +84,7 @@ def load(path: str | os.PathLike[str], *, cache_dir: Optional[str] = None) -> "C
     """Populates torch's cache dir (or `cache_dir`) from a megacache bundle, a Mega-Cache
     file or a standalone_compile binary file. Bundles must satisfy MEGACACHE_TRUSTED_KEYS when
     it is set. Raises CorruptionError, InvalidInputError or OSError."""
-    from megacache import torch as adapter
+    from megacache.torch import mega_cache as adapter
 
     return adapter.load(os.fspath(path), cache_dir=cache_dir)
 
@@ -126,7 +129,11 @@ def trusted_keys() -> str:
     .pub files)."""
     return os.environ.get("MEGACACHE_TRUSTED_KEYS", "")
 
+def _package_level() -> None:
+    """Raises UnsupportedTorchError where this torch lacks what packages need."""
+    from megacache.torch import surfaces
 
+    surfaces.require_package_level()
 
 
 def compile(fn: Callable[..., Any], *, package: Optional[str | os.PathLike[str]] = None,
@@ -139,7 +146,9 @@ def compile(fn: Callable[..., Any], *, package: Optional[str | os.PathLike[str]]
     A package that is missing, or built for another environment, function, signature or
     source, never fails the call: the reason is logged (naming the field and both values) and
     fn compiles fresh. The result's .load_package() raises PackageMismatchError instead;
-    ignore_source_changes=True accepts changed source."""
+    ignore_source_changes=True accepts changed source. Raises UnsupportedTorchError on a
+    torch that lacks what packages need (megacache.enable() degrades there instead)."""
+    _package_level()
     from megacache.torch import precompile
 
     return precompile.compile_function(
@@ -156,17 +165,32 @@ def enable(store: Optional[str] = None, *, wait_seconds: float = 600.0) -> None:
     wait_seconds) and then publishes. Call it before torch.compile. A package that cannot be
     used is logged and compiled over. Nothing else changes: torch's caching_precompile is on
     only while megacache records (the wrap, and Dynamo's compiles of the function), and
-    inside fresh_cache() the store is not used."""
-    from megacache.torch import precompile
+    inside fresh_cache() the store is not used.
 
-    precompile.enable(store, wait_seconds)
+    On a torch that lacks a surface packages need (a release newer than docs/compatibility.md
+    lists), it runs at Mega-Cache level instead (one bundle of torch's cache artifacts per
+    environment: Dynamo traces, Inductor does not compile), or off where even that is missing;
+    one warning names the surface, and automatic_stats() says the level."""
+    from megacache.torch import automatic
+
+    automatic.enable(store, wait_seconds)
 
 
 def disable() -> None:
-    """Ends automatic mode for functions wrapped from now on."""
-    from megacache.torch import precompile
+    """Ends automatic mode for functions wrapped from now on; what it compiled is published."""
+    from megacache.torch import automatic
 
-    precompile.disable()
+    automatic.disable()
+
+
+def automatic_stats() -> Dict[str, Any]:
+    """What automatic mode did in this process ({} when it is off): `level` ("package",
+    "mega-cache" or "off"), `degraded_by` (the torch surfaces missing for the package level),
+    and its counters: hits, misses, published, refused, and at package level partial_hits,
+    guard_misses and refused_<stage>."""
+    from megacache.torch import automatic
+
+    return automatic.stats()
 
 
 def save_package(path: str | os.PathLike[str], *, format: str = "binary",
@@ -175,6 +199,7 @@ def save_package(path: str | os.PathLike[str], *, format: str = "binary",
     automatic mode as one package: a file (binary), a directory a person can read and edit
     (unpacked), or a store URL; signed with the key file `sign_with` if given (a signed
     directory lists every file's sha256, so it must be saved again after an edit)."""
+    _package_level()
     from megacache.torch import precompile
 
     precompile.save(os.fspath(path), format=format, keys=None,
@@ -186,6 +211,7 @@ def load_package(path: str | os.PathLike[str], *, ignore_source_changes: bool = 
     cache artifacts, and makes each of its functions load from it when torch.compile wraps
     it next. Returns the functions' qualified names. Raises PackageMismatchError,
     CorruptionError, InvalidInputError or OSError."""
+    _package_level()
     from megacache.torch import precompile
 
     return precompile.load_package(os.fspath(path), ignore_source_changes)

@@ -64,6 +64,15 @@ bool ArtifactManager::record(std::string_view type, std::string_view key,
   return true;
 }
 
+Status ArtifactManager::record_blob(std::string_view blob) {
+  Result<mega_cache::MegaCache> parsed = mega_cache::parse(blob);
+  if (!parsed.ok()) return parsed.status();
+  for (const mega_cache::Artifact* artifact : parsed->loaded_artifacts()) {
+    record(artifact->type, artifact->key, artifact->content);
+  }
+  return Status::OK();
+}
+
 std::string_view ArtifactManager::serialize() {
   const bool repeats_a_type = std::any_of(pending_.begin(), pending_.end(), [&](const Pending& p) {
     return std::find(serialized_types_.begin(), serialized_types_.end(), p.type) !=

@@ -213,6 +213,12 @@ std::string store_name(const FunctionIdentity& function, const bundle::Fingerpri
          util::sha256_hex(hashed).substr(0, 32);
 }
 
+std::string mega_cache_store_name(const bundle::Fingerprint& fingerprint) {
+  std::string hashed = "mega-cache\n";
+  for (const auto& [name, value] : fingerprint) hashed += name + '=' + value + '\n';
+  return "mega-cache-" + util::sha256_hex(hashed).substr(0, 32);
+}
+
 // --- check_package ---
 
 namespace {

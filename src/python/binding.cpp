@@ -472,6 +472,8 @@ NB_MODULE(_core, m) {
         return pc::store_name(identity_of(function), fingerprint);
       },
       "function"_a, "fingerprint"_a, "The store name of one function's package in this environment.");
+  m.def("mega_cache_store_name", &pc::mega_cache_store_name, "fingerprint"_a,
+        "The store name of the Mega-Cache bundle automatic mode keeps for this environment.");
   m.def("write_file_atomic", &write_file_atomic, "path"_a, "data"_a,
         "Write a file through a temp file and rename; readers never see a part.");
 
@@ -582,6 +584,13 @@ NB_MODULE(_core, m) {
           [](megacache::ArtifactManager& self, const std::string& type, const std::string& key,
              const nb::bytes& content) { return self.record(type, key, view(content)); },
           "type"_a, "key"_a, "content"_a)
+      .def(
+          "record_blob",
+          [](megacache::ArtifactManager& self, const nb::bytes& blob) {
+            const megacache::Status status = self.record_blob(view(blob));
+            if (!status.ok()) raise(status);
+          },
+          "blob"_a, "Record what torch would load from a Mega-Cache blob; CorruptionError if it does not parse.")
       .def("need_serialize", &megacache::ArtifactManager::need_serialize)
       .def("serialize",
            [](megacache::ArtifactManager& self) -> std::optional<nb::bytes> {

@@ -84,6 +84,25 @@ TEST(ArtifactManager, ATypeRecordedAgainAfterASaveStaysOneGroup) {
   EXPECT_FALSE(manager.record("inductor", "f2", "b"));  // still a repeat after the rewrite
 }
 
+TEST(ArtifactManager, RecordBlobKeepsWhatTorchWouldLoad) {
+  // Two inductor groups: torch's loader keeps only the last one, and so does record_blob.
+  const std::string loaded = test::make_blob({{"inductor", {{"old", "x"}}},
+                                              {"autotune", {{"ab/c.best_config", "{}"}}},
+                                              {"inductor", {{"f1", "a"}}}});
+  ArtifactManager manager;
+  ASSERT_TRUE(manager.record_blob(loaded).ok());
+  EXPECT_FALSE(manager.record("inductor", "f1", "a"));  // torch records it again on a hit
+  manager.record("inductor", "f2", "b");
+  EXPECT_EQ(std::string(manager.serialize()),
+            test::make_blob({{"inductor", {{"f1", "a"}, {"f2", "b"}}},
+                             {"autotune", {{"ab/c.best_config", "{}"}}}}));
+
+  ArtifactManager untouched;
+  const Status corrupt = untouched.record_blob(loaded.substr(0, loaded.size() - 3));
+  EXPECT_EQ(corrupt.code(), Status::Code::kCorruption) << corrupt.to_string();
+  EXPECT_FALSE(untouched.need_serialize());
+}
+
 TEST(ArtifactManager, ClearForgetsEverything) {
   ArtifactManager manager;
   manager.record("inductor", "f1", "a");

@@ -966,6 +966,17 @@ TEST(Precompile, StoreNameSeparatesFunctionsSourcesAndEnvironments) {
   EXPECT_TRUE(store::check_name(store_name(odd, here)).ok());
 }
 
+TEST(Precompile, MegaCacheStoreNameSeparatesEnvironments) {
+  const bundle::Fingerprint here = {{"python", "3.11.7"}, {"torch", "2.16.0.dev"}};
+  const std::string name = mega_cache_store_name(here);
+  EXPECT_EQ(name.rfind("mega-cache-", 0), 0u) << name;
+  EXPECT_EQ(name.size(), std::string("mega-cache-").size() + 32);
+  EXPECT_TRUE(store::check_name(name).ok());
+  EXPECT_EQ(mega_cache_store_name(here), name);
+  EXPECT_NE(mega_cache_store_name({{"python", "3.11.7"}, {"torch", "2.16.1"}}), name);
+  EXPECT_NE(mega_cache_store_name({{"python", "3.11.7"}}), name);
+}
+
 TEST(PackageCorruption, EveryTruncationFails) {
   Package package = sample_package();
   package.mega_cache = test::make_blob({{"inductor", {{"fsmall", "graph"}}}});

@@ -21,8 +21,6 @@ import inspect
 import logging
 import os
 import pickle
-import platform
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +35,7 @@ from torch._dynamo.utils import counters
 
 from megacache import _core
 from megacache.torch import hooks
+from megacache.torch.mega_cache import environment
 
 log = logging.getLogger("megacache")
 
@@ -101,41 +100,6 @@ def identity(fn: Callable[..., Any]) -> Dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=None)
-def _compiler() -> str:
-    """The C++ compiler torch builds CPU kernels with, and its version line."""
-    from torch._inductor.cpp_builder import get_cpp_compiler
-
-    compiler = get_cpp_compiler()
-    try:
-        version = subprocess.run(
-            [compiler, "--version"], capture_output=True, text=True, timeout=30
-        ).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        version = []
-    return f"{compiler}: {version[0] if version else 'unknown version'}"
-
-
-@functools.lru_cache(maxsize=None)
-def environment() -> Tuple[Tuple[str, str], ...]:
-    """What a package records and checks of the environment: cheap to compute, since automatic
-    mode needs it before the first call."""
-    fields = dict(_core.host_fingerprint())  # cpu_arch, cpu_flags, os, megacache
-    fields["python"] = platform.python_version()
-    fields["torch"] = torch.__version__
-    fields["torch_git"] = torch.version.git_version
-    fields["cuda"] = torch.version.cuda or ""
-    fields["cxx"] = _compiler()
-    try:
-        import triton
-
-        fields["triton"] = triton.__version__
-    except ImportError:
-        fields["triton"] = ""
-    fields["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-    return tuple(sorted(fields.items()))
-
-
 def _module_source(module: str) -> Optional[str]:
     loaded = sys.modules.get(module)
     if loaded is None:
@@ -189,13 +153,13 @@ def _torch_cache_dir() -> str:
 
 def build_package(keys: Optional[List[str]] = None) -> "_core.Package":
     """What this process compiled or loaded (only `keys`, if given), stitched into a package."""
-    from megacache import torch as adapter
+    from megacache.torch import mega_cache as adapter
 
     with _lock:
         _copy_from_torch()
-        blob = adapter.recorded_blob()
+        recorded = adapter.recorded()
         package = _context.package(
-            list(environment()), _torch_cache_dir(), blob or b"", keys or []
+            list(environment()), _torch_cache_dir(), recorded[0] if recorded else b"", keys or []
         )
     return package
 
@@ -703,10 +667,7 @@ def disable() -> None:
 
 
 def automatic_stats() -> Dict[str, int]:
-    """hits (first calls served by an installed entry), partial_hits (served, but frames the
-    package left out were traced again), misses, published, refused (with refused_<stage> per
-    failing step: read, unpickle, initialize, install, first_call) and guard_misses (installed,
-    but Dynamo traced the first call again)."""
+    """The package level's counters (described in automatic.stats())."""
     return dict(_stats) if _automatic else {}
 
 

@@ -66,7 +66,7 @@ class CompiledArtifact:
                 f"{path} was saved by another torch build (torch_key {torch_key.hex()[:12]}, "
                 f"this is {_torch_key().hex()[:12]}); compile it again with this torch"
             )
-        from megacache import torch as adapter
+        from megacache.torch import mega_cache as adapter
 
         adapter.load_bytes(data)
         from contextlib import nullcontext

@@ -252,14 +252,14 @@ def claims():
 def variants():
     """One function wrapped with dynamic=False, then dynamic=True, then dynamic=False again:
     each wrap may only install a package compiled for its own arguments."""
-    from megacache.torch import precompile
+    import megacache
 
     outcome = {}
     for step, dynamic in (("static", False), ("dynamic", True), ("static_again", False)):
         torch._dynamo.reset()
         compiled = torch.compile(f, dynamic=dynamic)
         outcome[step] = values(compiled(torch.arange(6.0)))
-        outcome[f"{step}_stats"] = {name: precompile.automatic_stats()[name]
+        outcome[f"{step}_stats"] = {name: megacache.automatic_stats()[name]
                                     for name in ("hits", "guard_misses", "refused")}
     return outcome
 

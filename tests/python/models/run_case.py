@@ -142,9 +142,7 @@ def main() -> None:
         with open(os.path.join(OUT, "torch.bin"), "wb") as f:
             f.write(saved[0] if saved else b"")
     if ROLE in ("produce", "consume"):
-        from megacache.torch import precompile
-
-        stats = precompile.automatic_stats()
+        stats = megacache.automatic_stats()
     torch.save([t.detach() for t in outputs], os.path.join(OUT, f"{ROLE}.pt"))
     report = {k: dict(counters[k]) for k in ("dynamo_cache", "inductor", "stats", "frames")}
     report.update(automatic=stats, error=error, seconds=round(seconds, 3),

@@ -35,10 +35,9 @@ first_result = time.monotonic() - start
 torch.save(result, OUT)
 
 from torch._dynamo.utils import counters  # noqa: E402
-from megacache.torch import precompile  # noqa: E402
 
 print(json.dumps({
-    "automatic": precompile.automatic_stats(),
+    "automatic": megacache.automatic_stats(),
     "dynamo_cache": dict(counters["dynamo_cache"]),
     "inductor": dict(counters["inductor"]),
     "first_result_s": first_result,

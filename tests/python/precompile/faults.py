@@ -94,7 +94,7 @@ torch.save(result, OUT)
 from torch._dynamo.utils import counters  # noqa: E402
 
 print(json.dumps({
-    "automatic": precompile.automatic_stats(),
+    "automatic": megacache.automatic_stats(),
     "inductor": dict(counters["inductor"]),
     "packaged_names": sorted(packaged_names),
     "packaged_names_left": sorted(packaged_names & set(vars(cases))),
