@@ -1,5 +1,6 @@
 // One entry point for every file megacache reads: a torch Mega-Cache blob (2.7 or 2.8+), a
-// standalone_compile binary file, a megacache bundle, or a precompile package. It checks what each format allows
+// standalone_compile binary file, a megacache bundle, a precompile package, or a
+// torch.compiler.precompile pair. It checks what each format allows
 // (crc, checksums, signature and trust) and yields the artifacts torch would load.
 #pragma once
 
@@ -9,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "megacache/aot.h"
 #include "megacache/bundle.h"
 #include "megacache/mega_cache.h"
 #include "megacache/populate.h"
@@ -17,18 +19,20 @@
 
 namespace megacache {
 
-enum class FileKind : uint8_t { kMegaCache, kStandalone, kBundle, kPackage };
+enum class FileKind : uint8_t { kMegaCache, kStandalone, kBundle, kPackage, kAotPair };
 
 struct OpenedFile {
   FileKind kind = FileKind::kMegaCache;
   std::optional<mega_cache::StandaloneArtifact> standalone;  // kStandalone
-  std::optional<bundle::Bundle> bundle;                      // kBundle, kPackage
+  std::optional<bundle::Bundle> bundle;                      // kBundle, kPackage, kAotPair
   bundle::Decoded decoded;  // owns the artifacts' bytes for a bundle
   // kPackage; held by pointer so that `direct` (its fallback artifacts) survives a move.
   std::shared_ptr<const precompile::Package> package;
   std::optional<mega_cache::MegaCache> direct;  // views into the file or the package otherwise
+  std::shared_ptr<const aot::Pair> pair;          // kAotPair
 
-  // The artifacts, or nullptr for an AOTCompiledArtifact (a pickle, no cache artifacts).
+  // The artifacts, or nullptr for an AOTCompiledArtifact (a pickle, no cache artifacts) and a
+  // torch.compiler.precompile pair (whose cache only torch can open).
   const mega_cache::MegaCache* artifacts() const {
     if (kind == FileKind::kBundle) return &decoded.cache;
     return direct ? &*direct : nullptr;
@@ -51,12 +55,17 @@ Result<PopulateReport> populate_file(const OpenedFile& opened, const std::string
                                      const PopulateOptions& options = {});
 
 // Everything loading `file` would check (format, checksums, signature and trust, every key),
-// without writing. Returns how many files populate would write (0 for an AOTCompiledArtifact;
-// a package's kernels count).
+// without writing. Returns how many files populate would write (0 for an AOTCompiledArtifact
+// and a precompile pair; a package's kernels count).
 Result<size_t> verify_file(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys);
 
-// open_file for callers that need cache artifacts: an AOTCompiledArtifact, which carries a
-// pickle instead, is refused with InvalidArgument saying how to load it.
+// open_file for what megacache loads and stores: a standalone_compile AOTCompiledArtifact,
+// which carries a pickle instead, is refused with InvalidArgument saying how to load it.
+Result<OpenedFile> open_loadable(std::string_view file,
+                                 const std::vector<bundle::PublicKey>& trusted_keys);
+
+// open_loadable for callers that need cache artifacts: a precompile pair, whose cache only
+// torch can open, is refused too, with InvalidArgument saying how to load it.
 Result<OpenedFile> open_artifacts(std::string_view file,
                                   const std::vector<bundle::PublicKey>& trusted_keys);
 

@@ -35,8 +35,10 @@ __all__ = [
     "disable",
     "enable",
     "load_package",
+    "load_precompiled",
     "load_standalone",
     "save_package",
+    "save_precompiled",
     "standalone_compile",
     "load",
     "load_cache_artifacts",
@@ -215,6 +217,43 @@ def load_package(path: str | os.PathLike[str], *, ignore_source_changes: bool = 
     from megacache.torch import precompile
 
     return precompile.load_package(os.fspath(path), ignore_source_changes)
+
+
+def save_precompiled(path: str | os.PathLike[str], python_code: Optional[str] = None,
+                     cache: Optional[bytes] = None, *,
+                     artifact_path: Optional[str | os.PathLike[str]] = None,
+                     cache_path: Optional[str | os.PathLike[str]] = None,
+                     sign_with: Optional[str | os.PathLike[str]] = None) -> None:
+    """Saves a torch.compiler.precompile pair as one megacache file (docs/aot-format.md):
+    torch 2.14's `python_code, cache = torch.compiler.precompile(fn, ...)`, or the two files
+    torch 2.15's `torch.compiler.precompile.capture(fn, artifact_path=, cache_path=)` wrote.
+    The halves must come from one call (the cache's code_hash names the code). Signed with
+    the key file `sign_with` if given; `megacache.push` puts the file into a store. Raises
+    InvalidInputError for halves that do not belong together, ValueError for the arguments."""
+    from megacache.torch import aot
+
+    aot.save(os.fspath(path), python_code, cache,
+             artifact_path=os.fspath(artifact_path) if artifact_path is not None else None,
+             cache_path=os.fspath(cache_path) if cache_path is not None else None,
+             sign_with=os.fspath(sign_with) if sign_with else None)
+
+
+def load_precompiled(path_or_name: str | os.PathLike[str], *, store: Optional[str] = None) -> Any:
+    """torch's runnable for a pair that save_precompiled wrote: the file at `path_or_name`, or
+    the entry of that name in `store`. Before any of it runs, the whole pair is checked in
+    C++: checksums, the trust policy (MEGACACHE_TRUSTED_KEYS), and that both halves are the
+    ones the manifest names. Then torch's own torch.compiler.precompile.load runs it. Raises
+    CorruptionError, InvalidInputError, FileNotFoundError (no such entry), or
+    UnsupportedTorchError on a torch without that API."""
+    from megacache.torch import aot
+
+    if store is not None:
+        data = open_store(store).get(os.fspath(path_or_name))
+        if data is None:
+            raise FileNotFoundError(f"no entry {os.fspath(path_or_name)!r} in {store}")
+    else:
+        data = Path(path_or_name).read_bytes()
+    return aot.load(data)
 
 
 def standalone_compile(gm: Any, example_inputs: Sequence[Any], *, dynamic_shapes: str = "from_graph",

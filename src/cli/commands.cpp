@@ -56,7 +56,9 @@ struct Options {
   std::vector<std::string> trusted;
 };
 
-enum class Need : uint8_t { kAnyFile, kArtifacts };
+// What a command needs of a file: anything megacache opens, what it loads or stores (not an
+// AOTCompiledArtifact), or Mega-Cache artifacts (not a precompile pair either).
+enum class Need : uint8_t { kAnyFile, kLoadable, kArtifacts };
 
 // Reads and opens `path`, holding bundles to the trusted keys of --trusted-key and
 // MEGACACHE_TRUSTED_KEYS (all of them, or none when `check_trust` is off).
@@ -70,7 +72,8 @@ Result<LoadedFile> load_file(const std::string& path, const Options& o, Need nee
   // The views inside point into `file.bytes`, so open only after it has its final home.
   Result<LoadedFile> result(LoadedFile{std::move(bytes).value(), {}});
   Result<OpenedFile> opened = need == Need::kArtifacts ? open_artifacts(result->bytes, trusted)
-                                                       : open_file(result->bytes, trusted);
+                              : need == Need::kLoadable ? open_loadable(result->bytes, trusted)
+                                                        : open_file(result->bytes, trusted);
   if (!opened.ok()) return opened.status();
   result->opened = std::move(opened).value();
   return result;
@@ -103,9 +106,11 @@ ordered_json describe(const std::string& path, const LoadedFile& file,
   report["bytes"] = file.bytes.size();
   report["format"] = opened.kind == FileKind::kBundle       ? "megacache-bundle"
                      : opened.kind == FileKind::kPackage    ? "megacache-package"
+                     : opened.kind == FileKind::kAotPair    ? "megacache-aot-pair"
                      : opened.kind == FileKind::kStandalone ? "standalone_compile"
                                                             : "mega-cache";
   if (opened.package) report["package"] = ordered_json::parse(precompile::describe(*opened.package));
+  if (opened.pair) report["aot_pair"] = ordered_json::parse(aot::describe(*opened.pair));
   if (opened.standalone) {
     const mc::StandaloneArtifact& s = *opened.standalone;
     report["standalone"] = {{"kind", kind_name(s.kind)},
@@ -189,6 +194,16 @@ void print_human(std::ostream& out, const ordered_json& report) {
     for (const auto& [name, value] : b["fingerprint"].items()) {
       out << "  " << name << ": " << value.get<std::string>() << "\n";
     }
+  }
+  if (report.contains("aot_pair")) {
+    const ordered_json& p = report["aot_pair"];
+    out << "torch.compiler.precompile pair, from " << p["api"].get<std::string>() << ":\n"
+        << "  python_code: " << p["python_code_bytes"] << " bytes, sha256 "
+        << p["python_code_sha256"].get<std::string>() << "\n"
+        << "  cache:       " << p["cache_bytes"] << " bytes, sha256 " << p["cache_sha256"].get<std::string>()
+        << "\n  cache envelope:";
+    for (const auto& [name, value] : p["cache_fields"].items()) out << " " << name << "=" << value.get<std::string>();
+    out << "\n";
   }
   if (report.contains("package")) {
     const ordered_json& p = report["package"];
@@ -298,11 +313,25 @@ int cmd_populate(const Reporter& r, const Options& o) {
 }
 
 int cmd_convert(const Reporter& r, const Options& o) {
-  Result<LoadedFile> file = load_file(o.file, o, Need::kArtifacts);
+  Result<LoadedFile> file = load_file(o.file, o, Need::kLoadable);
   if (!file.ok()) return r.fail(o.file, file.status());
   const OpenedFile& opened = file->opened;
   std::string output;
   std::string direction;
+  if (opened.kind == FileKind::kAotPair) {
+    // torch's own two files, as capture() wrote them: the code, then the cache beside it.
+    const std::string cache_path = o.output + ".cache";
+    if (Status written = util::write_named_file(cache_path, opened.pair->cache); !written.ok()) {
+      return r.fail(cache_path, written);
+    }
+    if (Status written = util::write_named_file(o.output, opened.pair->python_code); !written.ok()) {
+      return r.fail(o.output, written);
+    }
+    r.done({{"ok", true}, {"file", o.file}, {"python_code", o.output}, {"cache", cache_path}},
+           "wrote torch's pair: " + o.output + " and " + cache_path +
+               " (torch.compiler.precompile.load(\"" + o.output + "\", \"" + cache_path + "\"))");
+    return kExitOk;
+  }
   if (opened.kind == FileKind::kPackage) {
     return r.fail(o.file, Status::InvalidArgument(
                               "a precompile package holds pickled Dynamo entries that only torch can "
@@ -370,7 +399,7 @@ Result<std::unique_ptr<store::Store>> open_store(const Options& o) {
 
 int cmd_push(const Reporter& r, const Options& o) {
   // Only what megacache itself would load goes into a store.
-  Result<LoadedFile> file = load_file(o.file, o, Need::kArtifacts);
+  Result<LoadedFile> file = load_file(o.file, o, Need::kLoadable);
   if (!file.ok()) return r.fail(o.file, file.status());
   std::string name = o.name;
   if (name.empty()) name = o.file.substr(o.file.find_last_of('/') + 1);
@@ -395,7 +424,7 @@ int cmd_pull(const Reporter& r, const Options& o) {
   show_progress(**s, o.json);
   std::optional<std::string> value = (*s)->get(o.name);
   if (!value) return r.fail(o.name, Status::NotFound("no entry '" + o.name + "' in " + (*s)->url()));
-  if (Result<OpenedFile> opened = open_artifacts(*value, *trusted); !opened.ok()) {
+  if (Result<OpenedFile> opened = open_loadable(*value, *trusted); !opened.ok()) {
     return r.fail(o.name, opened.status());
   }
   if (Status written = util::write_named_file(o.output, *value); !written.ok()) {
@@ -476,10 +505,13 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   CLI::App* verify = app.add_subcommand("verify", "Check everything populate would check, write nothing");
   CLI::App* populate_cmd = app.add_subcommand("populate", "Write the artifacts into a torch cache dir");
   CLI::App* convert = app.add_subcommand(
-      "convert", "Torch Mega-Cache or standalone file to a bundle, or a bundle back to Mega-Cache");
+      "convert",
+      "Torch Mega-Cache or standalone file to a bundle, a bundle back to Mega-Cache, or a "
+      "torch.compiler.precompile pair to torch's two files (OUT and OUT.cache)");
   CLI::App* keygen = app.add_subcommand("keygen", "Make an Ed25519 signing key and its .pub");
   for (CLI::App* sub : {inspect, verify, populate_cmd, convert}) {
-    sub->add_option("FILE", o.file, "Mega-Cache blob, standalone_compile file or megacache bundle")
+    sub->add_option("FILE", o.file,
+                    "Mega-Cache blob, standalone_compile file, megacache bundle, package or precompile pair")
         ->required();
     sub->add_option("--trusted-key", o.trusted,
                     "Public key (hex or .pub file) whose signatures to accept; also "
@@ -500,7 +532,8 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   CLI::App* ls = app.add_subcommand("ls", "List a store's entries");
   CLI::App* gc = app.add_subcommand("gc", "Evict least recently used entries down to a size");
   CLI::App* stats = app.add_subcommand("stats", "Show (or --zero) a store's counters");
-  push->add_option("FILE", o.file, "Bundle, Mega-Cache blob or standalone file")->required();
+  push->add_option("FILE", o.file, "Bundle, package, precompile pair, Mega-Cache blob or standalone file")
+      ->required();
   push->add_option("--name", o.name, "Entry name (default: the file's name)");
   pull->add_option("NAME", o.name, "Entry name")->required();
   pull->add_option("-o,--output", o.output, "Where to write it")->required();

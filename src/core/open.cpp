@@ -4,6 +4,14 @@
 #include "util/file_system.h"
 
 namespace megacache {
+namespace {
+
+constexpr const char* kPairNeedsTorch =
+    "this is a torch.compiler.precompile pair, whose cache only torch can open; load it with "
+    "megacache.load_precompiled, or write torch's two files with `megacache convert PAIR "
+    "ARTIFACT.py` (the cache goes to ARTIFACT.py.cache)";
+
+}  // namespace
 
 Result<std::vector<bundle::PublicKey>> parse_trusted_keys(std::string_view spec) {
   std::vector<bundle::PublicKey> keys;
@@ -36,6 +44,14 @@ Result<OpenedFile> open_file(std::string_view file,
     Result<bundle::Bundle> parsed = bundle::parse(file);
     if (!parsed.ok()) return parsed.status();
     if (Status trust = bundle::check_trust(*parsed, trusted_keys); !trust.ok()) return trust;
+    if (aot::is_pair(*parsed)) {
+      Result<aot::Pair> pair = aot::read_pair(*parsed);
+      if (!pair.ok()) return pair.status();
+      opened.kind = FileKind::kAotPair;
+      opened.pair = std::make_shared<const aot::Pair>(std::move(pair).value());
+      opened.bundle = std::move(parsed).value();
+      return opened;
+    }
     if (precompile::is_package(*parsed)) {
       Result<precompile::Package> package = precompile::read_package(*parsed);
       if (!package.ok()) return package.status();
@@ -87,20 +103,28 @@ Result<size_t> verify_file(std::string_view file, const std::vector<bundle::Publ
 Result<PopulateReport> populate_file(const OpenedFile& opened, const std::string& cache_dir,
                                      const PopulateOptions& options) {
   if (opened.package) return precompile::populate_package(*opened.package, cache_dir);
+  if (opened.pair) return Status::InvalidArgument(kPairNeedsTorch);
   if (opened.artifacts() == nullptr) {
     return Status::InvalidArgument("an AOTCompiledArtifact holds no cache artifacts to populate");
   }
   return populate(*opened.artifacts(), cache_dir, options);
 }
 
-Result<OpenedFile> open_artifacts(std::string_view file,
-                                  const std::vector<bundle::PublicKey>& trusted_keys) {
+Result<OpenedFile> open_loadable(std::string_view file,
+                                 const std::vector<bundle::PublicKey>& trusted_keys) {
   Result<OpenedFile> opened = open_file(file, trusted_keys);
-  if (opened.ok() && opened->artifacts() == nullptr) {
+  if (opened.ok() && !opened->pair && opened->artifacts() == nullptr) {
     return Status::InvalidArgument(
         "this is a standalone_compile AOTCompiledArtifact, which holds a pickle and no Mega-Cache "
         "artifacts; load it with torch._inductor.CompiledArtifact.load");
   }
+  return opened;
+}
+
+Result<OpenedFile> open_artifacts(std::string_view file,
+                                  const std::vector<bundle::PublicKey>& trusted_keys) {
+  Result<OpenedFile> opened = open_loadable(file, trusted_keys);
+  if (opened.ok() && opened->pair) return Status::InvalidArgument(kPairNeedsTorch);
   return opened;
 }
 

@@ -12,6 +12,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include "megacache/aot.h"
 #include "megacache/manager.h"
 #include "megacache/mega_cache.h"
 #include "megacache/open.h"
@@ -129,6 +130,52 @@ nb::bytes bundle_of(const nb::bytes& data, const Fields& fingerprint, int zstd_l
   }
   if (!status.ok()) raise(status);
   return nb::bytes(out.data(), out.size());
+}
+
+// The bundle of a torch.compiler.precompile pair (aot::write_pair), optionally signed.
+nb::bytes aot_pair_bytes(const std::string& api, const nb::bytes& python_code, const nb::bytes& cache,
+                         const Fields& cache_fields, const Fields& fingerprint, int zstd_level,
+                         const std::string& signing_key) {
+  megacache::aot::Pair pair{api, std::string(view(python_code)), std::string(view(cache)), cache_fields, {}};
+  megacache::Result<std::string> out = megacache::Status::OK();
+  {
+    nb::gil_scoped_release release;
+    out = [&]() -> megacache::Result<std::string> {
+      std::optional<megacache::bundle::SigningKey> key;
+      if (!signing_key.empty()) {
+        megacache::Result<megacache::bundle::SigningKey> parsed =
+            megacache::bundle::parse_signing_key(signing_key);
+        if (!parsed.ok()) return parsed.status();
+        key = *parsed;
+      }
+      return megacache::aot::write_pair(pair, fingerprint, {zstd_level, key ? &*key : nullptr});
+    }();
+  }
+  if (!out.ok()) raise(out.status());
+  return nb::bytes(out->data(), out->size());
+}
+
+// The checked pair in a file's bytes: (api, python_code, cache, cache_fields, fingerprint).
+std::tuple<std::string, nb::bytes, nb::bytes, Fields, Fields> read_aot_pair(const nb::bytes& data,
+                                                                             const std::string& trusted_keys) {
+  megacache::Result<megacache::OpenedFile> opened = megacache::Status::OK();
+  {
+    nb::gil_scoped_release release;
+    opened = [&]() -> megacache::Result<megacache::OpenedFile> {
+      megacache::Result<std::vector<megacache::bundle::PublicKey>> keys =
+          megacache::parse_trusted_keys(trusted_keys);
+      if (!keys.ok()) return keys.status();
+      return megacache::open_file(view(data), *keys);
+    }();
+  }
+  if (!opened.ok()) raise(opened.status());
+  if (!opened->pair) {
+    raise(megacache::Status::InvalidArgument(
+        "this file is not a torch.compiler.precompile pair; save one with megacache.save_precompiled"));
+  }
+  const megacache::aot::Pair& pair = *opened->pair;
+  return {pair.api, nb::bytes(pair.python_code.data(), pair.python_code.size()),
+          nb::bytes(pair.cache.data(), pair.cache.size()), pair.cache_fields, pair.fingerprint};
 }
 
 void verify(const nb::bytes& data, const std::string& trusted_keys) {
@@ -436,6 +483,11 @@ NB_MODULE(_core, m) {
         return out;
       },
       "built"_a, "current"_a, "Fields whose values differ: (name, built, current).");
+  m.def("aot_pair_bytes", &aot_pair_bytes, "api"_a, "python_code"_a, "cache"_a, "cache_fields"_a,
+        "fingerprint"_a, "zstd_level"_a = 3, "signing_key"_a = "",
+        "A torch.compiler.precompile pair as one megacache bundle (docs/aot-format.md).");
+  m.def("read_aot_pair", &read_aot_pair, "data"_a, "trusted_keys"_a = "",
+        "(api, python_code, cache, cache_fields, fingerprint) of a pair's bundle, checked whole.");
   m.def("verify", &verify, "data"_a, "trusted_keys"_a = "",
         "Check any supported file as populate would; write nothing.");
   m.def("mega_cache_of", &mega_cache_of, "file"_a, "trusted_keys"_a = "",
