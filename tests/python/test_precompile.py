@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.precompile_context import PrecompileContext
 
 HERE = Path(__file__).parent / "precompile"
 CASES = ["plain", "graph_break", "dynamic", "training", "recompile"]
@@ -300,3 +301,38 @@ def test_the_callers_own_error_on_the_first_call_reaches_the_caller(published_ml
     assert report["user_error_reached"] is True
     assert report["automatic"]["refused"] == 0, report["automatic"]
     assert torch.equal(torch.load(tmp_path / "out.pt"), torch.load(root / "cold.pt"))
+
+
+TAKE_BACKENDS = r"""
+import json, sys
+import torch
+import megacache
+from megacache import _core
+from torch._dynamo.precompile_context import PrecompileContext
+
+def f(x):
+    return torch.sin(x) * 3 + 1
+
+compiled = megacache.compile(f)
+compiled(torch.arange(8.0))
+# What torch's own PrecompileSession does with the backends it packages itself.
+taken = [key for key in list(PrecompileContext._backend_artifacts_by_key)
+         if PrecompileContext.take_artifact(key) is not None]
+compiled.save_package(sys.argv[1])
+package = _core.Package.read(sys.argv[1], "")
+print(json.dumps({"taken": taken, "bypassed": [list(b) for b in package.bypassed()]}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(PrecompileContext, "take_artifact"),
+                    reason="PrecompileContext.take_artifact is torch 2.15's")
+def test_a_backend_torch_takes_for_itself_stays_in_the_package(tmp_path):
+    """torch 2.15's PrecompileSession pops backends from PrecompileContext; before megacache
+    copied them as they were taken, the package marked that frame bypassed."""
+    environment = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-c", TAKE_BACKENDS, str(tmp_path / "f.mcpkg")],
+                          env=environment, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["taken"], "torch recorded no backend to take"
+    assert report["bypassed"] == []

@@ -547,6 +547,20 @@ def install_hooks() -> None:
                 _automatic.backend_recorded()
 
         torch_context.record_artifact = staticmethod(record_artifact_then_publish)
+        take_artifact = getattr(torch_context, "take_artifact", None)  # torch 2.15 and later
+        if take_artifact is not None:
+            # torch's PrecompileSession pops the backends it packages itself; megacache copies
+            # each one first, or its own package would lack it and that frame would compile again.
+            def copy_then_take_artifact(key: str) -> Any:
+                artifact = take_artifact(key)
+                if artifact is not None:
+                    with _lock:
+                        if key not in _copied_backends:
+                            _context.record_backend(key, pickle.dumps(artifact))
+                            _copied_backends.add(key)
+                return artifact
+
+            torch_context.take_artifact = staticmethod(copy_then_take_artifact)
         cache = _MegacacheDynamoCache(dynamo_package.DynamoCache.path_prefix())
         dynamo_package.DynamoCache = cache
         if hasattr(torch_precompile_context, "DynamoCache"):
