@@ -48,8 +48,12 @@ for version in $versions; do
 done
 for version in $versions; do
   venv="${venv_of[$version]}"
-  # The venv's own megacache CLI first on PATH: the tests run it as users do.
-  PATH="$venv/bin:$PATH" "$venv/bin/python" -m pytest "$@" > "$logs/torch-$version.log" 2>&1 &
+  # The venv's own megacache CLI first on PATH: the tests run it as users do. Each version
+  # has its own --basetemp: pytest's shared /tmp/pytest-of-$USER keeps only the three newest
+  # runs, so a run started beside them (another version, a developer's pytest) deleted the
+  # directories of a run still in progress.
+  PATH="$venv/bin:$PATH" "$venv/bin/python" -m pytest --basetemp="$logs/tmp-$version" "$@" \
+    > "$logs/torch-$version.log" 2>&1 &
   pid_of[$version]=$!
 done
 failed=""

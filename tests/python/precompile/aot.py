@@ -2,8 +2,9 @@
 usage: aot.py capture OUT_DIR [SIGNING_KEY]   compile with torch's precompile API; save the pair
        aot.py load STORE_URL NAME OUT_DIR     load it with megacache in a fresh process
 
-capture writes OUT_DIR/pair.mcb (megacache's file), OUT_DIR/inputs.pt and OUT_DIR/expected.pt;
-on torch 2.15 also torch's own files OUT_DIR/torch.py and OUT_DIR/torch.py.cache."""
+capture writes OUT_DIR/pair.mcb (megacache's file), OUT_DIR/inputs.pt, OUT_DIR/expected.pt, and
+the pair's halves as OUT_DIR/torch.py and OUT_DIR/torch.py.cache (on torch 2.15 the files
+capture() wrote)."""
 
 import json
 import os
@@ -36,6 +37,10 @@ if MODE == "capture":
         python_code, cache = api(step, model, x)
         expected = step(model, x)
         megacache.save_precompiled(os.path.join(out, "pair.mcb"), python_code, cache, sign_with=key)
+        with open(os.path.join(out, "torch.py"), "w") as f:  # the halves, for the tests to edit
+            f.write(python_code)
+        with open(os.path.join(out, "torch.py.cache"), "wb") as f:
+            f.write(cache)
     torch.save({"model": model.state_dict(), "x": x}, os.path.join(out, "inputs.pt"))
     torch.save(expected.detach(), os.path.join(out, "expected.pt"))
     print(json.dumps({"api": "capture" if hasattr(api, "capture") else "callable"}))
