@@ -61,12 +61,23 @@ std::string_view view(const nb::bytes& data) { return {data.c_str(), data.size()
 using TypeKeys = std::vector<std::pair<std::string, std::vector<std::string>>>;
 using Fields = std::vector<std::pair<std::string, std::string>>;
 
-// open_artifacts with the trusted keys given as MEGACACHE_TRUSTED_KEYS text.
-megacache::Result<megacache::OpenedFile> open_artifacts(std::string_view file, const std::string& trusted_keys) {
+// `open(file, keys)` (open_file, open_artifacts) with the trusted keys given as
+// MEGACACHE_TRUSTED_KEYS text.
+template <typename Open>
+megacache::Result<megacache::OpenedFile> open_with_keys(std::string_view file, const std::string& trusted_keys,
+                                                        Open open) {
   megacache::Result<std::vector<megacache::bundle::PublicKey>> keys =
       megacache::parse_trusted_keys(trusted_keys);
   if (!keys.ok()) return keys.status();
-  return megacache::open_artifacts(file, *keys);
+  return open(file, *keys);
+}
+
+// A signing key from its hex text; none for "".
+megacache::Result<std::optional<megacache::bundle::SigningKey>> signing_key_of(const std::string& hex) {
+  if (hex.empty()) return std::optional<megacache::bundle::SigningKey>();
+  megacache::Result<megacache::bundle::SigningKey> key = megacache::bundle::parse_signing_key(hex);
+  if (!key.ok()) return key.status();
+  return std::optional<megacache::bundle::SigningKey>(*key);
 }
 
 // Opens any supported file (Mega-Cache, standalone_compile, bundle) and populates
@@ -90,7 +101,7 @@ std::tuple<TypeKeys, Fields, std::vector<std::tuple<std::string, std::string, nb
   {
     nb::gil_scoped_release release;
     report = [&]() -> megacache::Result<megacache::PopulateReport> {
-      megacache::Result<megacache::OpenedFile> opened = open_artifacts(view(data), trusted_keys);
+      megacache::Result<megacache::OpenedFile> opened = open_with_keys(view(data), trusted_keys, megacache::open_artifacts);
       if (!opened.ok()) return opened.status();
       if (opened->bundle) fingerprint = opened->bundle->fingerprint;
       return megacache::populate_file(*opened, cache_dir, options);
@@ -113,18 +124,13 @@ nb::bytes bundle_of(const nb::bytes& data, const Fields& fingerprint, int zstd_l
   {
     nb::gil_scoped_release release;
     status = [&]() -> megacache::Status {
-      std::optional<megacache::bundle::SigningKey> key;
-      if (!signing_key.empty()) {
-        megacache::Result<megacache::bundle::SigningKey> parsed =
-            megacache::bundle::parse_signing_key(signing_key);
-        if (!parsed.ok()) return parsed.status();
-        key = *parsed;
-      }
+      megacache::Result<std::optional<megacache::bundle::SigningKey>> key = signing_key_of(signing_key);
+      if (!key.ok()) return key.status();
       megacache::Result<megacache::OpenedFile> opened = megacache::open_artifacts(view(data), {});
       if (!opened.ok()) return opened.status();
       if (opened->bundle) return megacache::Status::InvalidArgument("this is a bundle already");
       out = megacache::bundle::write(*opened->artifacts(), fingerprint,
-                                     {zstd_level, key ? &*key : nullptr});
+                                     {zstd_level, *key ? &**key : nullptr});
       return megacache::Status::OK();
     }();
   }
@@ -141,14 +147,9 @@ nb::bytes aot_pair_bytes(const std::string& api, const nb::bytes& python_code, c
   {
     nb::gil_scoped_release release;
     out = [&]() -> megacache::Result<std::string> {
-      std::optional<megacache::bundle::SigningKey> key;
-      if (!signing_key.empty()) {
-        megacache::Result<megacache::bundle::SigningKey> parsed =
-            megacache::bundle::parse_signing_key(signing_key);
-        if (!parsed.ok()) return parsed.status();
-        key = *parsed;
-      }
-      return megacache::aot::write_pair(pair, fingerprint, {zstd_level, key ? &*key : nullptr});
+      megacache::Result<std::optional<megacache::bundle::SigningKey>> key = signing_key_of(signing_key);
+      if (!key.ok()) return key.status();
+      return megacache::aot::write_pair(pair, fingerprint, {zstd_level, *key ? &**key : nullptr});
     }();
   }
   if (!out.ok()) raise(out.status());
@@ -161,12 +162,7 @@ std::tuple<std::string, nb::bytes, nb::bytes, Fields, Fields> read_aot_pair(cons
   megacache::Result<megacache::OpenedFile> opened = megacache::Status::OK();
   {
     nb::gil_scoped_release release;
-    opened = [&]() -> megacache::Result<megacache::OpenedFile> {
-      megacache::Result<std::vector<megacache::bundle::PublicKey>> keys =
-          megacache::parse_trusted_keys(trusted_keys);
-      if (!keys.ok()) return keys.status();
-      return megacache::open_file(view(data), *keys);
-    }();
+    opened = open_with_keys(view(data), trusted_keys, megacache::open_file);
   }
   if (!opened.ok()) raise(opened.status());
   if (!opened->pair) {
@@ -202,7 +198,7 @@ nb::bytes mega_cache_of(const nb::bytes& file, const std::string& trusted_keys) 
   {
     nb::gil_scoped_release release;
     status = [&]() -> megacache::Status {
-      megacache::Result<megacache::OpenedFile> opened = open_artifacts(view(file), trusted_keys);
+      megacache::Result<megacache::OpenedFile> opened = open_with_keys(view(file), trusted_keys, megacache::open_artifacts);
       if (!opened.ok()) return opened.status();
       if (opened->bundle) {
         converted = megacache::mega_cache::write_groups(*opened->artifacts());
@@ -309,13 +305,6 @@ class PyStore {
 };
 
 namespace pc = megacache::precompile;
-
-megacache::Result<std::optional<megacache::bundle::SigningKey>> signing_key_of(const std::string& hex) {
-  if (hex.empty()) return std::optional<megacache::bundle::SigningKey>();
-  megacache::Result<megacache::bundle::SigningKey> key = megacache::bundle::parse_signing_key(hex);
-  if (!key.ok()) return key.status();
-  return std::optional<megacache::bundle::SigningKey>(*key);
-}
 
 // A function's identity as the torch adapter passes it: a dict with FunctionIdentity's fields.
 pc::FunctionIdentity identity_of(const nb::dict& f) {
