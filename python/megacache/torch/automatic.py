@@ -44,6 +44,7 @@ class _MegaCacheMode:
         self.name = _core.mega_cache_store_name(list(mega_cache.environment()))
         self.counts: Dict[str, int] = {"hits": 0, "misses": 0, "published": 0, "refused": 0}
         self.published: Set[Tuple[str, str]] = set()  # (type, key) the store holds for us
+        self.seen = 0  # torch's recorded artifacts at the last look: a call that adds none is free
         try:
             value = self.store.get(self.name)
             if value is None:
@@ -54,16 +55,22 @@ class _MegaCacheMode:
                 recorded = mega_cache.recorded()
                 self.published = set(recorded[1]) if recorded else set()
                 self.counts["hits"] += 1
+            self.seen = mega_cache.recorded_count()
         except CACHE_ERRORS as error:
             self.counts["refused"] += 1
             log.warning("megacache: not loading the Mega-Cache bundle %s: %s", self.name, error)
 
     def publish_new(self) -> None:
         """Publishes what torch recorded, if it holds an artifact the store lacks. Never
-        raises into the job: a failed publish costs other processes a compile."""
+        raises into the job: a failed publish costs other processes a compile, and is tried
+        again only once torch records more."""
         from megacache import CACHE_ERRORS
         from megacache.torch import mega_cache
 
+        count = mega_cache.recorded_count()
+        if count == self.seen:  # after every call of a compiled function: keep it cheap
+            return
+        self.seen = count
         try:
             recorded = mega_cache.recorded()
             if recorded is None or not set(recorded[1]) - self.published:

@@ -115,6 +115,12 @@ def recorded() -> Optional[Tuple[bytes, List[Tuple[str, str]]]]:
     return blob, [(artifact_type, key) for artifact_type, keys in info.artifacts.items() for key in keys]
 
 
+def recorded_count() -> int:
+    """How many artifacts torch has recorded since it last cleared: cheap, for a caller that
+    acts only when it grew."""
+    return len(CacheArtifactManager._seen_artifacts)
+
+
 def keep_loaded(data: bytes) -> None:
     """Records the artifacts of a loaded bundle or blob as if torch had recorded them, so that
     what this process saves next carries them too."""
