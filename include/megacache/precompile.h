@@ -187,8 +187,8 @@ struct LoadCheck {
 };
 
 // Refuses a package that would be unsound here: Python or torch differ; for CUDA entries the
-// toolkit, Triton or GPU differ; with kernels the CPU, its flags or the compiler differ; the
-// function or its signature differ; its source or an inlined source changed (unless
+// toolkit, Triton, GPU model or its capability differ (not the device index); with kernels the
+// CPU, its flags or the compiler differ; the function or its signature differ; its source or an inlined source changed (unless
 // ignore_source_changes). Errors: Mismatch naming the field and both values, e.g.
 // "package built with torch 2.11.0+cu130, this is 2.13.0+cpu". Thread-safe.
 Status check_package(const Package& package, const LoadCheck& check);
@@ -207,6 +207,24 @@ std::string store_name(const FunctionIdentity& function, const bundle::Fingerpri
 // lacks what packages need (python/megacache/torch/surfaces.py): "mega-cache-<32 hex>", the hex
 // a sha256 over every fingerprint field (docs/store-format.md). Pure; thread-safe.
 std::string mega_cache_store_name(const bundle::Fingerprint& fingerprint);
+
+// --- one package for every device index (docs/device-index.md) ---
+
+// The CUDA device indices that Inductor's generated code in `text` names, sorted and unique:
+// the wrapper's device guard, set_device and get_raw_stream, DeviceProperties and device(...)
+// literals, and "cuda:N" (comments and strings). Pure; thread-safe.
+std::vector<int> cuda_device_indices(std::string_view text);
+
+// `text` with each of those mentions of cuda:`from` rewritten to cuda:`to`. Errors:
+// InvalidArgument when `text` also names another device (code for several GPUs is not moved)
+// or an index is out of range. Pure; thread-safe.
+Result<std::string> remap_cuda_device(std::string_view text, int from, int to);
+
+// The text of each Triton kernel that Inductor's generated `source` compiles
+// (`async_compile.triton('name', '''<text>''', ...)`), in order: the strings torch keys its
+// compiled kernels by. Errors: Corruption for an unterminated literal, InvalidArgument for one
+// with a backslash escape (its value would differ from its text). Pure; thread-safe.
+Result<std::vector<std::string>> triton_kernel_sources(std::string_view source);
 
 // Torch's line slicing of a module's source (inspect.getsourcelines(m)[0][first-1:last-1]),
 // hashed as torch does: hex sha256 of the joined lines.

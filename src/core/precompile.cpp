@@ -243,7 +243,8 @@ Status check_package(const Package& package, const LoadCheck& check) {
   for (const FunctionPackage& f : package.functions) {
     accelerator = accelerator || (f.entry.device_type != "cpu" && !f.entry.device_type.empty());
   }
-  if (accelerator) required.insert(required.end(), {"cuda", "triton", "gpu"});
+  // A package moves between devices of one model (docs/device-index.md), never between models.
+  if (accelerator) required.insert(required.end(), {"cuda", "triton", "gpu", "gpu_capability"});
   if (!package.kernels.empty()) required.insert(required.end(), {"cpu_arch", "cpu_flags", "cxx"});
   for (std::string_view name : required) {
     const std::string built = field(package.fingerprint, name);

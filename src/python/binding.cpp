@@ -513,6 +513,25 @@ NB_MODULE(_core, m) {
         return pc::store_name(identity_of(function), fingerprint);
       },
       "function"_a, "fingerprint"_a, "The store name of one function's package in this environment.");
+  m.def("cuda_device_indices", [](const std::string& text) { return pc::cuda_device_indices(text); },
+        "text"_a, "The CUDA device indices Inductor's generated code in text (or a pickle of it) names.");
+  m.def(
+      "remap_cuda_device",
+      [](const std::string& text, int from, int to) {
+        megacache::Result<std::string> remapped = pc::remap_cuda_device(text, from, to);
+        if (!remapped.ok()) raise(remapped.status());
+        return std::move(remapped).value();
+      },
+      "text"_a, "from_index"_a, "to_index"_a,
+      "Generated code with its mentions of cuda:from rewritten to cuda:to.");
+  m.def(
+      "triton_kernel_sources",
+      [](const std::string& source) {
+        megacache::Result<std::vector<std::string>> kernels = pc::triton_kernel_sources(source);
+        if (!kernels.ok()) raise(kernels.status());
+        return std::move(kernels).value();
+      },
+      "source"_a, "The text of each Triton kernel the generated code compiles, in order.");
   m.def("mega_cache_store_name", &pc::mega_cache_store_name, "fingerprint"_a,
         "The store name of the Mega-Cache bundle automatic mode keeps for this environment.");
   m.def("write_file_atomic", &write_file_atomic, "path"_a, "data"_a,

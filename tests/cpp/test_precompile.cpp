@@ -22,8 +22,9 @@ using test::read_tree;
 // Sorted by name, as bundle::Fingerprint is and as read_unpacked returns it.
 const bundle::Fingerprint kFingerprint = {
     {"cpu_arch", "x86_64"},  {"cpu_flags", "avx2 avx512f"}, {"cuda", "13.0"},
-    {"cxx", "g++ 13.3.0"},   {"gpu", "NVIDIA H200"},        {"python", "3.11.7"},
-    {"torch", "2.11.0+cu130"}, {"torch_git", "0123abcd"},   {"triton", "3.5.0"}};
+    {"cxx", "g++ 13.3.0"},   {"gpu", "NVIDIA H200"},        {"gpu_capability", "9.0"},
+    {"python", "3.11.7"},    {"torch", "2.11.0+cu130"},     {"torch_git", "0123abcd"},
+    {"triton", "3.5.0"}};
 
 // The fingerprint with one field set to `value`.
 bundle::Fingerprint with(bundle::Fingerprint fingerprint, const std::string& name,
@@ -652,14 +653,14 @@ TEST(PackageCheck, PythonAndTorchMustMatch) {
 
   // A field this process lacks is shown as "(none)".
   check.current = kFingerprint;
-  check.current.erase(check.current.begin() + 7);  // torch_git
+  check.current.erase(check.current.begin() + 8);  // torch_git
   status = check_package(cpu_only_package(), check);
   EXPECT_EQ(status.code(), Status::Code::kMismatch);
   EXPECT_EQ(status.message(), "package built with torch_git 0123abcd, this is (none)");
 }
 
 TEST(PackageCheck, CudaFieldsOnlyForCudaEntries) {
-  for (const std::string name : {"cuda", "triton", "gpu"}) {
+  for (const std::string name : {"cuda", "triton", "gpu", "gpu_capability"}) {
     LoadCheck check = same_environment();
     check.current = with(kFingerprint, name, "other");
     EXPECT_TRUE(check_package(cpu_only_package(), check).ok()) << name;

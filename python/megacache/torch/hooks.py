@@ -41,6 +41,8 @@ module makes the steps megacache drives safe and sound, without editing torch's 
   torch.compile wraps a function for megacache, and while Dynamo compiles a frame of a
   function whose package megacache's wrap made. A frame compiled while megacache does not
   record (inside fresh_cache()) compiles without that package, as plain torch.compile would.
+- Devices: an entry whose backends were moved to this process's CUDA device
+  (megacache.torch.devices) has the tensors of its guard state unpickled on that device.
 - Backward: a training graph's backward compiles on the first backward call, after its
   forward's frame was compiled; it is saved with caching_precompile as its forward had it, so
   the package bundles it.
@@ -70,6 +72,8 @@ from torch._dynamo.exc import PackageError
 from torch._dynamo.package import CompilePackage, _DynamoCodeCacheEntry, SerializedCode
 from torch._functorch._aot_autograd import runtime_wrappers
 
+from megacache.torch import devices
+
 log = logging.getLogger("megacache")
 
 # Tensor attributes that mark_dynamic and its kind set, and that guards check.
@@ -91,9 +95,11 @@ class Installation:
     """One function's entry from a package, handed to torch's CompilePackage: what it added
     to module globals, so that all of it can be taken back."""
 
-    def __init__(self, on_failure: Callable[[InstallFailed], None]) -> None:
+    def __init__(self, on_failure: Callable[[InstallFailed], None],
+                 move: Optional[devices.Move] = None) -> None:
         self.fn: Any = None  # what torch initializes the CompilePackage with
         self.on_failure = on_failure
+        self.move = move  # the entry's backends were moved to another device: so are its guards
         self.compile_package: Optional[CompilePackage] = None
         self.globals_before: Dict[types.ModuleType, Set[str]] = {}
         # What the install added to each module: taken back exactly, and nothing that code
@@ -212,6 +218,13 @@ def _reduce_soundly(original: Callable[..., Any]) -> Callable[..., Any]:
         return reduced
 
     return reducer_override
+
+
+def _unpickle_on_moved_device(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _unpickle_tensor(cls: Any, meta_tensor: torch.Tensor, device: torch.device, *args: Any) -> Any:
+        return original.__func__(cls, meta_tensor, devices.guard_tensor_device(device), *args)
+
+    return classmethod(_unpickle_tensor)
 
 
 # --- recording --------------------------------------------------------------------------------
@@ -424,7 +437,8 @@ def _install_safely(original: Callable[..., Any]) -> Callable[..., Any]:
             return None
         installation._snapshot(self)
         try:
-            original(self, backends)
+            with devices.moving_guards(installation.move):
+                original(self, backends)
         except Exception as error:  # unpickling guards, building guard managers, backends
             installation._record_added()
             installation.fail("install", error)
@@ -496,6 +510,7 @@ def patch() -> None:
     manager.serialize_guards = _serialize_or_bypass(manager.serialize_guards)
     pickler = dynamo_guards.GuardsStatePickler
     pickler.reducer_override = _reduce_soundly(pickler.reducer_override)
+    pickler._unpickle_tensor = _unpickle_on_moved_device(pickler.__dict__["_unpickle_tensor"])
     autograd = runtime_wrappers.AOTDispatchAutograd
     autograd.post_compile = staticmethod(_save_backward_as_recorded(autograd.post_compile))
     _patched = True

@@ -189,7 +189,9 @@ def environment() -> Tuple[Tuple[str, str], ...]:
         fields["triton"] = triton.__version__
     except ImportError:
         fields["triton"] = ""
-    fields["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    available = torch.cuda.is_available()
+    fields["gpu"] = torch.cuda.get_device_name() if available else ""
+    fields["gpu_capability"] = "%d.%d" % torch.cuda.get_device_capability() if available else ""
     return tuple(sorted(fields.items()))
 
 

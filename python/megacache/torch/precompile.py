@@ -34,7 +34,7 @@ from torch._dynamo.package import CompilePackage, DiskDynamoCache, PrecompileCac
 from torch._dynamo.utils import counters
 
 from megacache import _core
-from megacache.torch import hooks
+from megacache.torch import devices, hooks
 from megacache.torch.mega_cache import environment
 
 log = logging.getLogger("megacache")
@@ -194,8 +194,11 @@ def install_files(package: "_core.Package") -> None:
         _install_probe_shortcut()
 
 
-def entry_for(package: "_core.Package", key: str, *, ignore_source_changes: bool = False) -> PrecompileCacheEntry:
-    """torch's PrecompileCacheEntry for one function of a checked package."""
+def entry_for(package: "_core.Package", key: str, *,
+              ignore_source_changes: bool = False) -> Tuple[PrecompileCacheEntry, Optional[devices.Move]]:
+    """torch's PrecompileCacheEntry for one function of a checked package, moved to this
+    process's CUDA device (megacache.torch.devices), and the move its guards need. Raises
+    devices.CannotMove for code megacache cannot move here."""
     function = package.function(key)
     dynamo = pickle.loads(function["dynamo"])
     for code_index, backend_id, reason in function["bypassed"]:
@@ -203,13 +206,16 @@ def entry_for(package: "_core.Package", key: str, *, ignore_source_changes: bool
         log.warning("megacache: %s: %s", function["qualname"], reason)
     if ignore_source_changes:
         dynamo.source_info.inlined_sources = set()
-    backends = {}
-    for backend_id, pickled in function["backends"].items():
-        backends[backend_id] = pickle.loads(pickled)
+    pickles = function["backends"]
+    backends = {backend_id: pickle.loads(pickled) for backend_id, pickled in pickles.items()}
+    move = devices.move_for(backends)
+    if move is not None:
+        backends = {backend_id: devices.moved_backend(pickled, move) for backend_id, pickled in pickles.items()}
+    for backend_id, pickled in pickles.items():
         # Saving again must not need torch to have recorded what came from a package.
         _context.record_backend(backend_id, pickled)
         _copied_backends.add(backend_id)
-    return PrecompileCacheEntry(dynamo=dynamo, backends=backends)
+    return PrecompileCacheEntry(dynamo=dynamo, backends=backends), move
 
 
 def check(package: "_core.Package", fn: Optional[Callable[..., Any]], ignore_source_changes: bool) -> None:
@@ -246,7 +252,7 @@ class _PackageSource:
 
 # Counts of what the load path did, shared by megacache.compile and automatic mode.
 _stats: Dict[str, int] = {"hits": 0, "partial_hits": 0, "misses": 0, "published": 0, "refused": 0,
-                          "guard_misses": 0}
+                          "guard_misses": 0, "moved": 0}
 
 
 class _Pending:
@@ -291,19 +297,26 @@ def _load_entry(fn: Callable[..., Any], key: str, read: Callable[[], Optional["_
         _refuse(key, qualname, "read", error)
         return None
     try:
-        entry = entry_for(package, key, ignore_source_changes=ignore_source_changes)
+        entry, move = entry_for(package, key, ignore_source_changes=ignore_source_changes)
+    except devices.CannotMove as error:
+        _refuse(key, qualname, "device", error)
+        return None
     except Exception as error:  # unpickling runs the pickles' own code: any failure is the package's
         _refuse(key, qualname, "unpickle", error)
         return None
+    if move is not None:
+        _stats["moved"] += 1
+        log.info("megacache: %s: moved its package from cuda:%d to cuda:%d", qualname, *move)
     counters["dynamo_cache"]["dynamo_cache_hit"] += 1
-    return _guarded(entry, key, qualname)
+    return _guarded(entry, key, qualname, move)
 
 
-def _guarded(entry: PrecompileCacheEntry, key: str, qualname: str) -> PrecompileCacheEntry:
-    """`entry` as torch installs it, with its install undone if it fails (megacache.torch.hooks)
-    and its first call watched (`_watch_calls`)."""
+def _guarded(entry: PrecompileCacheEntry, key: str, qualname: str,
+             move: Optional[devices.Move] = None) -> PrecompileCacheEntry:
+    """`entry` as torch installs it, with its install undone if it fails (megacache.torch.hooks),
+    its guards moved with its backends, and its first call watched (`_watch_calls`)."""
     installation = hooks.Installation(
-        lambda failed: _refuse(key, qualname, failed.stage, failed.cause))
+        lambda failed: _refuse(key, qualname, failed.stage, failed.cause), move)
     hooks.mark(entry.dynamo, installation)
     partial = any(code.bypassed for code in entry.dynamo.codes)
     _pending[key] = _Pending(installation, qualname, partial)

@@ -100,6 +100,9 @@ PACKAGE = (
     Surface("torch._dynamo.guards", "CheckFunctionManager.serialize_guards"),
     Surface("torch._dynamo.guards", "GuardsStatePickler.reducer_override", ("obj",)),
     Surface("torch._dynamo.guards", "_Missing"),
+    # A package moved to another CUDA device (devices.py, hooks._unpickle_on_moved_device).
+    Surface("torch._dynamo.guards", "GuardsStatePickler._unpickle_tensor", ("meta_tensor", "device")),
+    Surface("torch._inductor.async_compile", "CompiledTritonKernels.key", ("kernel_src",)),
     Surface("torch._dynamo.codegen", "PyCodegen.create_load_python_module", ("mod",)),
     Surface("torch._dynamo.exc", "PackageError"),
     Surface("torch._dynamo.bytecode_transformation", "_unique_id_counter"),
