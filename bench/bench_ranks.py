@@ -15,7 +15,7 @@ fresh HOME (Triton's cache), as the ranks of one job on a node do. Rows:
 For each row: compiles (frames Dynamo traced, graphs Inductor compiled), the time until every
 rank has its first result, and each rank's output against torch's on the same GPU.
 
-usage: python bench/bench_ranks.py [--ranks N] [--model xfmr|llama] [--train]
+usage: python bench/bench_ranks.py [--ranks N] [--model mlp|xfmr|llama] [--train]
 """
 
 from __future__ import annotations
@@ -40,38 +40,23 @@ if mode == "megacache":
     megacache.enable(store=store)
 device = torch.device("cuda", rank)
 
-def make_model():
-    torch.manual_seed(0)
-    if model_name == "xfmr":
-        layer = torch.nn.TransformerEncoderLayer(d_model=512, nhead=8, dim_feedforward=2048,
-                                                 batch_first=True, norm_first=True)
-        m = torch.nn.TransformerEncoder(layer, num_layers=6, enable_nested_tensor=False)
-        x = torch.randn(4, 128, 512)
-        return m.to(device), (x.to(device),)
-    from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    m = LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16)
-    ids = torch.randint(0, 1000, (2, 64), generator=torch.Generator().manual_seed(1))
-    return m, (ids.to(device),)
+sys.path.insert(0, BENCH_DIR)  # bench/models.py
+from models import make_model
 
-model, inputs = make_model()
+model, x = make_model(model_name, device)
 if not train:
     model.eval()
-
-def logits(out):
-    return out.logits if hasattr(out, "logits") else out
 
 compiled = torch.compile(model)
 start = time.time()
 if train:
-    out = logits(compiled(*inputs))
+    out = compiled(x)
     out.float().pow(2).mean().backward()
     grad = next(p for p in model.parameters() if p.grad is not None).grad
     result = {"out": out.detach().cpu(), "grad": grad.cpu()}
 else:
     with torch.no_grad():
-        result = {"out": logits(compiled(*inputs)).cpu()}
+        result = {"out": compiled(x).cpu()}
 torch.cuda.synchronize()
 done = time.time()
 torch.save(result, out_path)
@@ -83,6 +68,9 @@ if mode == "megacache":
     report["megacache"] = megacache.automatic_stats()
 print(json.dumps(report), flush=True)
 """
+
+
+CHILD = CHILD.replace("BENCH_DIR", repr(os.path.dirname(os.path.abspath(__file__))))
 
 
 def start_rank(mode, args, rank, work, home, store, name):
@@ -125,7 +113,7 @@ def max_difference(path_a, path_b):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--model", default="xfmr", choices=["xfmr", "llama"])
+    parser.add_argument("--model", default="xfmr", choices=["mlp", "xfmr", "llama"])
     parser.add_argument("--train", action="store_true")
     args = parser.parse_args()
     import torch

@@ -1,18 +1,19 @@
 """Fresh-process start-up: torch's cache paths and megacache's automatic mode, side by side.
 
-Each row is a new Python process. Measured from the parent: process start -> first result
+Each row is a new Python process on a fresh machine: an empty torch cache dir and an empty HOME
+(Triton and CUDA keep caches there), TRITON_CACHE_DIR and XDG_CACHE_HOME unset. Measured from the parent: process start -> first result
 ("to result") and the whole process ("process"); measured inside, after importing Dynamo and Inductor: a
 Mega-Cache load where the row has one, torch.compile and the first call ("compile+call"),
 which is where every cache lookup happens. Rows:
 
   import torch        python -c "import torch" (the floor of any row)
   cold                empty cache dir
-  torch warm dir      the cold run's cache dir again
+  torch warm dir      the cold run's cache dir and HOME again (the same machine restarted)
   torch mega-cache    empty dir + torch.compiler.load_cache_artifacts(blob of the cold run)
   torch precompile    caching_precompile: empty dir + the blob with its precompile artifact
   megacache           megacache.enable(store) on an empty cache dir, store warmed by one run
 
-usage: python bench/bench_startup.py [--model mlp|xfmr] [--train] [--repeat N] [--fleet N]
+usage: python bench/bench_startup.py [--model mlp|xfmr|llama] [--train] [--repeat N] [--fleet N]
 --fleet N also starts N processes together on empty dirs with one shared store (Redis when
 --redis-url is given) and reports compiles and the time until all have a result, against N
 cold processes started together.
@@ -42,19 +43,10 @@ if mode == "precompile" or mode == "precompile-save":
     torch._dynamo.config.caching_precompile = True
 device = "cuda" if torch.cuda.is_available() else "cpu"
 
-def make_model():
-    torch.manual_seed(0)
-    if model_name == "mlp":
-        m = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 64))
-        x = torch.randn(8, 64)
-    else:
-        layer = torch.nn.TransformerEncoderLayer(d_model=512, nhead=8, dim_feedforward=2048,
-                                                 batch_first=True, norm_first=True)
-        m = torch.nn.TransformerEncoder(layer, num_layers=6, enable_nested_tensor=False)
-        x = torch.randn(4, 128, 512)
-    return m.to(device), x.to(device)
+sys.path.insert(0, BENCH_DIR)  # bench/models.py
+from models import make_model
 
-model, x = make_model()
+model, x = make_model(model_name, device)
 # Every row pays these imports; importing them first leaves "compile+call" to the cache path
 # itself (a load, torch.compile, the first call), as the fixtures' figures count it.
 import torch._dynamo, torch._inductor.compile_fx
@@ -83,9 +75,17 @@ print(json.dumps({"result_at": done, "compile_call": done - start,
 """
 
 
-def child(mode, args, cache_dir, blob="", store="", env=None):
-    environment = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
-    environment.update(env or {})
+CHILD = CHILD.replace("BENCH_DIR", repr(os.path.dirname(os.path.abspath(__file__))))
+
+
+def child(mode, args, cache_dir, home, blob="", store=""):
+    """One row's process. `home` is its HOME: a fresh empty one for a new machine (Triton and
+    CUDA keep their own caches there), the cold run's for the same machine restarted. A row of
+    torch's that crashes is reported as crashed (torch 2.11's precompile path crashes on the
+    decoder); megacache's rows must not."""
+    environment = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir, HOME=home)
+    for variable in ("TRITON_CACHE_DIR", "XDG_CACHE_HOME"):  # both would point past HOME
+        environment.pop(variable, None)
     started = time.time()
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, mode, args.model, "1" if args.train else "0", blob, store],
@@ -93,6 +93,9 @@ def child(mode, args, cache_dir, blob="", store="", env=None):
     )
     ended = time.time()
     if proc.returncode != 0:
+        if mode in ("precompile", "mega-cache", "cold"):
+            lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+            return {"crashed": lines[-1][-200:]}
         raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     report["to_result"] = report["result_at"] - started
@@ -100,19 +103,22 @@ def child(mode, args, cache_dir, blob="", store="", env=None):
     return report
 
 
-def import_torch():
+def import_torch(home):
     started = time.time()
-    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    subprocess.run([sys.executable, "-c", "import torch"], check=True, env=dict(os.environ, HOME=home))
     return {"to_result": time.time() - started, "process": time.time() - started, "compile_call": 0.0}
 
 
 def median_row(runs):
+    crashed = [r["crashed"] for r in runs if "crashed" in r]
+    if crashed:
+        return {"crashed": f"{len(crashed)} of {len(runs)} runs crashed: {crashed[0]}"}
     return {k: statistics.median(r[k] for r in runs) for k in ("to_result", "compile_call", "process")}
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="mlp", choices=["mlp", "xfmr"])
+    parser.add_argument("--model", default="mlp", choices=["mlp", "xfmr", "llama"])
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--fleet", type=int, default=0)
@@ -127,28 +133,32 @@ def main():
 
     rows = {"import torch": [], "cold": [], "torch warm dir": [], "torch mega-cache": [],
             "torch precompile": [], "megacache": []}
-    # Produce once: the cold run's dir and blob, a precompile blob, a warm store.
-    rows["cold"].append(child("cold-save", args, warm_dir, blob))
-    child("precompile-save", args, fresh("pc-save"), precompile_blob)
-    child("megacache", args, fresh("mc-save"), store=store)
+    # Produce once: the cold run's dir, HOME and blob, a precompile blob, a warm store.
+    cold_home = fresh("cold-home")
+    rows["cold"].append(child("cold-save", args, warm_dir, cold_home, blob))
+    child("precompile-save", args, fresh("pc-save"), fresh("home"), precompile_blob)
+    child("megacache", args, fresh("mc-save"), fresh("home"), store=store)
     for _ in range(args.repeat):
-        rows["import torch"].append(import_torch())
-        rows["torch warm dir"].append(child("cold", args, warm_dir))
-        rows["torch mega-cache"].append(child("mega-cache", args, fresh("mega"), blob))
-        rows["torch precompile"].append(child("precompile", args, fresh("pc"), precompile_blob))
-        rows["megacache"].append(child("megacache", args, fresh("mc"), store=store))
+        rows["import torch"].append(import_torch(fresh("home")))
+        rows["torch warm dir"].append(child("cold", args, warm_dir, cold_home))  # the same machine
+        rows["torch mega-cache"].append(child("mega-cache", args, fresh("mega"), fresh("home"), blob))
+        rows["torch precompile"].append(child("precompile", args, fresh("pc"), fresh("home"), precompile_blob))
+        rows["megacache"].append(child("megacache", args, fresh("mc"), fresh("home"), store=store))
         assert rows["megacache"][-1]["fx_miss"] == 0 and rows["megacache"][-1]["dynamo_cache"].get("dynamo_cache_hit")
     if args.repeat > 1:
-        rows["cold"].append(child("cold", args, fresh("cold")))
+        rows["cold"].append(child("cold", args, fresh("cold"), fresh("home")))
 
     table = {name: median_row(runs) for name, runs in rows.items()}
-    torch_best = min(("torch warm dir", "torch mega-cache", "torch precompile"),
-                     key=lambda n: table[n]["to_result"])
+    torch_best = min((n for n in ("torch warm dir", "torch mega-cache", "torch precompile")
+                      if "crashed" not in table[n]), key=lambda n: table[n]["to_result"])
     ours = table["megacache"]
     print(f"model={args.model} train={args.train} repeat={args.repeat} python={sys.version.split()[0]}")
     print(f"{'start':<18}{'to result s':>12}{'compile+call s':>16}{'process s':>11}")
     for name, row in table.items():
-        print(f"{name:<18}{row['to_result']:>12.2f}{row['compile_call']:>16.3f}{row['process']:>11.2f}")
+        if "crashed" in row:
+            print(f"{name:<18} {row['crashed']}")
+        else:
+            print(f"{name:<18}{row['to_result']:>12.2f}{row['compile_call']:>16.3f}{row['process']:>11.2f}")
     print(f"torch's best: {torch_best}")
     print(f"megacache vs torch's best, to result: {table[torch_best]['to_result'] / ours['to_result']:.2f}x;"
           f" compile+call: {table[torch_best]['compile_call'] / max(ours['compile_call'], 1e-6):.1f}x")
@@ -164,7 +174,9 @@ def main():
             procs = []
             for i in range(args.fleet):
                 cache = shared if mode == "cold" else fresh(f"fleet{i}")
-                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, HOME=fresh(f"fleet{i}-home"))
+                for variable in ("TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
+                    env.pop(variable, None)
                 procs.append(subprocess.Popen(
                     [sys.executable, "-c", CHILD, mode, args.model, "1" if args.train else "0", "", store_url],
                     env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
