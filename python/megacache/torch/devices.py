@@ -11,8 +11,9 @@ the core (`_core.remap_cuda_device`; the forms are in docs/device-index.md), tor
 here. The guards are built by torch as it installs the entry; `moving_guards` has their tensors
 unpickled on the new device (megacache.torch.hooks wraps the install). Code that names several
 devices is loaded as it is (its guards decide); a graph megacache does not know how to rewrite
-for another device raises `CannotMove`, and the function compiles as if there were no package. Device type, GPU model and compute capability
-are checked with the rest of the environment before anything is moved.
+for another device raises `CannotMove`, and the function compiles as if there were no package.
+Device type, GPU model and compute capability are checked with the rest of the environment
+before anything is moved.
 """
 
 from __future__ import annotations
