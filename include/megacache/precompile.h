@@ -226,6 +226,12 @@ Result<std::string> remap_cuda_device(std::string_view text, int from, int to);
 // with a backslash escape (its value would differ from its text). Pure; thread-safe.
 Result<std::vector<std::string>> triton_kernel_sources(std::string_view source);
 
+// The identity of an installed software package: hex sha256 over each file beneath `root`
+// (its path, mode, size and mtime in nanoseconds; `__pycache__` left out), sorted. A value
+// derived from the files' contents (Triton's triton_key) is reused only under the same
+// identity (docs/installed-keys.md). Errors: NotFound, IOError. Thread-safe.
+Result<std::string> installed_identity(const std::string& root);
+
 // Torch's line slicing of a module's source (inspect.getsourcelines(m)[0][first-1:last-1]),
 // hashed as torch does: hex sha256 of the joined lines.
 std::string hash_source_lines(std::string_view module_source, uint32_t first_line,

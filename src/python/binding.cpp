@@ -532,6 +532,14 @@ NB_MODULE(_core, m) {
         return std::move(kernels).value();
       },
       "source"_a, "The text of each Triton kernel the generated code compiles, in order.");
+  m.def(
+      "installed_identity",
+      [](const std::string& root) {
+        megacache::Result<std::string> identity = pc::installed_identity(root);
+        if (!identity.ok()) raise(identity.status());
+        return std::move(identity).value();
+      },
+      "root"_a, "The identity (hex sha256 of paths, modes, sizes and mtimes) of the files beneath root.");
   m.def("mega_cache_store_name", &pc::mega_cache_store_name, "fingerprint"_a,
         "The store name of the Mega-Cache bundle automatic mode keeps for this environment.");
   m.def("write_file_atomic", &write_file_atomic, "path"_a, "data"_a,

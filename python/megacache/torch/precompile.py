@@ -34,7 +34,7 @@ from torch._dynamo.package import CompilePackage, DiskDynamoCache, PrecompileCac
 from torch._dynamo.utils import counters
 
 from megacache import _core
-from megacache.torch import devices, hooks
+from megacache.torch import devices, hooks, installed_keys
 from megacache.torch.mega_cache import environment
 
 log = logging.getLogger("megacache")
@@ -159,7 +159,8 @@ def build_package(keys: Optional[List[str]] = None) -> "_core.Package":
         _copy_from_torch()
         recorded = adapter.recorded()
         package = _context.package(
-            list(environment()), _torch_cache_dir(), recorded[0] if recorded else b"", keys or []
+            installed_keys.fingerprint_with_recorded(list(environment())), _torch_cache_dir(),
+            recorded[0] if recorded else b"", keys or []
         )
     return package
 
@@ -185,9 +186,11 @@ def _install_probe_shortcut() -> None:
 
 
 def install_files(package: "_core.Package") -> None:
-    """Writes the package's kernels and Mega-Cache artifacts into torch's cache dir."""
+    """Writes the package's kernels and Mega-Cache artifacts into torch's cache dir, and takes
+    the keys it recorded of the installed software (installed_keys)."""
     cache_dir = _torch_cache_dir()
     package.populate(cache_dir)
+    installed_keys.seed(dict(package.fingerprint))
     if package.kernel_paths:
         for path in package.kernel_paths:
             _verified_libraries.add(os.path.realpath(os.path.join(cache_dir, path)))
