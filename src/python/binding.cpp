@@ -514,7 +514,7 @@ NB_MODULE(_core, m) {
       },
       "function"_a, "fingerprint"_a, "The store name of one function's package in this environment.");
   m.def("cuda_device_indices", [](const std::string& text) { return pc::cuda_device_indices(text); },
-        "text"_a, "The CUDA device indices Inductor's generated code in text (or a pickle of it) names.");
+        "text"_a, "The CUDA device indices Inductor's generated code in text names.");
   m.def(
       "remap_cuda_device",
       [](const std::string& text, int from, int to) {
