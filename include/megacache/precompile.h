@@ -189,8 +189,9 @@ struct LoadCheck {
 // Refuses a package that would be unsound here: Python or torch differ; for CUDA entries the
 // toolkit, Triton, GPU model or its capability differ (not the device index); with kernels the
 // CPU, its flags or the compiler differ; the function or its signature differ; its source or
-// an inlined source changed (unless ignore_source_changes). Errors: Mismatch naming the field and both values, e.g.
-// "package built with torch 2.11.0+cu130, this is 2.13.0+cpu". Thread-safe.
+// an inlined source changed (unless ignore_source_changes). Errors: Mismatch naming the field
+// and both values, e.g. "package built with torch 2.11.0+cu130, this is 2.13.0+cpu".
+// Thread-safe.
 Status check_package(const Package& package, const LoadCheck& check);
 
 // Writes the Mega-Cache artifacts (as populate) and the kernels into `cache_dir`, each file
