@@ -61,9 +61,12 @@ def _graphs(backend: Any) -> List[Any]:
 
 def _source_of(graph: Any) -> Optional[str]:
     """A graph's Python wrapper, or None for output megacache does not know how to rewrite
-    (AOTInductor, cpp_wrapper, graphs of other OutputCode types)."""
+    (AOTInductor, cpp_wrapper, graphs of other OutputCode types). Recognized by what it is
+    (Inductor's Python wrapper defines `call`), not by what it is not, so an unknown form of
+    output is never moved."""
     source = getattr(graph, "source_code", None)
-    if not isinstance(source, str) or not hasattr(graph, "_triton_bundle") or "CppWrapperCodeCache" in source:
+    if (not isinstance(source, str) or not hasattr(graph, "_triton_bundle") or "def call(" not in source
+            or "load_pybinding" in source or "CppWrapperCodeCache" in source):
         return None
     return source
 
