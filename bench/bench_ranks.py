@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from bench_startup import machine_env  # bench/ is on sys.path when this script runs
+
 CHILD = r"""
 import json, os, sys, time
 mode, model_name, train, store, out_path = sys.argv[1:6]
@@ -75,10 +77,8 @@ CHILD = CHILD.replace("BENCH_DIR", repr(os.path.dirname(os.path.abspath(__file__
 
 def start_rank(mode, args, rank, work, home, store, name):
     cache_dir = tempfile.mkdtemp(prefix=f"{name}-rank{rank}-cache-", dir=work)
-    env = dict(os.environ, LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(args.ranks),
-               TORCHINDUCTOR_CACHE_DIR=cache_dir, HOME=home)
-    for variable in ("TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
-        env.pop(variable, None)
+    env = machine_env(home, LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(args.ranks),
+                      TORCHINDUCTOR_CACHE_DIR=cache_dir)
     out_path = os.path.join(work, f"{name}-rank{rank}.pt")
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, mode, args.model, "1" if args.train else "0", store, out_path],

@@ -1,7 +1,8 @@
 """Fresh-process start-up: torch's cache paths and megacache's automatic mode, side by side.
 
 Each row is a new Python process on a fresh machine: an empty torch cache dir and an empty HOME
-(Triton and CUDA keep caches there), TRITON_CACHE_DIR and XDG_CACHE_HOME unset. Measured from the parent: process start -> first result
+(Triton and CUDA keep caches there), TRITON_CACHE_DIR and XDG_CACHE_HOME unset (`machine_env`).
+Measured from the parent: process start -> first result
 ("to result") and the whole process ("process"); measured inside, after importing Dynamo and Inductor: a
 Mega-Cache load where the row has one, torch.compile and the first call ("compile+call"),
 which is where every cache lookup happens. Rows:
@@ -78,14 +79,22 @@ print(json.dumps({"result_at": done, "compile_call": done - start,
 CHILD = CHILD.replace("BENCH_DIR", repr(os.path.dirname(os.path.abspath(__file__))))
 
 
+def machine_env(home, **variables):
+    """The environment of a process on a machine whose HOME is `home`: Triton and CUDA keep
+    their caches there, so TRITON_CACHE_DIR and XDG_CACHE_HOME, which would point past it, are
+    unset."""
+    environment = dict(os.environ, HOME=home, **variables)
+    for variable in ("TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
+        environment.pop(variable, None)
+    return environment
+
+
 def child(mode, args, cache_dir, home, blob="", store=""):
     """One row's process. `home` is its HOME: a fresh empty one for a new machine (Triton and
     CUDA keep their own caches there), the cold run's for the same machine restarted. A row of
     torch's that crashes is reported as crashed (torch 2.11's precompile path crashes on the
     decoder); megacache's rows must not."""
-    environment = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir, HOME=home)
-    for variable in ("TRITON_CACHE_DIR", "XDG_CACHE_HOME"):  # both would point past HOME
-        environment.pop(variable, None)
+    environment = machine_env(home, TORCHINDUCTOR_CACHE_DIR=cache_dir)
     started = time.time()
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, mode, args.model, "1" if args.train else "0", blob, store],
@@ -105,7 +114,7 @@ def child(mode, args, cache_dir, home, blob="", store=""):
 
 def import_torch(home):
     started = time.time()
-    subprocess.run([sys.executable, "-c", "import torch"], check=True, env=dict(os.environ, HOME=home))
+    subprocess.run([sys.executable, "-c", "import torch"], check=True, env=machine_env(home))
     return {"to_result": time.time() - started, "process": time.time() - started, "compile_call": 0.0}
 
 
@@ -174,9 +183,7 @@ def main():
             procs = []
             for i in range(args.fleet):
                 cache = shared if mode == "cold" else fresh(f"fleet{i}")
-                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, HOME=fresh(f"fleet{i}-home"))
-                for variable in ("TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
-                    env.pop(variable, None)
+                env = machine_env(fresh(f"fleet{i}-home"), TORCHINDUCTOR_CACHE_DIR=cache)
                 procs.append(subprocess.Popen(
                     [sys.executable, "-c", CHILD, mode, args.model, "1" if args.train else "0", "", store_url],
                     env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
