@@ -92,10 +92,23 @@ struct KernelFile {
 // would build again with the compiler. Errors: IOError.
 Result<std::vector<KernelFile>> read_kernels(const std::string& cache_dir);
 
+// A module Triton compiled with gcc into its cache dir (its CUDA driver helper, a kernel
+// launcher), e.g. "<key>/cuda_utils.cpython-312-x86_64-linux-gnu.so". Triton looks for it under
+// the hash of its source, platform and build options, and loads it instead of running gcc.
+// True for "<key>/<name of [A-Za-z0-9_.-]>.so", the name not starting with "." and at most 200
+// long, the key a sha256 as Triton names its dirs: 52 of [A-Z2-7] (base32), or 64 of [0-9a-f].
+bool is_triton_module_path(std::string_view path);
+
+// Every shared library this process has loaded from beneath one of `triton_cache_dirs` whose
+// path there is a Triton module path (a module Triton built or found is loaded, so this is
+// what the process used), sorted by path, each once. Errors: IOError. Thread-safe.
+Result<std::vector<KernelFile>> read_loaded_triton_modules(const std::vector<std::string>& triton_cache_dirs);
+
 struct Package {
   bundle::Fingerprint fingerprint;
   std::vector<FunctionPackage> functions;
   std::vector<KernelFile> kernels;
+  std::vector<KernelFile> triton_modules;  // paths relative to a Triton cache dir
   std::string mega_cache;  // torch's Mega-Cache blob (2.8+ layout); may be empty
 
   const FunctionPackage* find(std::string_view source_key) const;
@@ -125,7 +138,8 @@ class PrecompileContext {
   // caller who knows the torch cache dir. The blob's "precompile" artifacts (torch's own
   // DynamoCache entries) are left out: the package carries its Dynamo entries itself.
   Package package(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
-                  std::string mega_cache, const std::vector<std::string>& only = {}) const;
+                  std::string mega_cache, const std::vector<std::string>& only = {},
+                  std::vector<KernelFile> triton_modules = {}) const;
   // package() in the binary format (write_package).
   std::string serialize(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
                         std::string mega_cache, const bundle::WriteOptions& options = {}) const;
@@ -189,15 +203,19 @@ struct LoadCheck {
 // Refuses a package that would be unsound here: Python or torch differ; for CUDA entries the
 // toolkit, Triton, GPU model or its capability differ (not the device index); with kernels the
 // CPU, its flags or the compiler differ; the function or its signature differ; its source or
-// an inlined source changed (unless ignore_source_changes). Errors: Mismatch naming the field
+// an inlined source changed (unless ignore_source_changes); with Triton modules, Triton, CUDA,
+// the OS or the CPU architecture differ. Errors: Mismatch naming the field
 // and both values, e.g. "package built with torch 2.11.0+cu130, this is 2.13.0+cpu".
 // Thread-safe.
 Status check_package(const Package& package, const LoadCheck& check);
 
-// Writes the Mega-Cache artifacts (as populate) and the kernels into `cache_dir`, each file
-// atomically; kernel paths are validated before anything is written. Pickles are not written:
-// the caller hands them to torch. Errors: InvalidArgument, IOError.
-Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir);
+// Writes the Mega-Cache artifacts (as populate) and the kernels into `cache_dir`, and the Triton
+// modules into each of `triton_cache_dirs` (where Triton may look, depending on when torch set
+// TRITON_CACHE_DIR), each file atomically; a Triton module already there is left alone. Paths
+// are validated before anything is written. Pickles are not written: the caller hands them to
+// torch. Errors: InvalidArgument, IOError.
+Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,
+                                        const std::vector<std::string>& triton_cache_dirs = {});
 
 // The store name of one function's package: "precompile-<qualname>-<32 hex>", the hex over the
 // source key, the function's source hash and every fingerprint field, so a store only ever

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
+#include <link.h>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -116,8 +117,9 @@ std::string without_dynamo_cache_entries(const std::string& blob) {
 }  // namespace
 
 Package PrecompileContext::package(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
-                                   std::string mega_cache, const std::vector<std::string>& only) const {
-  return Package{std::move(fingerprint), stitch(only), std::move(kernels),
+                                   std::string mega_cache, const std::vector<std::string>& only,
+                                   std::vector<KernelFile> triton_modules) const {
+  return Package{std::move(fingerprint), stitch(only), std::move(kernels), std::move(triton_modules),
                  without_dynamo_cache_entries(mega_cache)};
 }
 
@@ -183,6 +185,52 @@ Result<std::vector<KernelFile>> read_kernels(const std::string& cache_dir) {
   return kernels;
 }
 
+namespace {
+
+// The path of every shared object loaded in this process, as the dynamic loader holds it.
+std::vector<std::string> loaded_libraries() {
+  std::vector<std::string> paths;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        if (info->dlpi_name != nullptr && info->dlpi_name[0] != '\0') {
+          static_cast<std::vector<std::string>*>(out)->emplace_back(info->dlpi_name);
+        }
+        return 0;
+      },
+      &paths);
+  return paths;
+}
+
+}  // namespace
+
+Result<std::vector<KernelFile>> read_loaded_triton_modules(const std::vector<std::string>& triton_cache_dirs) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> roots;
+  for (const std::string& dir : triton_cache_dirs) {
+    std::error_code error;
+    fs::path root = fs::weakly_canonical(dir, error);
+    if (!dir.empty() && !error) roots.push_back(std::move(root));
+  }
+  std::map<std::string, std::string> root_of;  // module path -> the cache dir it was loaded from
+  for (const std::string& library : loaded_libraries()) {
+    std::error_code error;
+    const fs::path loaded = fs::weakly_canonical(library, error);
+    if (error) continue;
+    for (const fs::path& root : roots) {
+      const std::string relative = loaded.lexically_relative(root).generic_string();
+      if (is_triton_module_path(relative)) root_of.emplace(relative, root.string());
+    }
+  }
+  util::FileSystem& files = util::FileSystem::real();
+  std::vector<KernelFile> modules;
+  for (const auto& [path, root] : root_of) {
+    Result<std::string> bytes = files.read_file(root, path, bundle::kMaxArtifactBytes);
+    if (!bytes.ok()) return bytes.status();
+    modules.push_back({path, std::move(bytes).value()});
+  }
+  return modules;
+}
+
 Result<Package> read_package(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys) {
   Result<bundle::Bundle> bundle = bundle::parse(file);
   if (!bundle.ok()) return bundle.status();
@@ -246,6 +294,9 @@ Status check_package(const Package& package, const LoadCheck& check) {
   // A package moves between devices of one model (docs/device-index.md), never between models.
   if (accelerator) required.insert(required.end(), {"cuda", "triton", "gpu", "gpu_capability"});
   if (!package.kernels.empty()) required.insert(required.end(), {"cpu_arch", "cpu_flags", "cxx"});
+  // Triton's own key for a module covers its source, build options and platform, not the
+  // Triton and CUDA it was built with or the OS it links against.
+  if (!package.triton_modules.empty()) required.insert(required.end(), {"triton", "cuda", "os", "cpu_arch"});
   for (std::string_view name : required) {
     const std::string built = field(package.fingerprint, name);
     const std::string current = field(check.current, name);
@@ -306,11 +357,17 @@ Status check_package(const Package& package, const LoadCheck& check) {
 
 // --- populate_package ---
 
-Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir) {
+Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,
+                                        const std::vector<std::string>& triton_cache_dirs) {
   if (cache_dir.empty()) return Status::InvalidArgument("the torch cache dir is empty");
   for (const KernelFile& k : package.kernels) {
     if (!is_kernel_path(k.path)) {
       return Status::InvalidArgument("kernel path '" + k.path + "' is not <2 chars>/<name>.so");
+    }
+  }
+  for (const KernelFile& m : package.triton_modules) {
+    if (!is_triton_module_path(m.path)) {
+      return Status::InvalidArgument("Triton module path '" + m.path + "' is not <Triton key>/<name>.so");
     }
   }
   PopulateReport report;
@@ -330,6 +387,19 @@ Result<PopulateReport> populate_package(const Package& package, const std::strin
     if (Status s = files.create_directories(cache_dir, k.path.substr(0, 2)); !s.ok()) return s;
     if (Status s = files.write_atomic(cache_dir, k.path, k.bytes); !s.ok()) return s;
     ++report.files_written;
+  }
+  for (const std::string& triton_dir : std::set<std::string>(triton_cache_dirs.begin(), triton_cache_dirs.end())) {
+    if (triton_dir.empty()) continue;
+    for (const KernelFile& m : package.triton_modules) {
+      // A module Triton built here itself is as good, and may be loaded in this process.
+      if (files.file_info(triton_dir, m.path)) {
+        ++report.files_unchanged;
+        continue;
+      }
+      if (Status s = files.create_directories(triton_dir, m.path.substr(0, m.path.find('/'))); !s.ok()) return s;
+      if (Status s = files.write_atomic(triton_dir, m.path, m.bytes); !s.ok()) return s;
+      ++report.files_written;
+    }
   }
   return report;
 }

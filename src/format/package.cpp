@@ -27,6 +27,7 @@ constexpr std::string_view kManifestKey = "manifest";
 constexpr std::string_view kDynamoType = "dynamo";
 constexpr std::string_view kBackendType = "backend";
 constexpr std::string_view kKernelType = "kernel";
+constexpr std::string_view kTritonModuleType = "triton_module";
 constexpr std::string_view kMegaCacheType = "mega_cache";
 constexpr std::string_view kMegaCacheKey = "fallback";
 
@@ -64,15 +65,21 @@ ordered_json function_json(const FunctionPackage& function) {
 ordered_json manifest_json(const Package& package) {
   ordered_json functions = ordered_json::array();
   for (const FunctionPackage& f : package.functions) functions.push_back(function_json(f));
-  ordered_json kernels = ordered_json::array();
-  std::set<std::string_view> listed;
-  for (const KernelFile& k : package.kernels) {
-    if (listed.insert(k.path).second) kernels.push_back(k.path);
-  }
-  return {{"format", kFormatName},
-          {"version", kManifestVersion},
-          {"functions", functions},
-          {"kernels", kernels}};
+  auto paths = [](const std::vector<KernelFile>& files) {
+    ordered_json listed_paths = ordered_json::array();
+    std::set<std::string_view> listed;
+    for (const KernelFile& k : files) {
+      if (listed.insert(k.path).second) listed_paths.push_back(k.path);
+    }
+    return listed_paths;
+  };
+  ordered_json manifest = {{"format", kFormatName},
+                           {"version", kManifestVersion},
+                           {"functions", functions},
+                           {"kernels", paths(package.kernels)}};
+  // Optional, so that a package without Triton modules reads the same in every version.
+  if (!package.triton_modules.empty()) manifest["triton_modules"] = paths(package.triton_modules);
+  return manifest;
 }
 
 // Reading JSON written by someone else: every field is checked for presence and type, and a
@@ -189,7 +196,18 @@ Result<Package> parse_manifest(std::string_view text, const std::string& where) 
     package.functions.push_back(std::move(function));
   }
   for (std::string& path : r.texts(json, "kernels")) package.kernels.push_back({std::move(path), {}});
+  if (json.contains("triton_modules")) {
+    for (std::string& path : r.texts(json, "triton_modules")) {
+      package.triton_modules.push_back({std::move(path), {}});
+    }
+  }
   if (!r.ok()) return r.status("manifest");
+  for (const KernelFile& m : package.triton_modules) {
+    if (!is_triton_module_path(m.path)) {
+      return Status::InvalidArgument(where + ": Triton module path '" + util::printable(m.path) +
+                                     "' is not <Triton key>/<name>.so");
+    }
+  }
   return package;
 }
 
@@ -210,6 +228,27 @@ Status check_complete(const Package& package, const std::string& where) {
                                          f.entry.function.qualname + " is missing");
         }
       }
+    }
+  }
+  return Status::OK();
+}
+
+// Gives each listed file its bytes from `found` (artifact key -> bytes). Every listed file must
+// be there once, and nothing may be there that is not listed.
+Status attach_files(std::vector<KernelFile>& listed_files, const std::map<std::string, std::string>& found,
+                    std::string_view what) {
+  std::set<std::string> listed;
+  for (KernelFile& k : listed_files) {
+    auto it = found.find(k.path);
+    if (it == found.end()) return Status::InvalidArgument(std::string(what) + " " + k.path + " is missing");
+    if (!listed.insert(k.path).second) {
+      return Status::Corruption(0, std::string(what) + " " + k.path + " is listed twice");
+    }
+    k.bytes = it->second;
+  }
+  for (const auto& [path, bytes] : found) {
+    if (!listed.count(path)) {
+      return Status::InvalidArgument(std::string(what) + " " + path + " is not in the manifest");
     }
   }
   return Status::OK();
@@ -263,6 +302,20 @@ bool is_kernel_path(std::string_view path) {
          std::all_of(name.begin(), name.end(), [&](char c) { return safe(c, true); });
 }
 
+bool is_triton_module_path(std::string_view path) {
+  // Triton's FileCacheManager keeps each compiled module in <cache dir>/<key>/<name><EXT_SUFFIX>,
+  // the key a sha256: in base32 without padding since Triton 3.2, in hex before.
+  const size_t slash = path.find('/');
+  if (slash == std::string_view::npos) return false;
+  const std::string_view key = path.substr(0, slash);
+  const std::string_view name = path.substr(slash + 1);
+  auto base32 = [](char c) { return (c >= 'A' && c <= 'Z') || (c >= '2' && c <= '7'); };
+  auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); };
+  const bool key_ok = (key.size() == 52 && std::all_of(key.begin(), key.end(), base32)) ||
+                      (key.size() == 64 && std::all_of(key.begin(), key.end(), hex));
+  return key_ok && name.size() > 3 && name.front() != '.' && name.ends_with(".so") && is_safe_name(name);
+}
+
 const FunctionPackage* Package::find(std::string_view key) const {
   for (const FunctionPackage& f : functions) {
     if (f.entry.key() == key) return &f;
@@ -298,6 +351,9 @@ std::string write_package(const Package& package, const bundle::WriteOptions& op
   for (const KernelFile& k : package.kernels) {
     if (written.insert(k.path).second) add(kKernelType, k.path, k.bytes);
   }
+  for (const KernelFile& m : package.triton_modules) {
+    if (written.insert(m.path).second) add(kTritonModuleType, m.path, m.bytes);
+  }
   if (!package.mega_cache.empty()) add(kMegaCacheType, std::string(kMegaCacheKey), package.mega_cache);
   return bundle::write(cache, package.fingerprint, options);
 }
@@ -321,6 +377,7 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
   Package package = std::move(parsed).value();
   package.fingerprint = bundle.fingerprint;
   std::map<std::string, std::string> kernels;
+  std::map<std::string, std::string> triton_modules;
   std::set<std::string> with_entry;
   for (const mega_cache::TypeGroup& group : cache.groups) {
     for (const mega_cache::Artifact& a : group.artifacts) {
@@ -341,6 +398,11 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
           return Status::InvalidArgument(what + " is not a kernel path <2 chars>/<name>.so");
         }
         kernels[a.key].assign(a.content);
+      } else if (a.type == kTritonModuleType) {
+        if (!is_triton_module_path(a.key)) {
+          return Status::InvalidArgument(what + " is not a Triton module path <Triton key>/<name>.so");
+        }
+        triton_modules[a.key].assign(a.content);
       } else if (a.type == kMegaCacheType && a.key == kMegaCacheKey) {
         package.mega_cache.assign(a.content);
       } else {
@@ -353,18 +415,8 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
       return Status::InvalidArgument("the Dynamo entry of " + f.entry.function.qualname + " is missing");
     }
   }
-  std::set<std::string> listed;
-  for (KernelFile& k : package.kernels) {
-    auto it = kernels.find(k.path);
-    if (it == kernels.end()) return Status::InvalidArgument("kernel " + k.path + " is missing");
-    if (!listed.insert(k.path).second) return Status::Corruption(0, "kernel " + k.path + " is listed twice");
-    k.bytes = it->second;
-  }
-  if (kernels.size() != listed.size()) {
-    for (const auto& [path, bytes] : kernels) {
-      if (!listed.count(path)) return Status::InvalidArgument("kernel " + path + " is not in the manifest");
-    }
-  }
+  if (Status s = attach_files(package.kernels, kernels, "kernel"); !s.ok()) return s;
+  if (Status s = attach_files(package.triton_modules, triton_modules, "Triton module"); !s.ok()) return s;
   if (Status complete = check_complete(package, "package"); !complete.ok()) return complete;
   return package;
 }
@@ -560,6 +612,12 @@ Status write_unpacked(const Package& package, const std::string& dir, const bund
     if (!is_kernel_path(k.path)) return fail(Status::InvalidArgument("kernel path '" + k.path + "' is unsafe"));
     if (Status s = writer.write("kernels/" + k.path, k.bytes); !s.ok()) return fail(s);
   }
+  for (const KernelFile& m : package.triton_modules) {
+    if (!is_triton_module_path(m.path)) {
+      return fail(Status::InvalidArgument("Triton module path '" + m.path + "' is unsafe"));
+    }
+    if (Status s = writer.write("triton_modules/" + m.path, m.bytes); !s.ok()) return fail(s);
+  }
   if (!package.mega_cache.empty()) {
     if (Status s = writer.write(std::string(kMegaCacheFile), package.mega_cache); !s.ok()) return fail(s);
   }
@@ -629,6 +687,11 @@ Result<Package> read_unpacked(const std::string& dir, const std::vector<bundle::
     Result<std::string> bytes = files.read("kernels/" + k.path);
     if (!bytes.ok()) return bytes.status();
     k.bytes = std::move(bytes).value();
+  }
+  for (KernelFile& m : package.triton_modules) {  // parse_manifest checked each path
+    Result<std::string> bytes = files.read("triton_modules/" + m.path);
+    if (!bytes.ok()) return bytes.status();
+    m.bytes = std::move(bytes).value();
   }
   if (files.exists(std::string(kMegaCacheFile))) {
     Result<std::string> blob = files.read(std::string(kMegaCacheFile));

@@ -386,11 +386,12 @@ struct PyPackage {
     if (!status.ok()) raise(status);
   }
 
-  std::pair<size_t, size_t> populate(const std::string& cache_dir) const {
+  std::pair<size_t, size_t> populate(const std::string& cache_dir,
+                                     const std::vector<std::string>& triton_cache_dirs) const {
     megacache::Result<megacache::PopulateReport> report = megacache::Status::OK();
     {
       nb::gil_scoped_release release;
-      report = pc::populate_package(package, cache_dir);
+      report = pc::populate_package(package, cache_dir, triton_cache_dirs);
     }
     if (!report.ok()) raise(report.status());
     return {report->files_written, report->files_unchanged};
@@ -575,7 +576,9 @@ NB_MODULE(_core, m) {
            "ignore_source_changes"_a = false, "module_source"_a = nb::none(),
            "Raise PackageMismatchError if the package does not fit here (see check_package).")
       .def("populate", &PyPackage::populate, "cache_dir"_a,
-           "Write the kernels and Mega-Cache artifacts; returns (written, unchanged).")
+           "triton_cache_dirs"_a = std::vector<std::string>(),
+           "Write the kernels and Mega-Cache artifacts into cache_dir and the Triton modules into "
+           "each Triton cache dir; returns (files written, files already there).")
       .def("keys", &PyPackage::keys)
       .def("function", &PyPackage::function, "key"_a)
       .def("mega_cache", &PyPackage::mega_cache)
@@ -585,6 +588,12 @@ NB_MODULE(_core, m) {
                    [](const PyPackage& self) {
                      std::vector<std::string> paths;
                      for (const pc::KernelFile& k : self.package.kernels) paths.push_back(k.path);
+                     return paths;
+                   })
+      .def_prop_ro("triton_module_paths",
+                   [](const PyPackage& self) {
+                     std::vector<std::string> paths;
+                     for (const pc::KernelFile& m : self.package.triton_modules) paths.push_back(m.path);
                      return paths;
                    })
       .def("bypassed", [](const PyPackage& self) {
@@ -626,21 +635,30 @@ NB_MODULE(_core, m) {
       .def(
           "package",
           [](const pc::PrecompileContext& self, const Fields& fingerprint, const std::string& cache_dir,
-             const nb::bytes& mega_cache, const std::vector<std::string>& only) {
+             const nb::bytes& mega_cache, const std::vector<std::string>& only,
+             const std::vector<std::string>& triton_cache_dirs) {
             std::string blob(view(mega_cache));
             megacache::Result<std::vector<pc::KernelFile>> kernels = megacache::Status::OK();
+            megacache::Result<std::vector<pc::KernelFile>> modules = std::vector<pc::KernelFile>();
             std::optional<PyPackage> out;
             {
               nb::gil_scoped_release release;
               kernels = pc::read_kernels(cache_dir);
-              if (kernels.ok()) out = PyPackage{self.package(fingerprint, std::move(kernels).value(), std::move(blob), only)};
+              if (kernels.ok()) modules = pc::read_loaded_triton_modules(triton_cache_dirs);
+              if (kernels.ok() && modules.ok()) {
+                out = PyPackage{self.package(fingerprint, std::move(kernels).value(), std::move(blob), only,
+                                             std::move(modules).value())};
+              }
             }
             if (!kernels.ok()) raise(kernels.status());
+            if (!modules.ok()) raise(modules.status());
             return std::move(*out);
           },
           "fingerprint"_a, "cache_dir"_a, "mega_cache"_a, "only"_a = std::vector<std::string>(),
+          "triton_cache_dirs"_a = std::vector<std::string>(),
           "Stitch the entries (only these source keys, if given) with their backends, the compiled "
-          "kernels of the torch cache dir and a Mega-Cache blob into a Package.")
+          "kernels of the torch cache dir, the Triton modules this process loaded from the Triton "
+          "cache dirs and a Mega-Cache blob into a Package.")
       .def("debug_info", &pc::PrecompileContext::debug_info_json)
       .def("clear", &pc::PrecompileContext::clear)
       .def("empty", &pc::PrecompileContext::empty);

@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <dlfcn.h>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <tuple>
@@ -79,6 +81,16 @@ Package sample_package() {
   return package;
 }
 
+// Triton names a module's dir by a sha256: in base32 (Triton 3.2 and later), in hex before.
+const std::string kCudaUtils = "XU5DT2AO5BD5AEHEYGLPP5LRDFHHCUEJT4LGDVLB4STXUGVGHFPA/cuda_utils.cpython-312-x86_64-linux-gnu.so";
+const std::string kLauncher = "3f2a" + std::string(60, '0') + "/__triton_launcher.cpython-312-x86_64-linux-gnu.so";
+
+// sample_package as a CUDA process makes it: with Triton's driver helper and a kernel launcher.
+Package with_triton_modules(Package package) {
+  package.triton_modules = {{kCudaUtils, std::string("\x7f" "ELF\0cuda utils", 15)}, {kLauncher, "\x7f" "ELF launcher"}};
+  return package;
+}
+
 // The first field in which two packages differ, or "" when they are equal. Written field by
 // field so that a field the codecs forget is caught here rather than compared away.
 std::string difference(const Package& a, const Package& b) {
@@ -88,6 +100,11 @@ std::string difference(const Package& a, const Package& b) {
   for (size_t i = 0; i < a.kernels.size(); ++i) {
     if (a.kernels[i].path != b.kernels[i].path) return "kernel path " + a.kernels[i].path;
     if (a.kernels[i].bytes != b.kernels[i].bytes) return "kernel bytes " + a.kernels[i].path;
+  }
+  if (a.triton_modules.size() != b.triton_modules.size()) return "Triton module count";
+  for (size_t i = 0; i < a.triton_modules.size(); ++i) {
+    if (a.triton_modules[i].path != b.triton_modules[i].path) return "Triton module path " + a.triton_modules[i].path;
+    if (a.triton_modules[i].bytes != b.triton_modules[i].bytes) return "Triton module bytes " + a.triton_modules[i].path;
   }
   if (a.functions.size() != b.functions.size()) return "function count";
   for (size_t i = 0; i < a.functions.size(); ++i) {
@@ -1041,6 +1058,149 @@ TEST(PackageCorruption, RandomFlipsNeverYieldADifferentPackage) {
   }
 }
 
+// --- Triton modules ---
+
+TEST(TritonModules, PathContract) {
+  const std::string key(64, 'c');
+  const std::string base32_key = std::string(50, 'A') + "27";
+  for (const std::string& good : std::vector<std::string>{kCudaUtils, kLauncher, key + "/x.so", key + "/A-b_c.d.so",
+                                                           base32_key + "/x.so", key + "/" + std::string(197, 'n') + ".so"}) {
+    EXPECT_TRUE(is_triton_module_path(good)) << good;
+  }
+  for (const std::string& bad : std::vector<std::string>{
+           "", "x.so", "/x.so", "ab/cabc.so", std::string(63, 'c') + "/x.so", std::string(65, 'c') + "/x.so",
+           std::string(64, 'C') + "/x.so", std::string(63, 'c') + "g/x.so", std::string(51, 'A') + "/x.so",
+           std::string(53, 'A') + "/x.so", std::string(51, 'A') + "8/x.so", std::string(52, 'a') + "/x.so",
+           key + "/.so", key + "/.hidden.so", key + "/x.txt", key + "/sub/x.so", key + "/../x.so",
+           "/" + key + "/x.so", key + "/x y.so", key + "/x.so\n", key + "\\x.so",
+           key + "/" + std::string(198, 'n') + ".so", key + std::string("/x\0.so", 6), key + "/", base32_key + "/"}) {
+    EXPECT_FALSE(is_triton_module_path(bad)) << bad;
+  }
+}
+
+TEST(TritonModules, TravelInBothFormsAndOnlyWhenPresent) {
+  const Package package = with_triton_modules(sample_package());
+  Result<Package> binary = read_binary(write_package(package));
+  ASSERT_TRUE(binary.ok()) << binary.status().to_string();
+  EXPECT_EQ(difference(*binary, package), "");
+  ASSERT_EQ(binary->triton_modules.size(), 2u);
+  EXPECT_EQ(binary->triton_modules[0].path, kCudaUtils);
+  EXPECT_EQ(binary->triton_modules[0].bytes, std::string("\x7f" "ELF\0cuda utils", 15));
+
+  test::TempDir tmp;
+  ASSERT_TRUE(write_unpacked(package, tmp.path() + "/pkg").ok());
+  EXPECT_EQ(*test::read_file(tmp.path() + "/pkg/triton_modules/" + kLauncher), "\x7f" "ELF launcher");
+  Result<Package> unpacked = read_unpacked(tmp.path() + "/pkg", {});
+  ASSERT_TRUE(unpacked.ok()) << unpacked.status().to_string();
+  EXPECT_EQ(difference(*unpacked, package), "");
+
+  // The manifest names them; one without any reads as every earlier version wrote it.
+  EXPECT_TRUE(contains(describe(package), kCudaUtils));
+  EXPECT_FALSE(contains(describe(sample_package()), "triton_modules"));
+}
+
+TEST(TritonModules, ReadRefusesPathsOutsideTheGrammar) {
+  for (const std::string& bad : std::vector<std::string>{"../x.so", std::string(64, 'c') + "/../../x.so", "ab/cabc.so"}) {
+    Package package = with_triton_modules(sample_package());
+    package.triton_modules[0].path = bad;  // write_package does not check; the reader must
+    Result<Package> read = read_binary(write_package(package));
+    ASSERT_FALSE(read.ok()) << bad;
+    EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument) << read.status().to_string();
+    EXPECT_TRUE(contains(read.status().message(), bad)) << read.status().message();
+  }
+  test::TempDir tmp;
+  const std::string dir = tmp.path() + "/pkg";
+  ASSERT_TRUE(write_unpacked(with_triton_modules(sample_package()), dir).ok());
+  ASSERT_TRUE(test::write_file(tmp.path() + "/x.so", "outside the package").ok());
+  nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(*test::read_file(dir + "/manifest.json"));
+  manifest["triton_modules"][0] = "../../x.so";
+  ASSERT_TRUE(test::write_file(dir + "/manifest.json", manifest.dump(2)).ok());
+  Result<Package> read = read_unpacked(dir, {});
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument) << read.status().to_string();
+  manifest["triton_modules"] = "not a list";
+  ASSERT_TRUE(test::write_file(dir + "/manifest.json", manifest.dump(2)).ok());
+  read = read_unpacked(dir, {});
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kCorruption) << read.status().to_string();
+  EXPECT_TRUE(contains(read.status().message(), "triton_modules")) << read.status().message();
+}
+
+TEST(TritonModules, CheckedAgainstTritonCudaOsAndArchitecture) {
+  for (const std::string name : {"triton", "cuda", "os", "cpu_arch"}) {
+    LoadCheck check = same_environment();
+    check.current = with(kFingerprint, name, "other");
+    if (name == "os") check.current.emplace_back("os", "other");
+    EXPECT_TRUE(check_package(cpu_only_package(), check).ok()) << name;
+    Package with_modules = cpu_only_package();
+    with_modules.triton_modules = {{kCudaUtils, "ELF"}};
+    const Status status = check_package(with_modules, check);
+    EXPECT_EQ(status.code(), Status::Code::kMismatch) << name;
+    EXPECT_TRUE(contains(status.message(), "package built with " + name + " ")) << status.message();
+  }
+}
+
+TEST(TritonModules, PopulateWritesEveryTritonDirAndKeepsWhatTritonBuilt) {
+  Package package = with_triton_modules(sample_package());
+  package.mega_cache.clear();
+  test::TempDir torch_dir, home_triton, torch_triton;
+  const std::map<std::string, std::string> modules = {{kCudaUtils, package.triton_modules[0].bytes},
+                                                      {kLauncher, package.triton_modules[1].bytes}};
+  Result<PopulateReport> report =
+      populate_package(package, torch_dir.path(), {home_triton.path(), torch_triton.path(), home_triton.path(), ""});
+  ASSERT_TRUE(report.ok()) << report.status().to_string();
+  EXPECT_EQ(read_tree(home_triton.path()), modules);
+  EXPECT_EQ(read_tree(torch_triton.path()), modules);
+  EXPECT_EQ(read_tree(torch_dir.path()).size(), 2u);  // the kernels only
+  EXPECT_EQ(report->files_written, 2u + 4u);
+
+  // Triton's own build of a module is left as it is: it may be loaded in this process.
+  ASSERT_TRUE(test::write_file(home_triton.path() + "/" + kCudaUtils, "built here").ok());
+  Result<PopulateReport> again = populate_package(package, torch_dir.path(), {home_triton.path()});
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  EXPECT_EQ(again->files_written, 0u);
+  EXPECT_EQ(read_tree(home_triton.path()).at(kCudaUtils), "built here");
+
+  // A path outside the grammar is refused before anything is written anywhere.
+  package.triton_modules.push_back({"../x.so", "ELF"});
+  test::TempDir fresh;
+  Result<PopulateReport> refused = populate_package(package, fresh.path() + "/cache", {fresh.path() + "/triton"});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_TRUE(read_tree(fresh.path()).empty());
+}
+
+TEST(TritonModules, ReadsWhatThisProcessLoadedFromATritonCacheDir) {
+  const Result<std::string> module = test::read_file(MEGACACHE_LOADABLE_MODULE);
+  ASSERT_TRUE(module.ok()) << module.status().to_string();
+  test::TempDir cache, elsewhere;
+  const std::string loaded = cache.path() + "/" + kCudaUtils;
+  const std::string not_a_key = cache.path() + "/not-a-key/cuda_utils.so";
+  const std::string outside = elsewhere.path() + "/" + kLauncher;
+  for (const std::string& path : std::vector<std::string>{loaded, not_a_key, outside, cache.path() + "/" + kLauncher}) {
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+    ASSERT_TRUE(test::write_file(path, *module).ok());
+  }
+  std::vector<void*> handles;
+  for (const std::string& path : std::vector<std::string>{loaded, not_a_key, outside}) {  // never kLauncher under cache
+    handles.push_back(dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL));
+    ASSERT_NE(handles.back(), nullptr) << dlerror();
+  }
+  // The cache dir named through a link, beside an empty name and a dir that does not exist.
+  const std::string link = elsewhere.path() + "/link";
+  std::filesystem::create_directory_symlink(cache.path(), link);
+  Result<std::vector<KernelFile>> read = read_loaded_triton_modules({link, "", cache.path() + "/missing"});
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  ASSERT_EQ(read->size(), 1u);
+  EXPECT_EQ((*read)[0].path, kCudaUtils);
+  EXPECT_TRUE((*read)[0].bytes == *module);
+
+  Result<std::vector<KernelFile>> none = read_loaded_triton_modules({});
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+  for (void* handle : handles) dlclose(handle);
+}
+
 // --- golden file ---
 
 // The package in tests/data/package_v1.mcpkg. Written by megacache 0.1.0 (manifest version 1,
@@ -1103,6 +1263,28 @@ TEST(PackageGolden, ReadsAndReproducesTheGoldenFile) {
 
   // The writer is deterministic and has not changed format.
   EXPECT_TRUE(write_package(golden_package()) == file)
+      << "write_package no longer reproduces " << path
+      << "; if the change is deliberate, run with MEGACACHE_REGENERATE_GOLDEN=1";
+}
+
+// tests/data/package_v1_triton_modules.mcpkg: the golden package as a CUDA process makes it,
+// with Triton's driver helper and a kernel launcher (the optional "triton_modules").
+TEST(PackageGolden, ReadsAndReproducesTheGoldenFileWithTritonModules) {
+  const std::string path = std::string(MEGACACHE_TEST_DATA) + "/package_v1_triton_modules.mcpkg";
+  const Package golden = with_triton_modules(golden_package());
+  if (const char* regenerate = std::getenv("MEGACACHE_REGENERATE_GOLDEN");
+      regenerate != nullptr && std::string(regenerate) == "1") {
+    ASSERT_TRUE(test::write_file(path, write_package(golden)).ok());
+  }
+  const std::string file = test::read_test_file("package_v1_triton_modules.mcpkg");
+  ASSERT_FALSE(file.empty()) << path << " is missing";
+  Result<Package> read = read_binary(file);
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  ASSERT_EQ(read->triton_modules.size(), 2u);
+  EXPECT_EQ(read->triton_modules[1].path, kLauncher);
+  EXPECT_EQ(read->triton_modules[1].bytes, "\x7f" "ELF launcher");
+  EXPECT_EQ(difference(*read, golden), "");
+  EXPECT_TRUE(write_package(golden) == file)
       << "write_package no longer reproduces " << path
       << "; if the change is deliberate, run with MEGACACHE_REGENERATE_GOLDEN=1";
 }

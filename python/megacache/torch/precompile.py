@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import functools
 import hashlib
+import importlib
 import inspect
 import logging
 import os
@@ -151,8 +152,23 @@ def _torch_cache_dir() -> str:
     return cache_dir()
 
 
+def _triton_cache_dirs() -> List[str]:
+    """Where Triton looks for the modules it compiles with gcc (its CUDA driver helper, kernel
+    launchers): its cache dir now, its default under TRITON_HOME, and the dir torch points
+    TRITON_CACHE_DIR at once it loads a kernel, since a module is built wherever the variable
+    points at that moment. Empty when Triton is not imported or predates its knobs (3.4)."""
+    cache = getattr(getattr(sys.modules.get("triton"), "knobs", None), "cache", None)
+    if cache is None or not hasattr(cache, "get_triton_dir"):
+        return []
+    from torch._inductor.runtime.cache_dir_utils import triton_cache_dir
+
+    device = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return sorted({cache.dir, cache.get_triton_dir("cache"), triton_cache_dir(device)})
+
+
 def build_package(keys: Optional[List[str]] = None) -> "_core.Package":
-    """What this process compiled or loaded (only `keys`, if given), stitched into a package."""
+    """What this process compiled or loaded (only `keys`, if given), stitched into a package,
+    with the Triton modules this process loaded."""
     from megacache.torch import mega_cache as adapter
 
     with _lock:
@@ -160,7 +176,7 @@ def build_package(keys: Optional[List[str]] = None) -> "_core.Package":
         recorded = adapter.recorded()
         package = _context.package(
             installed_keys.fingerprint_with_recorded(list(environment())), _torch_cache_dir(),
-            recorded[0] if recorded else b"", keys or []
+            recorded[0] if recorded else b"", keys or [], _triton_cache_dirs(),
         )
     return package
 
@@ -186,10 +202,13 @@ def _install_probe_shortcut() -> None:
 
 
 def install_files(package: "_core.Package") -> None:
-    """Writes the package's kernels and Mega-Cache artifacts into torch's cache dir, and takes
-    the keys it recorded of the installed software (installed_keys)."""
+    """Writes the package's kernels and Mega-Cache artifacts into torch's cache dir and its
+    Triton modules where Triton looks for them, and takes the keys it recorded of the installed
+    software (installed_keys)."""
     cache_dir = _torch_cache_dir()
-    package.populate(cache_dir)
+    if package.triton_module_paths:
+        importlib.import_module("triton")  # its knobs name the dirs; the package's kernels need it
+    package.populate(cache_dir, _triton_cache_dirs())
     installed_keys.seed(dict(package.fingerprint))
     if package.kernel_paths:
         for path in package.kernel_paths:
