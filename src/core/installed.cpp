@@ -19,6 +19,9 @@ Result<std::string> installed_identity(const std::string& root) {
   }
   std::vector<std::string> lines;
   fs::recursive_directory_iterator it(root, fs::directory_options::none, error);
+  // Every path the iterator yields starts with root and a separator (fs::relative would
+  // resolve both paths on the file system for each of torch's 14,000 files).
+  const size_t prefix = (fs::path(root) / "").native().size();
   if (error) return Status::IOError("cannot list " + root + ": " + error.message());
   for (; it != fs::recursive_directory_iterator(); it.increment(error)) {
     if (error) return Status::IOError("cannot list " + root + ": " + error.message());
@@ -33,7 +36,7 @@ Result<std::string> installed_identity(const std::string& root) {
       return Status::IOError("cannot stat " + path.string());
     }
     // Links and special files are named by what they are; regular files by size and mtime.
-    lines.push_back(fs::relative(path, root).string() + '\0' + std::to_string(info.st_mode) + '\0' +
+    lines.push_back(path.native().substr(prefix) + '\0' + std::to_string(info.st_mode) + '\0' +
                     std::to_string(info.st_size) + '\0' + std::to_string(info.st_mtim.tv_sec) + '.' +
                     std::to_string(info.st_mtim.tv_nsec) + '\n');
   }
