@@ -1,12 +1,13 @@
 """What torch and Triton compute from the installed software on every start, carried in packages.
 
 Triton's `triton_key()` hashes Triton's compiler, backends, language and libtriton (about 0.36 s
-on the H200 host, in every fresh process, before its first kernel loads). A package records the
-key beside the identity of Triton's files (`_core.installed_identity`: each file's path, mode,
-size and mtime). A process whose Triton has the same identity uses the recorded key instead of
-hashing again; a Triton installed elsewhere, changed or touched has another identity and
-computes its own. The fields travel in the package's fingerprint, so they are signed and checked
-with the rest of it (docs/installed-keys.md).
+on the H200 host); torch's `torch_key()` hashes torch's Python sources (about 0.25 s, and every
+kernel a package loads is keyed with it). A package records each key beside the identity of the
+files it hashes (`_core.installed_identity`: each file's path, mode, size and mtime). A process
+whose files have the same identity uses the recorded key instead of hashing again; a package
+installed elsewhere, changed or touched has another identity and computes its own. The fields
+travel in the package's fingerprint, so they are signed and checked with the rest of it
+(docs/installed-keys.md).
 """
 
 from __future__ import annotations
@@ -21,74 +22,124 @@ from megacache import _core
 
 log = logging.getLogger("megacache")
 
-TRITON_KEY = "triton_key"
-TRITON_IDENTITY = "triton_identity"
 # Fingerprint values are capped at 64 KiB (docs/bundle-format.md); Triton's key is about 10 KiB.
 _MAX_VALUE = 60_000
-# Where Triton defines triton_key: runtime.cache since 3.3, compiler.compiler before.
-_DEFINED_IN = ("triton.runtime.cache", "triton.compiler.compiler")
-
-# The key this process took from a package, so that a package it makes records it again.
-_seeded: Optional[Tuple[str, str]] = None
 
 
 @functools.lru_cache(maxsize=None)
-def _triton_identity() -> Optional[str]:
-    spec = importlib.util.find_spec("triton")  # finds it without importing it
+def _identity(package: str) -> Optional[str]:
+    spec = importlib.util.find_spec(package)  # finds it without importing it
     if spec is None or not spec.submodule_search_locations:
         return None
     try:
         return _core.installed_identity(list(spec.submodule_search_locations)[0])
     except OSError as error:
-        log.debug("megacache: no identity for Triton's files: %s", error)
+        log.debug("megacache: no identity for %s's files: %s", package, error)
         return None
 
 
-def _triton_key_function() -> Optional[Callable[[], str]]:
-    """Triton's own cached triton_key, when Triton is imported."""
-    for name in _DEFINED_IN:
-        found = getattr(sys.modules.get(name), "triton_key", None)
-        if found is not None and hasattr(found, "cache_info"):
-            return found
-    return None
+class _InstalledKey:
+    """One key: the package whose files it hashes, the modules that may define it, and how its
+    value reads as fingerprint text."""
+
+    def __init__(self, package: str, defined_in: Tuple[str, ...], to_text: Callable[[Any], str],
+                 from_text: Callable[[str], Any]) -> None:
+        self.package = package
+        self.key_field, self.identity_field = f"{package}_key", f"{package}_identity"
+        self.defined_in = defined_in
+        self.to_text, self.from_text = to_text, from_text
+        # The (identity, text) this process took from a package, so that a package it makes
+        # records it again.
+        self.seeded: Optional[Tuple[str, str]] = None
+
+    def function(self) -> Optional[Callable[[], Any]]:
+        """The package's own cached key function, when its module is imported."""
+        for name in self.defined_in:
+            found = getattr(sys.modules.get(name), self.key_field, None)
+            if found is not None and (hasattr(found, "cache_info") or hasattr(found, "set")):
+                return found
+        return None
+
+    @staticmethod
+    def computed(function: Callable[[], Any]) -> Optional[bool]:
+        """Whether the function holds its value already; None for a cache of unknown form."""
+        info = getattr(function, "cache_info", None)
+        if info is not None:  # functools.cache
+            return info().currsize != 0
+        # torch's own caches with a set(): the value lives in the closure's `_cache`.
+        cells = dict(zip(function.__code__.co_freevars, function.__closure__ or ()))
+        if "_cache" not in cells:
+            return None
+        value = cells["_cache"].cell_contents
+        if isinstance(value, list):  # codecache.torch_key_cache (torch 2.11): a list of one
+            return bool(value)
+        # torch.utils._functools.prefetchable_cache (later torch): a sentinel until computed.
+        sentinel = getattr(sys.modules.get("torch.utils._functools"), "_cache_sentinel", None)
+        return None if sentinel is None else value is not sentinel
+
+    def recorded(self) -> List[Tuple[str, str]]:
+        if self.seeded is not None:
+            return [(self.identity_field, self.seeded[0]), (self.key_field, self.seeded[1])]
+        function = self.function()
+        if function is None or not self.computed(function):
+            return []
+        identity, text = _identity(self.package), self.to_text(function())
+        if identity is None or len(text) > _MAX_VALUE:
+            return []
+        return [(self.identity_field, identity), (self.key_field, text)]
+
+    def seed(self, fingerprint: Dict[str, str]) -> bool:
+        text, identity = fingerprint.get(self.key_field), fingerprint.get(self.identity_field)
+        if not text or not identity or self.seeded is not None:
+            return False
+        function = self.function()
+        if function is None or self.computed(function) is not False or identity != _identity(self.package):
+            return False
+        try:
+            value = self.from_text(text)
+        except ValueError:
+            return False
+        if hasattr(function, "set"):
+            # torch's prefetchable_cache takes a value through its own door.
+            try:
+                function.set(value)
+            except (RuntimeError, AssertionError):  # computed meanwhile
+                return False
+        else:
+            self._bind(function, value)
+        self.seeded = (identity, text)
+        return True
+
+    def _bind(self, function: Callable[[], Any], value: Any) -> None:
+        """Gives the recorded value to every module that bound the lru-cached function by name
+        (Triton's compiler, torch's triton_compat); modules that import it later find it too."""
+
+        def recorded_key() -> Any:
+            return value
+
+        recorded_key.cache_clear = function.cache_clear  # type: ignore[attr-defined]
+        for name, module in list(sys.modules.items()):
+            if name.startswith(("triton", "torch")) and getattr(module, self.key_field, None) is function:
+                setattr(module, self.key_field, recorded_key)
+
+
+# Where each key is defined: Triton's in runtime.cache since 3.3, compiler.compiler before.
+_KEYS = (
+    _InstalledKey("triton", ("triton.runtime.cache", "triton.compiler.compiler"), str, str),
+    _InstalledKey("torch", ("torch._inductor.codecache",), bytes.hex, bytes.fromhex),
+)
 
 
 def recorded() -> List[Tuple[str, str]]:
-    """The fields a package made now records: Triton's key and identity, when this process
-    computed the key (a CUDA compile does) or took it from a package."""
-    if _seeded is not None:
-        return [(TRITON_IDENTITY, _seeded[0]), (TRITON_KEY, _seeded[1])]
-    triton_key = _triton_key_function()
-    if triton_key is None or triton_key.cache_info().currsize == 0:
-        return []
-    identity, value = _triton_identity(), triton_key()
-    if identity is None or len(value) > _MAX_VALUE:
-        return []
-    return [(TRITON_IDENTITY, identity), (TRITON_KEY, value)]
+    """The fields a package made now records: each key with its identity, when this process
+    computed the key (a compile does) or took it from a package."""
+    return [field for key in _KEYS for field in key.recorded()]
 
 
-def seed(fingerprint: Dict[str, str]) -> bool:
-    """Uses a package's recorded Triton key when this Triton has the identity it was recorded
-    under and has not computed its key yet. Returns whether it did."""
-    global _seeded
-    value, identity = fingerprint.get(TRITON_KEY), fingerprint.get(TRITON_IDENTITY)
-    if not value or not identity or _seeded is not None:
-        return False
-    triton_key = _triton_key_function()
-    if triton_key is None or triton_key.cache_info().currsize != 0 or identity != _triton_identity():
-        return False
-
-    def recorded_triton_key() -> str:
-        return value
-
-    recorded_triton_key.cache_clear = triton_key.cache_clear  # type: ignore[attr-defined]
-    # Every module that bound Triton's function by name (Triton's compiler, torch's
-    # triton_compat) gets the recorded key; modules that import it later find it too.
-    for name, module in list(sys.modules.items()):
-        if name.startswith(("triton", "torch")) and getattr(module, "triton_key", None) is triton_key:
-            setattr(module, "triton_key", recorded_triton_key)
-    _seeded = (identity, value)
-    return True
+def seed(fingerprint: Dict[str, str]) -> List[str]:
+    """Uses a package's recorded keys where the files they hash have the identity they were
+    recorded under and the key is not computed yet. Returns the names of the keys it seeded."""
+    return [key.key_field for key in _KEYS if key.seed(fingerprint)]
 
 
 def fingerprint_with_recorded(fingerprint: List[Tuple[str, Any]]) -> List[Tuple[str, Any]]:
