@@ -211,7 +211,8 @@ Status check_package(const Package& package, const LoadCheck& check);
 
 // Writes the Mega-Cache artifacts (as populate) and the kernels into `cache_dir`, and the Triton
 // modules into each of `triton_cache_dirs` (where Triton may look, depending on when torch set
-// TRITON_CACHE_DIR), each file atomically; a Triton module already there is left alone. Paths
+// TRITON_CACHE_DIR), each file atomically; a Triton module already there is left alone, and a
+// Triton dir that cannot be written is passed over (Triton builds its own modules there). Paths
 // are validated before anything is written. Pickles are not written: the caller hands them to
 // torch. Errors: InvalidArgument, IOError.
 Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,

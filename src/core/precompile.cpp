@@ -396,8 +396,12 @@ Result<PopulateReport> populate_package(const Package& package, const std::strin
         ++report.files_unchanged;
         continue;
       }
-      if (Status s = files.create_directories(triton_dir, m.path.substr(0, m.path.find('/'))); !s.ok()) return s;
-      if (Status s = files.write_atomic(triton_dir, m.path, m.bytes); !s.ok()) return s;
+      // A dir that cannot be written (a read-only HOME beside a writable TRITON_CACHE_DIR) is
+      // passed over: the modules only spare Triton a build, which it does itself where needed.
+      if (!files.create_directories(triton_dir, m.path.substr(0, m.path.find('/'))).ok() ||
+          !files.write_atomic(triton_dir, m.path, m.bytes).ok()) {
+        break;
+      }
       ++report.files_written;
     }
   }

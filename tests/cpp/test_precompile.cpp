@@ -1161,6 +1161,16 @@ TEST(TritonModules, PopulateWritesEveryTritonDirAndKeepsWhatTritonBuilt) {
   EXPECT_EQ(again->files_written, 0u);
   EXPECT_EQ(read_tree(home_triton.path()).at(kCudaUtils), "built here");
 
+  // A Triton dir that cannot be written (here a file stands where it would be) is passed over.
+  test::TempDir mixed;
+  ASSERT_TRUE(test::write_file(mixed.path() + "/blocked", "a file, not a dir").ok());
+  Result<PopulateReport> partial =
+      populate_package(package, mixed.path() + "/torch", {mixed.path() + "/blocked", mixed.path() + "/triton"});
+  ASSERT_TRUE(partial.ok()) << partial.status().to_string();
+  EXPECT_EQ(read_tree(mixed.path() + "/triton"), modules);
+  EXPECT_EQ(read_tree(mixed.path() + "/torch").size(), 2u);
+  EXPECT_EQ(*test::read_file(mixed.path() + "/blocked"), "a file, not a dir");
+
   // A path outside the grammar is refused before anything is written anywhere.
   package.triton_modules.push_back({"../x.so", "ELF"});
   test::TempDir fresh;
