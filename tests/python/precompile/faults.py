@@ -96,6 +96,7 @@ from torch._dynamo.utils import counters  # noqa: E402
 print(json.dumps({
     "automatic": megacache.automatic_stats(),
     "inductor": dict(counters["inductor"]),
+    "aot_autograd": dict(counters["aot_autograd"]),
     "packaged_names": sorted(packaged_names),
     "packaged_names_left": sorted(packaged_names & set(vars(cases))),
     "new_names": sorted(set(vars(cases)) - names_before),
