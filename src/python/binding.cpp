@@ -536,7 +536,10 @@ NB_MODULE(_core, m) {
   m.def(
       "installed_identity",
       [](const std::string& root) {
-        megacache::Result<std::string> identity = pc::installed_identity(root);
+        megacache::Result<std::string> identity = [&] {
+          nb::gil_scoped_release release;  // installed_keys takes it on a thread of its own
+          return pc::installed_identity(root);
+        }();
         if (!identity.ok()) raise(identity.status());
         return std::move(identity).value();
       },

@@ -83,6 +83,8 @@ from megacache.torch import installed_keys
 hashed = []
 build_code_hash = codecache.build_code_hash
 codecache.build_code_hash = lambda *args: hashed.append(1) or build_code_hash(*args)
+if sys.argv[2:] == ["background"]:  # as megacache's hooks do when installed
+    installed_keys.take_identities_in_background()
 seeded = installed_keys.seed(json.loads(sys.argv[1]))
 print(json.dumps({"seeded": "torch_key" in seeded, "key": codecache.torch_key().hex(),
                   "bound": async_compile.torch_key().hex(), "hashed": len(hashed),
@@ -90,10 +92,11 @@ print(json.dumps({"seeded": "torch_key" in seeded, "key": codecache.torch_key().
 """
 
 
-def test_torchs_recorded_key_is_used_under_the_same_identity_without_hashing_torch_again():
+@pytest.mark.parametrize("identity", ["taken on demand", "background"])
+def test_torchs_recorded_key_is_used_under_the_same_identity_without_hashing_torch_again(identity):
     fields = {k: v for k, v in run(RECORD_TORCH).items() if k.startswith("torch_")}
     assert set(fields) == {"torch_identity", "torch_key"} and len(fields["torch_key"]) == 64
-    loaded = run(SEED_TORCH, json.dumps(fields))
+    loaded = run(SEED_TORCH, json.dumps(fields), identity)
     assert loaded["seeded"] is True
     assert loaded["key"] == loaded["bound"] == fields["torch_key"]
     assert loaded["hashed"] == 0

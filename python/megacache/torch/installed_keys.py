@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import logging
 import sys
+import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from megacache import _core
@@ -27,15 +28,47 @@ _MAX_VALUE = 60_000
 
 
 @functools.lru_cache(maxsize=None)
-def _identity(package: str) -> Optional[str]:
+def _root(package: str) -> Optional[str]:
     spec = importlib.util.find_spec(package)  # finds it without importing it
     if spec is None or not spec.submodule_search_locations:
         return None
+    return list(spec.submodule_search_locations)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _identity_beneath(root: str) -> Optional[str]:
     try:
-        return _core.installed_identity(list(spec.submodule_search_locations)[0])
+        return _core.installed_identity(root)
     except OSError as error:
-        log.debug("megacache: no identity for %s's files: %s", package, error)
+        log.debug("megacache: no identity for the files beneath %s: %s", root, error)
         return None
+
+
+# Taking the identities ahead of the load that needs them (take_identities_in_background).
+_taking: Optional[threading.Thread] = None
+_taking_lock = threading.Lock()
+
+
+def take_identities_in_background() -> None:
+    """Starts taking the identity of each package whose key a package may carry, on a thread of
+    its own: the walk over torch's 14,000 files (25 ms on the H200 host, 75 ms on 2 cores; the C++
+    walk releases the GIL) then overlaps the imports and the trace instead of delaying the first
+    call. Idempotent; `_identity` waits for it."""
+    global _taking
+    with _taking_lock:
+        if _taking is not None:
+            return
+        roots = [root for root in (_root(key.package) for key in _KEYS) if root is not None]
+        _taking = threading.Thread(target=lambda: [_identity_beneath(root) for root in roots],
+                                   name="megacache-installed-identity", daemon=True)
+        _taking.start()
+
+
+def _identity(package: str) -> Optional[str]:
+    if _taking is not None:
+        _taking.join()
+    root = _root(package)
+    return None if root is None else _identity_beneath(root)
 
 
 class _InstalledKey:

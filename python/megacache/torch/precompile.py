@@ -603,6 +603,7 @@ def install_hooks() -> None:
         logging.getLogger("torch._dynamo.guards").addFilter(_QuietDroppedGuards())
         hooks.should_record = _records
         atexit.register(_close_at_exit)
+        installed_keys.take_identities_in_background()
         _installed = True
 
 
