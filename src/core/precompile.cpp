@@ -211,6 +211,7 @@ Result<std::vector<KernelFile>> read_loaded_triton_modules(const std::vector<std
     fs::path root = fs::weakly_canonical(dir, error);
     if (!dir.empty() && !error) roots.push_back(std::move(root));
   }
+  if (roots.empty()) return std::vector<KernelFile>{};  // no Triton here: nothing loaded from it
   std::map<std::string, std::string> root_of;  // module path -> the cache dir it was loaded from
   for (const std::string& library : loaded_libraries()) {
     std::error_code error;

@@ -206,9 +206,11 @@ def install_files(package: "_core.Package") -> None:
     Triton modules where Triton looks for them, and takes the keys it recorded of the installed
     software (installed_keys)."""
     cache_dir = _torch_cache_dir()
+    triton_dirs: List[str] = []
     if package.triton_module_paths:
         importlib.import_module("triton")  # its knobs name the dirs; the package's kernels need it
-    package.populate(cache_dir, _triton_cache_dirs())
+        triton_dirs = _triton_cache_dirs()
+    package.populate(cache_dir, triton_dirs)
     installed_keys.seed(dict(package.fingerprint))
     if package.kernel_paths:
         for path in package.kernel_paths:
