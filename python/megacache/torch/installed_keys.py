@@ -59,8 +59,11 @@ def take_identities_in_background() -> None:
         if _taking is not None:
             return
         roots = [root for root in (_root(key.package) for key in _KEYS) if root is not None]
+        # Not a daemon: Python ends a daemon thread that wakes up during shutdown by unwinding
+        # it, and unwinding through the binding's GIL release aborts the process. The walk is
+        # short, so an exit right after the hooks go in waits for it instead.
         _taking = threading.Thread(target=lambda: [_identity_beneath(root) for root in roots],
-                                   name="megacache-installed-identity", daemon=True)
+                                   name="megacache-installed-identity")
         _taking.start()
 
 
