@@ -116,6 +116,7 @@ def test_torch_computes_its_own_key_under_another_identity_or_from_a_bad_value()
 def test_a_process_that_exits_while_the_identities_are_taken_exits_cleanly():
     # The walk ends during the interpreter's shutdown (torch's takes longer than the walk): a
     # daemon thread was unwound there through the binding's GIL release, and the process aborted.
-    code = "import torch\nfrom megacache.torch import installed_keys\ninstalled_keys.take_identities_in_background()\n"
+    code = ("import torch\nfrom megacache.torch import installed_keys\n"
+            "installed_keys.take_identities_in_background()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -292,7 +292,8 @@ def test_a_frame_torch_cannot_record_compiles_as_plain_torch_would(published_mlp
     assert torch.equal(torch.load(tmp_path / "first.pt"), torch.load(root / "cold.pt"))
     second = run("faults.py", "none", store, tmp_path / "second.pt", cwd=code,
                  cache_dir=tmp_path / "cache-second")
-    cache_hits = second["inductor"].get("fxgraph_cache_hit", 0) + second["aot_autograd"].get("autograd_cache_hit", 0)
+    cache_hits = (second["inductor"].get("fxgraph_cache_hit", 0)
+                  + second["aot_autograd"].get("autograd_cache_hit", 0))
     assert cache_hits == 1, second
     assert "fxgraph_cache_miss" not in second["inductor"], second
     assert torch.equal(torch.load(tmp_path / "second.pt"), torch.load(root / "cold.pt"))
