@@ -1,7 +1,8 @@
 """Fresh-process start-up: torch's cache paths and megacache's automatic mode, side by side.
 
-Each row is a new Python process on a fresh machine: an empty torch cache dir and an empty HOME
-(Triton and CUDA keep caches there), TRITON_CACHE_DIR and XDG_CACHE_HOME unset (`machine_env`).
+Each row is a new Python process on a fresh machine: an empty torch cache dir, an empty HOME
+(Triton and CUDA keep caches there) and an empty temporary dir (Inductor's precompiled headers),
+TRITON_CACHE_DIR and XDG_CACHE_HOME unset (`machine_env`).
 Measured from the parent: process start -> first result
 ("to result") and the whole process ("process"); measured inside, after importing Dynamo and Inductor: a
 Mega-Cache load where the row has one, torch.compile and the first call ("compile+call"),
@@ -9,7 +10,8 @@ which is where every cache lookup happens. Rows:
 
   import torch        python -c "import torch" (the floor of any row)
   cold                empty cache dir
-  torch warm dir      the cold run's cache dir and HOME again (the same machine restarted)
+  torch warm dir      the cold run's cache dir, HOME and temporary dir again (the same machine
+                      restarted)
   torch mega-cache    empty dir + torch.compiler.load_cache_artifacts(blob of the cold run)
   torch precompile    caching_precompile: empty dir + the blob with its precompile artifact
   megacache           megacache.enable(store) on an empty cache dir, store warmed by one run
@@ -94,8 +96,11 @@ CHILD = CHILD.replace("BENCH_DIR", repr(os.path.dirname(os.path.abspath(__file__
 def machine_env(home, **variables):
     """The environment of a process on a machine whose HOME is `home`: Triton and CUDA keep
     their caches there, so TRITON_CACHE_DIR and XDG_CACHE_HOME, which would point past it, are
-    unset."""
-    environment = dict(os.environ, HOME=home, **variables)
+    unset; and its temporary dir is the machine's own too (`home`/tmp), because Inductor keeps
+    the C++ kernels' precompiled headers under the system's temporary dir, not the cache dir."""
+    tmp = os.path.join(home, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    environment = dict(os.environ, HOME=home, TMPDIR=tmp, **variables)
     for variable in ("TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
         environment.pop(variable, None)
     return environment

@@ -64,18 +64,40 @@ def test_fresh_process_loads_the_package_without_compiling(cold, case, tmp_path)
     assert cold_report["dynamo_cache"].get("dynamo_cache_miss", 0) >= 1
     assert cold_report["inductor"].get("fxgraph_cache_miss", 0) >= 1
 
+    machine_tmp = tmp_path / "tmp"  # the temporary dir of a fresh machine: empty
+    machine_tmp.mkdir()
     report = run("workload.py", case, "load", out / "package.mcpkg", tmp_path,
-                 cwd=code, cache_dir=tmp_path / "cache")
+                 cwd=code, cache_dir=tmp_path / "cache", env={"TMPDIR": str(machine_tmp)})
     assert report["dynamo_cache"].get("dynamo_cache_hit", 0) >= 1
     assert "dynamo_cache_miss" not in report["dynamo_cache"]
     # Nothing was traced or compiled: no FX graph lookup at all, hit or miss.
     assert "fxgraph_cache_miss" not in report["inductor"]
     assert "fxgraph_cache_hit" not in report["inductor"]
+    # Nor was the precompiled header made that only a compile of C++ kernels uses (torch keeps
+    # it under the temporary dir; 10 s on 2 cores): the kernels came from the package.
+    assert not list(machine_tmp.rglob("precompiled_headers")), list(machine_tmp.rglob("*"))
     expected = torch.load(out / "cold.pt")
     actual = torch.load(tmp_path / "load.pt")
     assert len(actual) >= len(expected)
     for want, got in zip(expected, actual):
         assert torch.equal(want, got)
+
+
+def test_a_kernel_library_removed_after_install_is_left_to_torch(tmp_path):
+    """Installed kernels are served from torch's table of loaded libraries; one that something
+    removed before torch loaded it fails to load as it would under torch, and its key leaves
+    the table, so the load that follows (megacache's fallback compile) takes torch's own path,
+    which builds the library again."""
+    from torch._inductor import codecache
+
+    from megacache.torch import precompile
+
+    key = "c" + "q" * 51
+    precompile._serve_installed_kernels(str(tmp_path), [f"{key[1:3]}/{key}.main.so"])
+    for table in (codecache.CppCodeCache, codecache.CppPythonBindingsCodeCache):
+        with pytest.raises((ImportError, OSError), match=key):
+            table.cache[key]()
+        assert key not in table.cache
 
 
 def test_unpacked_package_is_readable_and_loads(cold, tmp_path):

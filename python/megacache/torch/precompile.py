@@ -201,6 +201,49 @@ def _install_probe_shortcut() -> None:
     cpu_vec_isa.VecISA._probe_load = probe_load
 
 
+def _serve_installed_kernels(cache_dir: str, paths: List[str]) -> None:
+    """torch names a C++ kernel's library after a hash of its code and compile command,
+    `<cache dir>/<key[1:3]>/<key>.main.so`, and loads the file it finds there. Before it looks,
+    though, it preprocesses the kernels' precompiled header (`g++ -E`, in every process) and
+    builds that header where the machine's temporary dir has none (160 MB, 10 s on 2 cores on a
+    fresh machine): work that only a compile uses. So each kernel library the package installed
+    goes into torch's table of loaded libraries under its key, with the loader torch would make
+    for it. A lookup of that key (torch computed the same code and command) loads the same file
+    torch would; any other key takes torch's own path, header and all."""
+    from torch._inductor import codecache
+
+    tables = [table for table in (getattr(codecache, name, None) for name in (
+        "CppCodeCache", "CppPythonBindingsCodeCache", "CppWrapperCodeCache"))
+        if table is not None and isinstance(vars(table).get("cache"), dict)]
+    for path in paths:
+        name = os.path.basename(path)
+        if not name.endswith(".main.so"):
+            continue  # a vector-ISA probe library: torch looks it up by path, not by key
+        key = name[:-len(".main.so")]
+        library = os.path.join(cache_dir, path)
+        for table in tables:
+            table.cache.setdefault(key, _library_loader(table, library, key))
+
+
+def _library_loader(table: Any, library: str, key: str) -> Callable[[], Any]:
+    """torch's loader of one compiled library: loaded on the first call, then the same object.
+    If the library cannot be loaded (removed since it was installed), the key leaves the table
+    before the error goes on, so the load that follows takes torch's path, which builds it."""
+    loaded: List[Any] = []
+
+    def load() -> Any:
+        if not loaded:
+            try:
+                loaded.append(table._load_library(library, key))
+            except (ImportError, OSError):
+                if table.cache.get(key) is load:
+                    del table.cache[key]
+                raise
+        return loaded[0]
+
+    return load
+
+
 def install_files(package: "_core.Package") -> None:
     """Writes the package's kernels and Mega-Cache artifacts into torch's cache dir and its
     Triton modules where Triton looks for them, and takes the keys it recorded of the installed
@@ -216,6 +259,7 @@ def install_files(package: "_core.Package") -> None:
         for path in package.kernel_paths:
             _verified_libraries.add(os.path.realpath(os.path.join(cache_dir, path)))
         _install_probe_shortcut()
+        _serve_installed_kernels(cache_dir, package.kernel_paths)
 
 
 def entry_for(package: "_core.Package", key: str, *,
