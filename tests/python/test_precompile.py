@@ -83,21 +83,33 @@ def test_fresh_process_loads_the_package_without_compiling(cold, case, tmp_path)
         assert torch.equal(want, got)
 
 
-def test_a_kernel_library_removed_after_install_is_left_to_torch(tmp_path):
-    """Installed kernels are served from torch's table of loaded libraries; one that something
-    removed before torch loaded it fails to load as it would under torch, and its key leaves
-    the table, so the load that follows (megacache's fallback compile) takes torch's own path,
-    which builds the library again."""
+def test_an_installed_kernel_library_is_served_and_a_removed_one_built_again(tmp_path, monkeypatch):
+    """torch's lookup of an installed kernel library's key returns megacache's loader of that
+    file (no precompiled header); if something removed the file before torch loaded it, torch
+    builds it again, as it would without megacache."""
     from torch._inductor import codecache
 
     from megacache.torch import precompile
 
-    key = "c" + "q" * 51
-    precompile._serve_installed_kernels(str(tmp_path), [f"{key[1:3]}/{key}.main.so"])
-    for table in (codecache.CppCodeCache, codecache.CppPythonBindingsCodeCache):
-        with pytest.raises((ImportError, OSError), match=key):
-            table.cache[key]()
-        assert key not in table.cache
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(codecache.CppCodeCache, "cache", {})
+    source = 'extern "C" int megacache_answer() { return 42; }'
+    assert codecache.CppCodeCache.load(source).megacache_answer() == 42
+    (library,) = tmp_path.glob("*/*.main.so")
+    installed = [str(library.relative_to(tmp_path))]
+
+    codecache.CppCodeCache.cache.clear()
+    precompile._serve_installed_kernels(str(tmp_path), installed)
+    served = codecache.CppCodeCache.load_async(source)
+    assert isinstance(served, precompile._InstalledLibrary)
+    assert served().megacache_answer() == 42
+
+    codecache.CppCodeCache.cache.clear()
+    precompile._serve_installed_kernels(str(tmp_path), installed)
+    library.unlink()
+    rebuilt = codecache.CppCodeCache.load_async(source)
+    assert not isinstance(rebuilt, precompile._InstalledLibrary)
+    assert rebuilt().megacache_answer() == 42 and library.exists()
 
 
 def test_unpacked_package_is_readable_and_loads(cold, tmp_path):

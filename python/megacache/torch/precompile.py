@@ -207,11 +207,13 @@ def _serve_installed_kernels(cache_dir: str, paths: List[str]) -> None:
     though, it preprocesses the kernels' precompiled header (`g++ -E`, in every process) and
     builds that header where the machine's temporary dir has none (160 MB, 10 s on 2 cores on a
     fresh machine): work that only a compile uses. So each kernel library the package installed
-    goes into torch's table of loaded libraries under its key, with the loader torch would make
-    for it. A lookup of that key (torch computed the same code and command) loads the same file
-    torch would; any other key takes torch's own path, header and all."""
+    goes into torch's table of loaded libraries under its key, as torch's loader of that file.
+    A lookup of that key (torch computed the same code and command) loads the same file torch
+    would; any other key takes torch's own path, header and all."""
     from torch._inductor import codecache
 
+    if not _install_removed_library_check(codecache.CppCodeCache):
+        return  # a torch without this table: its own path, as before
     tables = [table for table in (getattr(codecache, name, None) for name in (
         "CppCodeCache", "CppPythonBindingsCodeCache", "CppWrapperCodeCache"))
         if table is not None and isinstance(vars(table).get("cache"), dict)]
@@ -222,26 +224,48 @@ def _serve_installed_kernels(cache_dir: str, paths: List[str]) -> None:
         key = name[:-len(".main.so")]
         library = os.path.join(cache_dir, path)
         for table in tables:
-            table.cache.setdefault(key, _library_loader(table, library, key))
+            table.cache.setdefault(key, _InstalledLibrary(table, library, key))
 
 
-def _library_loader(table: Any, library: str, key: str) -> Callable[[], Any]:
-    """torch's loader of one compiled library: loaded on the first call, then the same object.
-    If the library cannot be loaded (removed since it was installed), the key leaves the table
-    before the error goes on, so the load that follows takes torch's path, which builds it."""
-    loaded: List[Any] = []
+class _InstalledLibrary:
+    """torch's loader of one library megacache installed: loaded on the first call, then the
+    same object."""
 
-    def load() -> Any:
-        if not loaded:
-            try:
-                loaded.append(table._load_library(library, key))
-            except (ImportError, OSError):
-                if table.cache.get(key) is load:
-                    del table.cache[key]
-                raise
-        return loaded[0]
+    def __init__(self, table: Any, path: str, key: str) -> None:
+        self.table, self.path, self.key = table, path, key
+        self.library: Any = None
 
-    return load
+    def __call__(self) -> Any:
+        if self.library is None:
+            self.library = self.table._load_library(self.path, self.key)
+        return self.library
+
+
+def _install_removed_library_check(base: Any) -> bool:
+    """torch builds a library again when its file is gone (a cleaner of the cache or temporary
+    dir removed it); so when a lookup finds an installed library not yet loaded whose file is
+    gone, the key leaves the table and the lookup runs again as torch's own. False where torch
+    looks libraries up otherwise (2.13 and 2.15 are tested)."""
+    lookup = vars(base).get("load_async")
+    if not isinstance(lookup, classmethod):
+        return False
+    original = lookup.__func__
+    if getattr(original, "_megacache", False):
+        return True
+
+    @functools.wraps(original)
+    def load_async(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        found = original(cls, *args, **kwargs)
+        if (isinstance(found, _InstalledLibrary) and found.library is None
+                and not os.path.exists(found.path)):
+            if cls.cache.get(found.key) is found:
+                del cls.cache[found.key]
+            found = original(cls, *args, **kwargs)
+        return found
+
+    load_async._megacache = True  # type: ignore[attr-defined]
+    base.load_async = classmethod(load_async)
+    return True
 
 
 def install_files(package: "_core.Package") -> None:
