@@ -92,7 +92,9 @@ def test_an_installed_kernel_library_is_served_and_a_removed_one_built_again(tmp
     from megacache.torch import precompile
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(codecache.CppCodeCache, "cache", {})
+    for table in (codecache.CppCodeCache, codecache.CppPythonBindingsCodeCache,
+                  codecache.CppWrapperCodeCache):
+        monkeypatch.setattr(table, "cache", {})  # this test's entries leave with it
     source = 'extern "C" int megacache_answer() { return 42; }'
     assert codecache.CppCodeCache.load(source).megacache_answer() == 42
     (library,) = tmp_path.glob("*/*.main.so")
