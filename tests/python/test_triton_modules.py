@@ -1,4 +1,5 @@
-"""A fresh GPU machine takes Triton's compiled modules from the package instead of running gcc.
+"""A fresh GPU machine takes Triton's compiled modules from the package instead of running gcc,
+and starts no compile workers to load it.
 
 Needs a CUDA GPU with Triton (skipped elsewhere; CI has none): run on the device machine, as
 docs/benchmarks.md records. The format, the checks and the install are tested everywhere
@@ -38,7 +39,20 @@ with torch.no_grad():
 from torch._dynamo.utils import counters
 from triton.runtime import driver
 from megacache.torch import precompile
+def child_processes():
+    mine = str(os.getpid())
+    commands = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[1] == mine:
+                    with open(f"/proc/{pid}/cmdline") as cmdline:
+                        commands.append(cmdline.read().replace("\0", " "))
+        except OSError:  # it ended while listed
+            pass
+    return commands
 print(json.dumps({
+    "children": child_processes(),
     "triton_dirs": precompile._triton_cache_dirs(),
     "built": built,
     "driver_helper": driver.active.utils.load_binary.__self__.__file__,
@@ -52,7 +66,9 @@ print(json.dumps({
 def fresh_machine(tmp_path, name, store):
     home = tmp_path / name / "home"
     home.mkdir(parents=True)
-    env = dict(os.environ, HOME=str(home), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / name / "torch"))
+    # Four compile threads whatever the host's cores: Inductor's compile-worker pool is on.
+    env = dict(os.environ, HOME=str(home), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / name / "torch"),
+               TORCHINDUCTOR_COMPILE_THREADS="4")
     env.pop("TRITON_CACHE_DIR", None)
     env.pop("XDG_CACHE_HOME", None)
     proc = subprocess.run([sys.executable, "-c", CHILD, store], env=env, capture_output=True,
@@ -82,4 +98,17 @@ def test_a_fresh_machine_loads_tritons_driver_helper_from_the_package(tmp_path):
     assert not built_helper(second), second
     # Triton loaded the helper the package carried, from this machine's own dirs.
     assert second["driver_helper"].startswith(str(machine)), second["driver_helper"]
+    assert second["sum"] == first["sum"]
+
+
+def test_loading_a_package_starts_no_compile_workers(tmp_path):
+    """torch's output code starts Inductor's pool of compile workers (processes that each import
+    torch, shut down at exit) at its first Triton kernel, even when every kernel is cached. A
+    load from a package compiles nothing and starts none; the compile beside it does."""
+    store = f"file://{tmp_path}/store"
+    first, _ = fresh_machine(tmp_path, "first", store)
+    assert any("compile_worker" in command for command in first["children"]), first["children"]
+    second, _ = fresh_machine(tmp_path, "second", store)
+    assert second["megacache"]["hits"] >= 1 and second["traced"] == 0
+    assert second["children"] == [], second["children"]
     assert second["sum"] == first["sum"]

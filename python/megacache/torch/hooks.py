@@ -46,6 +46,11 @@ module makes the steps megacache drives safe and sound, without editing torch's 
 - Backward: a training graph's backward compiles on the first backward call, after its
   forward's frame was compiled; it is saved with caching_precompile as its forward had it, so
   the package bundles it.
+- Compile workers: an install compiles nothing (the package carries every kernel), but the
+  first Triton kernel its output code declares starts Inductor's pool of compile workers (a
+  process per core, each importing torch; torch shuts them down at exit, 4-5 s on an H200
+  host). An install runs with Inductor's compile_threads at 1, so it starts none; the first
+  compile after it starts the pool as torch does.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ from torch._dynamo import exc as dynamo_exc
 from torch._dynamo.exc import PackageError
 from torch._dynamo.package import CompilePackage, _DynamoCodeCacheEntry, SerializedCode
 from torch._functorch._aot_autograd import runtime_wrappers
+from torch._inductor import config as inductor_config
 
 from megacache.torch import devices
 
@@ -437,7 +443,7 @@ def _install_safely(original: Callable[..., Any]) -> Callable[..., Any]:
             return None
         installation._snapshot(self)
         try:
-            with devices.moving_guards(installation.move):
+            with devices.moving_guards(installation.move), inductor_config.patch(compile_threads=1):
                 original(self, backends)
         except Exception as error:  # unpickling guards, building guard managers, backends
             installation._record_added()
