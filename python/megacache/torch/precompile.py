@@ -213,7 +213,7 @@ def _serve_installed_kernels(cache_dir: str, paths: List[str]) -> None:
     from torch._inductor import codecache
 
     if not _install_removed_library_check(codecache.CppCodeCache):
-        return  # a torch without this table: its own path, as before
+        return  # a torch that looks its libraries up otherwise: its own path, as before
     tables = [table for table in (getattr(codecache, name, None) for name in (
         "CppCodeCache", "CppPythonBindingsCodeCache", "CppWrapperCodeCache"))
         if table is not None and isinstance(vars(table).get("cache"), dict)]
