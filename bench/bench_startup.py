@@ -171,8 +171,8 @@ def main():
     precompile_blob = os.path.join(work, "precompile.bin")
     store = "file://" + os.path.join(work, "store")
 
-    rows = {"import torch": [], "+ Dynamo, Inductor": [], "cold": [], "torch warm dir": [], "torch mega-cache": [],
-            "torch precompile": [], "megacache": []}
+    rows = {"import torch": [], "+ Dynamo, Inductor": [], "cold": [], "torch warm dir": [],
+            "torch mega-cache": [], "torch precompile": [], "megacache": []}
     # Produce once: the cold run's dir, HOME and blob, a precompile blob, a warm store.
     cold_home = fresh("cold-home")
     rows["cold"].append(child("cold-save", args, warm_dir, cold_home, blob))

@@ -104,7 +104,7 @@ def test_a_fresh_machine_loads_tritons_driver_helper_from_the_package(tmp_path):
 def test_loading_a_package_starts_no_compile_workers(tmp_path):
     """torch's output code starts Inductor's pool of compile workers (processes that each import
     torch, shut down at exit) at its first Triton kernel, even when every kernel is cached. A
-    load from a package compiles nothing and starts none; the compile beside it does."""
+    load from a package compiles nothing and starts none; the compile that made it does."""
     store = f"file://{tmp_path}/store"
     first, _ = fresh_machine(tmp_path, "first", store)
     assert any("compile_worker" in command for command in first["children"]), first["children"]
