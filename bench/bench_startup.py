@@ -59,7 +59,7 @@ from models import make_model
 model, x = make_model(model_name, device)
 # Every row pays these imports; importing them first leaves "compile+call" to the cache path
 # itself (a load, torch.compile, the first call), as the fixtures' figures count it.
-import torch._dynamo, torch._inductor.compile_fx
+import START_IMPORTS
 profile_path = os.environ.get("MEGACACHE_BENCH_PROFILE")
 if profile_path:
     import cProfile
@@ -93,7 +93,10 @@ print(json.dumps({"result_at": done, "compile_call": done - start,
 """
 
 
+# What every row imports before its timed part, and all that the "+ Dynamo, Inductor" row does.
+START_IMPORTS = "torch._dynamo, torch._inductor.compile_fx"
 CHILD = CHILD.replace("BENCH_DIR", repr(os.path.dirname(os.path.abspath(__file__))))
+CHILD = CHILD.replace("START_IMPORTS", START_IMPORTS)
 
 
 def machine_env(home, **variables):
@@ -132,9 +135,6 @@ def child(mode, args, cache_dir, home, blob="", store="", profile=""):
     report["to_result"] = report["result_at"] - started
     report["process"] = ended - started
     return report
-
-
-IMPORTS_OF_A_START = "import torch, torch._dynamo, torch._inductor.compile_fx"
 
 
 def imports_alone(statement, home):
@@ -180,7 +180,7 @@ def main():
     child("megacache", args, fresh("mc-save"), fresh("home"), store=store)
     for _ in range(args.repeat):
         rows["import torch"].append(imports_alone("import torch", fresh("home")))
-        rows["+ Dynamo, Inductor"].append(imports_alone(IMPORTS_OF_A_START, fresh("home")))
+        rows["+ Dynamo, Inductor"].append(imports_alone(f"import torch, {START_IMPORTS}", fresh("home")))
         rows["torch warm dir"].append(child("cold", args, warm_dir, cold_home))  # the same machine
         rows["torch mega-cache"].append(child("mega-cache", args, fresh("mega"), fresh("home"), blob))
         rows["torch precompile"].append(child("precompile", args, fresh("pc"), fresh("home"), precompile_blob))
