@@ -315,6 +315,18 @@ def test_a_failing_load_step_compiles_as_if_there_were_no_package(published_mlp,
     assert again["automatic"]["hits"] == 1 and again["automatic"]["refused"] == 0, again
 
 
+def test_a_load_builds_the_packages_guards_once(published_mlp, tmp_path):
+    """torch builds a frame's guards twice while caching_precompile is on, once only to drop
+    the kinds a package cannot keep. A package's guards were dropped so when recorded, so its
+    install builds them once."""
+    code, root = published_mlp
+    report = run("faults.py", "none", f"file://{root / 'store'}", tmp_path / "out.pt", cwd=code,
+                 cache_dir=tmp_path / "cache")
+    assert report["automatic"]["hits"] == 1, report["automatic"]
+    assert report["guard_builds"] == 1, report
+    assert torch.equal(torch.load(tmp_path / "out.pt"), torch.load(root / "cold.pt"))
+
+
 def test_a_frame_torch_cannot_record_compiles_as_plain_torch_would(published_mlp, tmp_path):
     """Recording for the package fails in the producing process: the function still compiles
     and runs; its package carries the frame as bypassed, so the next process traces it again

@@ -51,6 +51,13 @@ module makes the steps megacache drives safe and sound, without editing torch's 
   process per core, each importing torch; torch shuts them down at exit, 4-5 s on an H200
   host). An install runs with Inductor's compile_threads at 1, so it starts none; the first
   compile after it starts the pool as torch does.
+- Guards, built once: while caching_precompile is on, torch builds a frame's guards twice,
+  the first time only to find the kinds a package cannot keep (ID_MATCH, DICT_VERSION, ...)
+  and drop them. A package's guards went through that filter when they were recorded, and an
+  install runs inside torch.compile's wrap, where megacache has the flag on. So an install
+  runs with the flag off and builds the guards once, as recorded (on an H200, 0.13 s to
+  0.06 s of a transformer's first call). A loaded guard of a dropped kind would now be kept:
+  a stricter check, never a looser one.
 """
 
 from __future__ import annotations
@@ -434,6 +441,15 @@ def _initialize_safely(original: Callable[..., Any]) -> Callable[..., Any]:
     return initialize
 
 
+@contextlib.contextmanager
+def _as_a_load(move: Optional[devices.Move]) -> Iterator[None]:
+    """How megacache's installs run (see the module doc): guards moved with their backends,
+    no pool of compile workers, and the guards built once, as recorded."""
+    with devices.moving_guards(move), inductor_config.patch(compile_threads=1):
+        with torch._dynamo.config.patch(caching_precompile=False):
+            yield
+
+
 def _install_safely(original: Callable[..., Any]) -> Callable[..., Any]:
     def install(self: CompilePackage, backends: Dict[str, Any]) -> None:
         installation = _installation(backends)
@@ -443,7 +459,7 @@ def _install_safely(original: Callable[..., Any]) -> Callable[..., Any]:
             return None
         installation._snapshot(self)
         try:
-            with devices.moving_guards(installation.move), inductor_config.patch(compile_threads=1):
+            with _as_a_load(installation.move):
                 original(self, backends)
         except Exception as error:  # unpickling guards, building guard managers, backends
             installation._record_added()

@@ -12,15 +12,29 @@ STAGE names the step that fails, by wrapping torch's own function before megacac
   user_error  the first call is the caller's mistake (an unknown argument): the error must
               reach the caller, and the next call runs.
 Prints one JSON line: automatic stats, counters, which globals of the stored package are left
-in the module, and whether the user's error reached the caller."""
+in the module, whether the user's error reached the caller, and how many times torch built a
+set of guards."""
 
 import json
 import sys
 
 import torch
+from torch._dynamo import guards as dynamo_guards
 from torch._dynamo import package as dynamo_package
 
 STAGE, STORE, OUT = sys.argv[1:4]
+
+guard_builds = 0
+original_build_guards = dynamo_guards.CheckFunctionManager.build_guards
+
+
+def build_guards(*args, **kwargs):
+    global guard_builds
+    guard_builds += 1
+    return original_build_guards(*args, **kwargs)
+
+
+dynamo_guards.CheckFunctionManager.build_guards = build_guards
 
 
 def fail_with(error):
@@ -101,4 +115,5 @@ print(json.dumps({
     "packaged_names_left": sorted(packaged_names & set(vars(cases))),
     "new_names": sorted(set(vars(cases)) - names_before),
     "user_error_reached": user_error_reached,
+    "guard_builds": guard_builds,
 }))
