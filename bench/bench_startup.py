@@ -20,10 +20,7 @@ which is where every cache lookup happens. Rows:
   megacache           megacache.enable(store) on an empty cache dir, store warmed by one run
 
 usage: python bench/bench_startup.py [--model mlp|xfmr|llama] [--train] [--repeat N] [--fleet N]
-                                     [--profile N]
---profile N runs one more megacache process, not counted in the rows, and prints the N functions
-with the most cumulative and the most own time (cProfile) in its compile+call: what a precompiled
-start does besides imports (`python -X importtime` shows those).
+bench/first_call_phases.py shows where the megacache row's compile+call goes.
 --fleet N also starts N processes together on empty dirs with one shared store (Redis when
 --redis-url is given) and reports compiles and the time until all have a result, against N
 cold processes started together.
@@ -60,11 +57,6 @@ model, x = make_model(model_name, device)
 # Every row pays these imports; importing them first leaves "compile+call" to the cache path
 # itself (a load, torch.compile, the first call), as the fixtures' figures count it.
 import START_IMPORTS
-profile_path = os.environ.get("MEGACACHE_BENCH_PROFILE")
-if profile_path:
-    import cProfile
-    profiler = cProfile.Profile()
-    profiler.enable()
 start = time.time()
 if mode in ("mega-cache", "precompile") and blob_path:
     with open(blob_path, "rb") as f:
@@ -79,9 +71,6 @@ else:
 if device == "cuda":
     torch.cuda.synchronize()
 done = time.time()
-if profile_path:
-    profiler.disable()
-    profiler.dump_stats(profile_path)
 if mode in ("cold-save", "precompile-save"):
     blob, _ = torch.compiler.save_cache_artifacts()
     with open(blob_path, "wb") as f:
@@ -112,17 +101,15 @@ def machine_env(home, **variables):
     return environment
 
 
-def child(mode, args, cache_dir, home, blob="", store="", profile=""):
+def child(mode, args, cache_dir, home, blob="", store="", code=CHILD):
     """One row's process. `home` is its HOME: a fresh empty one for a new machine (Triton and
     CUDA keep their own caches there), the cold run's for the same machine restarted. A row of
     torch's that crashes is reported as crashed (torch 2.11's precompile path crashes on the
     decoder); megacache's rows must not."""
     environment = machine_env(home, TORCHINDUCTOR_CACHE_DIR=cache_dir)
-    if profile:
-        environment["MEGACACHE_BENCH_PROFILE"] = profile
     started = time.time()
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, args.model, "1" if args.train else "0", blob, store],
+        [sys.executable, "-c", code, mode, args.model, "1" if args.train else "0", blob, store],
         env=environment, capture_output=True, text=True, timeout=1800,
     )
     ended = time.time()
@@ -162,7 +149,6 @@ def main():
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--fleet", type=int, default=0)
     parser.add_argument("--redis-url", default="")
-    parser.add_argument("--profile", type=int, default=0)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="megacache-bench-")
     fresh = lambda name: tempfile.mkdtemp(prefix=name + "-", dir=work)  # noqa: E731
@@ -207,15 +193,6 @@ def main():
     for floor in ("import torch", "+ Dynamo, Inductor"):
         print(f"megacache over {floor}: to result +{ours['to_result'] - table[floor]['to_result']:.2f} s,"
               f" process +{ours['process'] - table[floor]['process']:.2f} s")
-
-    if args.profile:
-        import pstats
-
-        profile = os.path.join(work, "megacache.prof")
-        child("megacache", args, fresh("mc-profile"), fresh("home"), store=store, profile=profile)
-        print(f"megacache row, compile+call, top {args.profile} by cumulative and by own time:")
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(args.profile)
-        pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
 
     if args.fleet:
         fleet_store = args.redis_url or "file://" + os.path.join(work, "fleet-store")
