@@ -20,10 +20,11 @@ which is where every cache lookup happens. Rows:
   megacache           megacache.enable(store) on an empty cache dir, store warmed by one run
 
 usage: python bench/bench_startup.py [--model mlp|xfmr|llama] [--train] [--repeat N] [--fleet N]
-bench/first_call_phases.py shows where the megacache row's compile+call goes.
 --fleet N also starts N processes together on empty dirs with one shared store (Redis when
 --redis-url is given) and reports compiles and the time until all have a result, against N
 cold processes started together.
+
+bench/first_call_phases.py shows where the megacache row's compile+call goes.
 """
 
 from __future__ import annotations

@@ -317,8 +317,8 @@ def test_a_failing_load_step_compiles_as_if_there_were_no_package(published_mlp,
 
 def test_a_load_builds_the_packages_guards_once(published_mlp, tmp_path):
     """torch builds a frame's guards twice while caching_precompile is on, once only to drop
-    the kinds a package cannot keep. A package's guards were dropped so when recorded, so its
-    install builds them once."""
+    the kinds a package cannot keep. A package's guards went through that filter when they
+    were recorded, so its install builds them once."""
     code, root = published_mlp
     report = run("faults.py", "none", f"file://{root / 'store'}", tmp_path / "out.pt", cwd=code,
                  cache_dir=tmp_path / "cache")
