@@ -104,11 +104,29 @@ bool is_triton_module_path(std::string_view path);
 // what the process used), sorted by path, each once. Errors: IOError. Thread-safe.
 Result<std::vector<KernelFile>> read_loaded_triton_modules(const std::vector<std::string>& triton_cache_dirs);
 
+// An entry of the CUDA driver's JIT cache (CUDA_CACHE_PATH, by default ~/.nv/ComputeCache):
+// the driver's build of some PTX for this GPU, e.g. "1/a/c877fdb2075fc7". cuDNN's
+// runtime-compiled kernels (its fused attention) pass through it. True for
+// "<hex digit>/<hex digit>/<1 to 64 hex digits>"; the cache's own index is not an entry.
+bool is_cuda_jit_path(std::string_view path);
+
+// The entries of the CUDA JIT cache `dir` written at or after `since_unix` (seconds): what the
+// driver compiled for this process, sorted by path. Entries past kMaxCudaJitBytes in all, and
+// entries that cannot be read, are left out; an absent dir holds none. Never fails: the
+// entries only spare the loading side's driver a compile. Thread-safe.
+inline constexpr uint64_t kMaxCudaJitBytes = uint64_t{256} << 20;
+std::vector<KernelFile> read_cuda_jit_entries(const std::string& dir, int64_t since_unix);
+
+// The NVIDIA kernel driver's version, e.g. "580.159.04", from /proc/driver/nvidia/version; ""
+// where it cannot be read. A JIT cache entry is valid for the driver that made it. Thread-safe.
+std::string cuda_driver_version();
+
 struct Package {
   bundle::Fingerprint fingerprint;
   std::vector<FunctionPackage> functions;
   std::vector<KernelFile> kernels;
   std::vector<KernelFile> triton_modules;  // paths relative to a Triton cache dir
+  std::vector<KernelFile> cuda_jit;        // paths relative to CUDA's JIT cache dir
   std::string mega_cache;  // torch's Mega-Cache blob (2.8+ layout); may be empty
 
   const FunctionPackage* find(std::string_view source_key) const;
@@ -139,7 +157,7 @@ class PrecompileContext {
   // DynamoCache entries) are left out: the package carries its Dynamo entries itself.
   Package package(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
                   std::string mega_cache, const std::vector<std::string>& only = {},
-                  std::vector<KernelFile> triton_modules = {}) const;
+                  std::vector<KernelFile> triton_modules = {}, std::vector<KernelFile> cuda_jit = {}) const;
   // package() in the binary format (write_package).
   std::string serialize(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
                         std::string mega_cache, const bundle::WriteOptions& options = {}) const;
@@ -204,8 +222,9 @@ struct LoadCheck {
 // toolkit, Triton, GPU model or its capability differ (not the device index); with kernels the
 // CPU, its flags or the compiler differ; the function or its signature differ; its source or
 // an inlined source changed (unless ignore_source_changes); with Triton modules, Triton, CUDA,
-// the OS or the CPU architecture differ. Errors: Mismatch naming the field
-// and both values, e.g. "package built with torch 2.11.0+cu130, this is 2.13.0+cpu".
+// the OS or the CPU architecture differ; with CUDA JIT cache entries, the GPU model or its
+// capability differ. Errors: Mismatch naming the field and both values, e.g. "package built
+// with torch 2.11.0+cu130, this is 2.13.0+cpu".
 // Thread-safe.
 Status check_package(const Package& package, const LoadCheck& check);
 
@@ -214,9 +233,17 @@ Status check_package(const Package& package, const LoadCheck& check);
 // TRITON_CACHE_DIR), each file atomically; a Triton module already there is left alone, and a
 // Triton dir that cannot be written is passed over (Triton builds its own modules there). Paths
 // are validated before anything is written. Pickles are not written: the caller hands them to
-// torch. Errors: InvalidArgument, IOError.
+// torch. The CUDA JIT entries go into `cuda_jit.dir` only when the package's "cuda_driver" field
+// is `cuda_jit.driver`, the driver running here; an entry already there is left alone and a dir
+// that cannot be written is passed over (the driver compiles its own). Errors: InvalidArgument,
+// IOError.
+struct CudaJitTarget {
+  std::string dir;     // CUDA's JIT cache dir; empty: install no entries
+  std::string driver;  // cuda_driver_version() here
+};
 Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,
-                                        const std::vector<std::string>& triton_cache_dirs = {});
+                                        const std::vector<std::string>& triton_cache_dirs = {},
+                                        const CudaJitTarget& cuda_jit = {});
 
 // The store name of one function's package: "precompile-<qualname>-<32 hex>", the hex over the
 // source key, the function's source hash and every fingerprint field, so a store only ever

@@ -97,7 +97,8 @@ Result<size_t> verify_file(std::string_view file, const std::vector<bundle::Publ
   if (opened->artifacts() == nullptr) return size_t{0};
   Result<std::vector<PlannedFile>> plan = plan_populate(*opened->artifacts());
   if (!plan.ok()) return plan.status();
-  return plan->size() + (opened->package ? opened->package->kernels.size() + opened->package->triton_modules.size() : 0);
+  const precompile::Package* package = opened->package ? &*opened->package : nullptr;
+  return plan->size() + (package ? package->kernels.size() + package->triton_modules.size() + package->cuda_jit.size() : 0);
 }
 
 Result<PopulateReport> populate_file(const OpenedFile& opened, const std::string& cache_dir,

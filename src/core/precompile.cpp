@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
+#include <fstream>
 #include <link.h>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "util/file_system.h"
 #include "util/hash.h"
@@ -118,9 +120,10 @@ std::string without_dynamo_cache_entries(const std::string& blob) {
 
 Package PrecompileContext::package(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
                                    std::string mega_cache, const std::vector<std::string>& only,
-                                   std::vector<KernelFile> triton_modules) const {
-  return Package{std::move(fingerprint), stitch(only), std::move(kernels), std::move(triton_modules),
-                 without_dynamo_cache_entries(mega_cache)};
+                                   std::vector<KernelFile> triton_modules, std::vector<KernelFile> cuda_jit) const {
+  return Package{std::move(fingerprint),    stitch(only),
+                 std::move(kernels),        std::move(triton_modules),
+                 std::move(cuda_jit),       without_dynamo_cache_entries(mega_cache)};
 }
 
 std::string PrecompileContext::serialize(bundle::Fingerprint fingerprint,
@@ -232,6 +235,53 @@ Result<std::vector<KernelFile>> read_loaded_triton_modules(const std::vector<std
   return modules;
 }
 
+std::vector<KernelFile> read_cuda_jit_entries(const std::string& dir, int64_t since_unix) {
+  // The driver keeps each entry at <hex>/<hex>/<hex name>, beside an index it does not need to
+  // find them (docs/package-format.md, CUDA's JIT cache).
+  util::FileSystem& files = util::FileSystem::real();
+  std::vector<KernelFile> entries;
+  uint64_t total = 0;
+  std::vector<std::string> firsts = files.list_directory(dir, "");
+  std::sort(firsts.begin(), firsts.end());
+  for (const std::string& first : firsts) {
+    std::vector<std::string> seconds = files.list_directory(dir, first);
+    std::sort(seconds.begin(), seconds.end());
+    for (const std::string& second : seconds) {
+      const std::string parent = first + "/" + second;
+      std::vector<std::string> names = files.list_directory(dir, parent);
+      std::sort(names.begin(), names.end());
+      for (const std::string& name : names) {
+        const std::string path = parent + "/" + name;
+        if (!is_cuda_jit_path(path)) continue;
+        const std::optional<util::FileSystem::FileInfo> info = files.file_info(dir, path);
+        if (!info || info->modified_unix < since_unix || total + info->size > kMaxCudaJitBytes) continue;
+        // The driver of another process may be replacing it: an entry that cannot be read
+        // whole is left out, and the loading side's driver compiles it.
+        Result<std::string> bytes = files.read_file(dir, path, kMaxCudaJitBytes - total);
+        if (!bytes.ok()) continue;
+        total += bytes->size();
+        entries.push_back({path, std::move(bytes).value()});
+      }
+    }
+  }
+  return entries;
+}
+
+std::string cuda_driver_version() {
+  // "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build ..."
+  std::ifstream in("/proc/driver/nvidia/version");
+  std::string line;
+  if (!std::getline(in, line) || !line.starts_with("NVRM version:")) return {};
+  std::istringstream words(line);
+  for (std::string word; words >> word;) {
+    const bool version = !word.empty() && std::isdigit(static_cast<unsigned char>(word.front())) &&
+                         word.find('.') != std::string::npos &&
+                         std::all_of(word.begin(), word.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.'; });
+    if (version) return word;
+  }
+  return {};
+}
+
 Result<Package> read_package(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys) {
   Result<bundle::Bundle> bundle = bundle::parse(file);
   if (!bundle.ok()) return bundle.status();
@@ -298,6 +348,9 @@ Status check_package(const Package& package, const LoadCheck& check) {
   // Triton's own key for a module covers its source, build options and platform, not the
   // Triton and CUDA it was built with or the OS it links against.
   if (!package.triton_modules.empty()) required.insert(required.end(), {"triton", "cuda", "os", "cpu_arch"});
+  // A JIT cache entry is the driver's build for one GPU; its driver is checked where it is
+  // installed (populate_package), since the rest of the package does not depend on it.
+  if (!package.cuda_jit.empty()) required.insert(required.end(), {"gpu", "gpu_capability"});
   for (std::string_view name : required) {
     const std::string built = field(package.fingerprint, name);
     const std::string current = field(check.current, name);
@@ -359,7 +412,8 @@ Status check_package(const Package& package, const LoadCheck& check) {
 // --- populate_package ---
 
 Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,
-                                        const std::vector<std::string>& triton_cache_dirs) {
+                                        const std::vector<std::string>& triton_cache_dirs,
+                                        const CudaJitTarget& cuda_jit) {
   if (cache_dir.empty()) return Status::InvalidArgument("the torch cache dir is empty");
   for (const KernelFile& k : package.kernels) {
     if (!is_kernel_path(k.path)) {
@@ -369,6 +423,11 @@ Result<PopulateReport> populate_package(const Package& package, const std::strin
   for (const KernelFile& m : package.triton_modules) {
     if (!is_triton_module_path(m.path)) {
       return Status::InvalidArgument("Triton module path '" + m.path + "' is not <Triton key>/<name>.so");
+    }
+  }
+  for (const KernelFile& e : package.cuda_jit) {
+    if (!is_cuda_jit_path(e.path)) {
+      return Status::InvalidArgument("CUDA JIT cache path '" + e.path + "' is not <hex>/<hex>/<hex name>");
     }
   }
   PopulateReport report;
@@ -402,6 +461,19 @@ Result<PopulateReport> populate_package(const Package& package, const std::strin
       if (!files.create_directories(triton_dir, m.path.substr(0, m.path.find('/'))).ok() ||
           !files.write_atomic(triton_dir, m.path, m.bytes).ok()) {
         break;
+      }
+      ++report.files_written;
+    }
+  }
+  if (!cuda_jit.dir.empty() && !cuda_jit.driver.empty() && field(package.fingerprint, "cuda_driver") == cuda_jit.driver) {
+    for (const KernelFile& e : package.cuda_jit) {
+      if (files.file_info(cuda_jit.dir, e.path)) {
+        ++report.files_unchanged;
+        continue;
+      }
+      if (!files.create_directories(cuda_jit.dir, e.path.substr(0, 3)).ok() ||
+          !files.write_atomic(cuda_jit.dir, e.path, e.bytes).ok()) {
+        break;  // a cache the driver cannot share with us: it compiles its own
       }
       ++report.files_written;
     }

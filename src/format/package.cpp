@@ -28,6 +28,7 @@ constexpr std::string_view kDynamoType = "dynamo";
 constexpr std::string_view kBackendType = "backend";
 constexpr std::string_view kKernelType = "kernel";
 constexpr std::string_view kTritonModuleType = "triton_module";
+constexpr std::string_view kCudaJitType = "cuda_jit";
 constexpr std::string_view kMegaCacheType = "mega_cache";
 constexpr std::string_view kMegaCacheKey = "fallback";
 
@@ -79,6 +80,7 @@ ordered_json manifest_json(const Package& package) {
                            {"kernels", paths(package.kernels)}};
   // Optional, so that a package without Triton modules reads the same in every version.
   if (!package.triton_modules.empty()) manifest["triton_modules"] = paths(package.triton_modules);
+  if (!package.cuda_jit.empty()) manifest["cuda_jit"] = paths(package.cuda_jit);
   return manifest;
 }
 
@@ -201,11 +203,20 @@ Result<Package> parse_manifest(std::string_view text, const std::string& where) 
       package.triton_modules.push_back({std::move(path), {}});
     }
   }
+  if (json.contains("cuda_jit")) {
+    for (std::string& path : r.texts(json, "cuda_jit")) package.cuda_jit.push_back({std::move(path), {}});
+  }
   if (!r.ok()) return r.status("manifest");
   for (const KernelFile& m : package.triton_modules) {
     if (!is_triton_module_path(m.path)) {
       return Status::InvalidArgument(where + ": Triton module path '" + util::printable(m.path) +
                                      "' is not <Triton key>/<name>.so");
+    }
+  }
+  for (const KernelFile& e : package.cuda_jit) {
+    if (!is_cuda_jit_path(e.path)) {
+      return Status::InvalidArgument(where + ": CUDA JIT cache path '" + util::printable(e.path) +
+                                     "' is not <hex>/<hex>/<hex name>");
     }
   }
   return package;
@@ -316,6 +327,13 @@ bool is_triton_module_path(std::string_view path) {
   return key_ok && name.size() > 3 && name.front() != '.' && name.ends_with(".so") && is_safe_name(name);
 }
 
+bool is_cuda_jit_path(std::string_view path) {
+  auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); };
+  if (path.size() < 5 || path.size() > 4 + 64 || path[1] != '/' || path[3] != '/') return false;
+  const std::string_view name = path.substr(4);
+  return hex(path[0]) && hex(path[2]) && std::all_of(name.begin(), name.end(), hex);
+}
+
 const FunctionPackage* Package::find(std::string_view key) const {
   for (const FunctionPackage& f : functions) {
     if (f.entry.key() == key) return &f;
@@ -354,6 +372,9 @@ std::string write_package(const Package& package, const bundle::WriteOptions& op
   for (const KernelFile& m : package.triton_modules) {
     if (written.insert(m.path).second) add(kTritonModuleType, m.path, m.bytes);
   }
+  for (const KernelFile& e : package.cuda_jit) {
+    if (written.insert(e.path).second) add(kCudaJitType, e.path, e.bytes);
+  }
   if (!package.mega_cache.empty()) add(kMegaCacheType, std::string(kMegaCacheKey), package.mega_cache);
   return bundle::write(cache, package.fingerprint, options);
 }
@@ -378,6 +399,7 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
   package.fingerprint = bundle.fingerprint;
   std::map<std::string, std::string> kernels;
   std::map<std::string, std::string> triton_modules;
+  std::map<std::string, std::string> cuda_jit;
   std::set<std::string> with_entry;
   for (const mega_cache::TypeGroup& group : cache.groups) {
     for (const mega_cache::Artifact& a : group.artifacts) {
@@ -403,6 +425,11 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
           return Status::InvalidArgument(what + " is not a Triton module path <Triton key>/<name>.so");
         }
         triton_modules[a.key].assign(a.content);
+      } else if (a.type == kCudaJitType) {
+        if (!is_cuda_jit_path(a.key)) {
+          return Status::InvalidArgument(what + " is not a CUDA JIT cache path <hex>/<hex>/<hex name>");
+        }
+        cuda_jit[a.key].assign(a.content);
       } else if (a.type == kMegaCacheType && a.key == kMegaCacheKey) {
         package.mega_cache.assign(a.content);
       } else {
@@ -417,6 +444,7 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
   }
   if (Status s = attach_files(package.kernels, kernels, "kernel"); !s.ok()) return s;
   if (Status s = attach_files(package.triton_modules, triton_modules, "Triton module"); !s.ok()) return s;
+  if (Status s = attach_files(package.cuda_jit, cuda_jit, "CUDA JIT cache entry"); !s.ok()) return s;
   if (Status complete = check_complete(package, "package"); !complete.ok()) return complete;
   return package;
 }
@@ -618,6 +646,12 @@ Status write_unpacked(const Package& package, const std::string& dir, const bund
     }
     if (Status s = writer.write("triton_modules/" + m.path, m.bytes); !s.ok()) return fail(s);
   }
+  for (const KernelFile& e : package.cuda_jit) {
+    if (!is_cuda_jit_path(e.path)) {
+      return fail(Status::InvalidArgument("CUDA JIT cache path '" + e.path + "' is unsafe"));
+    }
+    if (Status s = writer.write("cuda_jit/" + e.path, e.bytes); !s.ok()) return fail(s);
+  }
   if (!package.mega_cache.empty()) {
     if (Status s = writer.write(std::string(kMegaCacheFile), package.mega_cache); !s.ok()) return fail(s);
   }
@@ -692,6 +726,11 @@ Result<Package> read_unpacked(const std::string& dir, const std::vector<bundle::
     Result<std::string> bytes = files.read("triton_modules/" + m.path);
     if (!bytes.ok()) return bytes.status();
     m.bytes = std::move(bytes).value();
+  }
+  for (KernelFile& e : package.cuda_jit) {  // parse_manifest checked each path
+    Result<std::string> bytes = files.read("cuda_jit/" + e.path);
+    if (!bytes.ok()) return bytes.status();
+    e.bytes = std::move(bytes).value();
   }
   if (files.exists(std::string(kMegaCacheFile))) {
     Result<std::string> blob = files.read(std::string(kMegaCacheFile));

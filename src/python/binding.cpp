@@ -386,12 +386,12 @@ struct PyPackage {
     if (!status.ok()) raise(status);
   }
 
-  std::pair<size_t, size_t> populate(const std::string& cache_dir,
-                                     const std::vector<std::string>& triton_cache_dirs) const {
+  std::pair<size_t, size_t> populate(const std::string& cache_dir, const std::vector<std::string>& triton_cache_dirs,
+                                     const std::string& cuda_jit_dir, const std::string& cuda_driver) const {
     megacache::Result<megacache::PopulateReport> report = megacache::Status::OK();
     {
       nb::gil_scoped_release release;
-      report = pc::populate_package(package, cache_dir, triton_cache_dirs);
+      report = pc::populate_package(package, cache_dir, triton_cache_dirs, {cuda_jit_dir, cuda_driver});
     }
     if (!report.ok()) raise(report.status());
     return {report->files_written, report->files_unchanged};
@@ -463,6 +463,8 @@ NB_MODULE(_core, m) {
         "signing_key"_a = "", "Convert a Mega-Cache blob into a megacache bundle.");
   m.def("host_fingerprint", &megacache::bundle::host_fingerprint,
         "cpu_arch, os and the megacache version, as bundles record them.");
+  m.def("cuda_driver_version", &pc::cuda_driver_version,
+        "The NVIDIA driver's version from /proc/driver/nvidia/version, or '' where there is none.");
   m.def(
       "compare_fingerprints",
       [](const Fields& built, const Fields& current) {
@@ -579,9 +581,10 @@ NB_MODULE(_core, m) {
            "ignore_source_changes"_a = false, "module_source"_a = nb::none(),
            "Raise PackageMismatchError if the package does not fit here (see check_package).")
       .def("populate", &PyPackage::populate, "cache_dir"_a,
-           "triton_cache_dirs"_a = std::vector<std::string>(),
-           "Write the kernels and Mega-Cache artifacts into cache_dir and the Triton modules into "
-           "each Triton cache dir; returns (files written, files already there).")
+           "triton_cache_dirs"_a = std::vector<std::string>(), "cuda_jit_dir"_a = "", "cuda_driver"_a = "",
+           "Write the kernels and Mega-Cache artifacts into cache_dir, the Triton modules into "
+           "each Triton cache dir, and the CUDA JIT cache entries into cuda_jit_dir where the "
+           "package was made with cuda_driver; returns (files written, files already there).")
       .def("keys", &PyPackage::keys)
       .def("function", &PyPackage::function, "key"_a)
       .def("mega_cache", &PyPackage::mega_cache)
@@ -597,6 +600,12 @@ NB_MODULE(_core, m) {
                    [](const PyPackage& self) {
                      std::vector<std::string> paths;
                      for (const pc::KernelFile& m : self.package.triton_modules) paths.push_back(m.path);
+                     return paths;
+                   })
+      .def_prop_ro("cuda_jit_paths",
+                   [](const PyPackage& self) {
+                     std::vector<std::string> paths;
+                     for (const pc::KernelFile& e : self.package.cuda_jit) paths.push_back(e.path);
                      return paths;
                    })
       .def("bypassed", [](const PyPackage& self) {
@@ -639,7 +648,8 @@ NB_MODULE(_core, m) {
           "package",
           [](const pc::PrecompileContext& self, const Fields& fingerprint, const std::string& cache_dir,
              const nb::bytes& mega_cache, const std::vector<std::string>& only,
-             const std::vector<std::string>& triton_cache_dirs) {
+             const std::vector<std::string>& triton_cache_dirs, const std::string& cuda_jit_dir,
+             int64_t cuda_jit_since) {
             std::string blob(view(mega_cache));
             megacache::Result<std::vector<pc::KernelFile>> kernels = megacache::Status::OK();
             megacache::Result<std::vector<pc::KernelFile>> modules = std::vector<pc::KernelFile>();
@@ -649,8 +659,10 @@ NB_MODULE(_core, m) {
               kernels = pc::read_kernels(cache_dir);
               if (kernels.ok()) modules = pc::read_loaded_triton_modules(triton_cache_dirs);
               if (kernels.ok() && modules.ok()) {
+                std::vector<pc::KernelFile> jit;
+                if (!cuda_jit_dir.empty()) jit = pc::read_cuda_jit_entries(cuda_jit_dir, cuda_jit_since);
                 out = PyPackage{self.package(fingerprint, std::move(kernels).value(), std::move(blob), only,
-                                             std::move(modules).value())};
+                                             std::move(modules).value(), std::move(jit))};
               }
             }
             if (!kernels.ok()) raise(kernels.status());
@@ -658,10 +670,11 @@ NB_MODULE(_core, m) {
             return std::move(*out);
           },
           "fingerprint"_a, "cache_dir"_a, "mega_cache"_a, "only"_a = std::vector<std::string>(),
-          "triton_cache_dirs"_a = std::vector<std::string>(),
+          "triton_cache_dirs"_a = std::vector<std::string>(), "cuda_jit_dir"_a = "", "cuda_jit_since"_a = 0,
           "Stitch the entries (only these source keys, if given) with their backends, the compiled "
           "kernels of the torch cache dir, the Triton modules this process loaded from the Triton "
-          "cache dirs and a Mega-Cache blob into a Package.")
+          "cache dirs, the CUDA JIT cache entries written since cuda_jit_since (seconds) and a "
+          "Mega-Cache blob into a Package.")
       .def("debug_info", &pc::PrecompileContext::debug_info_json)
       .def("clear", &pc::PrecompileContext::clear)
       .def("empty", &pc::PrecompileContext::empty);

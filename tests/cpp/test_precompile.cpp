@@ -106,6 +106,11 @@ std::string difference(const Package& a, const Package& b) {
     if (a.triton_modules[i].path != b.triton_modules[i].path) return "Triton module path " + a.triton_modules[i].path;
     if (a.triton_modules[i].bytes != b.triton_modules[i].bytes) return "Triton module bytes " + a.triton_modules[i].path;
   }
+  if (a.cuda_jit.size() != b.cuda_jit.size()) return "CUDA JIT entry count";
+  for (size_t i = 0; i < a.cuda_jit.size(); ++i) {
+    if (a.cuda_jit[i].path != b.cuda_jit[i].path) return "CUDA JIT entry path " + a.cuda_jit[i].path;
+    if (a.cuda_jit[i].bytes != b.cuda_jit[i].bytes) return "CUDA JIT entry bytes " + a.cuda_jit[i].path;
+  }
   if (a.functions.size() != b.functions.size()) return "function count";
   for (size_t i = 0; i < a.functions.size(); ++i) {
     const FunctionPackage& x = a.functions[i];
@@ -1211,6 +1216,154 @@ TEST(TritonModules, ReadsWhatThisProcessLoadedFromATritonCacheDir) {
   for (void* handle : handles) dlclose(handle);
 }
 
+// --- CUDA JIT cache entries ---
+
+const std::string kDriver = "580.159.04";
+
+// sample_package as a process on a GPU makes it after cuDNN's attention ran: with two of the
+// driver's JIT cache entries, recorded under its driver.
+Package with_cuda_jit(Package package) {
+  package.cuda_jit = {{"1/a/c877fdb2075fc7", std::string("jit\0one", 7)}, {"b/e/b3e48a12e5899a", "jit two"}};
+  package.fingerprint.emplace_back("cuda_driver", kDriver);
+  std::sort(package.fingerprint.begin(), package.fingerprint.end());  // as fingerprint.json reads back
+  return package;
+}
+
+TEST(CudaJit, PathContract) {
+  for (const std::string& good : std::vector<std::string>{"1/a/c877fdb2075fc7", "0/f/0", "9/9/" + std::string(64, 'f')}) {
+    EXPECT_TRUE(is_cuda_jit_path(good)) << good;
+  }
+  for (const std::string& bad : std::vector<std::string>{"", "index", "1/a", "1/a/", "1/a/G", "1/a/C877", "1a/b/c", "1/ab/c", "/1/a/c",
+                                "1/a/c/d", "1/a/..", "../a/c", "1/a/c ", "1\\a\\c", "9/9/" + std::string(65, 'f'),
+                                std::string("1/a/c\0", 6)}) {
+    EXPECT_FALSE(is_cuda_jit_path(bad)) << bad;
+  }
+}
+
+TEST(CudaJit, TravelInBothFormsAndOnlyWhenPresent) {
+  const Package package = with_cuda_jit(sample_package());
+  Result<Package> binary = read_binary(write_package(package));
+  ASSERT_TRUE(binary.ok()) << binary.status().to_string();
+  EXPECT_EQ(difference(*binary, package), "");
+  ASSERT_EQ(binary->cuda_jit.size(), 2u);
+  EXPECT_EQ(binary->cuda_jit[0].bytes, std::string("jit\0one", 7));
+
+  test::TempDir tmp;
+  ASSERT_TRUE(write_unpacked(package, tmp.path() + "/pkg").ok());
+  EXPECT_EQ(*test::read_file(tmp.path() + "/pkg/cuda_jit/b/e/b3e48a12e5899a"), "jit two");
+  Result<Package> unpacked = read_unpacked(tmp.path() + "/pkg", {});
+  ASSERT_TRUE(unpacked.ok()) << unpacked.status().to_string();
+  EXPECT_EQ(difference(*unpacked, package), "");
+
+  EXPECT_TRUE(contains(describe(package), "c877fdb2075fc7"));
+  EXPECT_FALSE(contains(describe(sample_package()), "cuda_jit"));
+}
+
+TEST(CudaJit, ReadRefusesPathsOutsideTheGrammar) {
+  for (const std::string bad : {"../x", "1/a/../../x", "index", "1/a/c/d"}) {
+    Package package = with_cuda_jit(sample_package());
+    package.cuda_jit[0].path = bad;  // write_package does not check; the reader must
+    Result<Package> read = read_binary(write_package(package));
+    ASSERT_FALSE(read.ok()) << bad;
+    EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument) << read.status().to_string();
+    EXPECT_TRUE(contains(read.status().message(), bad)) << read.status().message();
+  }
+  test::TempDir tmp;
+  const std::string dir = tmp.path() + "/pkg";
+  ASSERT_TRUE(write_unpacked(with_cuda_jit(sample_package()), dir).ok());
+  nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(*test::read_file(dir + "/manifest.json"));
+  manifest["cuda_jit"][0] = "../../../x";
+  ASSERT_TRUE(test::write_file(dir + "/manifest.json", manifest.dump(2)).ok());
+  Result<Package> read = read_unpacked(dir, {});
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument) << read.status().to_string();
+}
+
+TEST(CudaJit, CheckedAgainstTheGpu) {
+  for (const std::string name : {"gpu", "gpu_capability"}) {
+    LoadCheck check = same_environment();
+    check.current = with(kFingerprint, name, "other");
+    EXPECT_TRUE(check_package(cpu_only_package(), check).ok()) << name;
+    Package with_entries = cpu_only_package();
+    with_entries.cuda_jit = {{"1/a/c877fdb2075fc7", "jit"}};
+    const Status status = check_package(with_entries, check);
+    EXPECT_EQ(status.code(), Status::Code::kMismatch) << name;
+    EXPECT_TRUE(contains(status.message(), "package built with " + name + " ")) << status.message();
+  }
+}
+
+TEST(CudaJit, PopulateInstallsForTheSameDriverOnlyAndKeepsTheDriversOwn) {
+  Package package = with_cuda_jit(sample_package());
+  package.mega_cache.clear();
+  const std::map<std::string, std::string> entries = {{package.cuda_jit[0].path, package.cuda_jit[0].bytes},
+                                                      {package.cuda_jit[1].path, package.cuda_jit[1].bytes}};
+  test::TempDir torch_dir, jit;
+  // Another driver, no driver known here, no dir: nothing is installed, the rest is.
+  for (const CudaJitTarget& target : {CudaJitTarget{jit.path(), "570.86.15"}, CudaJitTarget{jit.path(), ""},
+                                      CudaJitTarget{"", kDriver}}) {
+    Result<PopulateReport> report = populate_package(package, torch_dir.path(), {}, target);
+    ASSERT_TRUE(report.ok()) << report.status().to_string();
+    EXPECT_TRUE(read_tree(jit.path()).empty()) << target.driver;
+    EXPECT_EQ(read_tree(torch_dir.path()).size(), 2u);  // the kernels
+  }
+  // A package recorded without its driver installs none either.
+  Package unknown_driver = package;
+  unknown_driver.fingerprint = sample_package().fingerprint;
+  ASSERT_TRUE(populate_package(unknown_driver, torch_dir.path(), {}, {jit.path(), kDriver}).ok());
+  EXPECT_TRUE(read_tree(jit.path()).empty());
+
+  Result<PopulateReport> report = populate_package(package, torch_dir.path(), {}, {jit.path() + "/made", kDriver});
+  ASSERT_TRUE(report.ok()) << report.status().to_string();
+  EXPECT_EQ(read_tree(jit.path() + "/made"), entries);
+  EXPECT_EQ(report->files_written, 2u);
+
+  // The driver's own entry is left as it is.
+  ASSERT_TRUE(test::write_file(jit.path() + "/made/1/a/c877fdb2075fc7", "the driver's").ok());
+  Result<PopulateReport> again = populate_package(package, torch_dir.path(), {}, {jit.path() + "/made", kDriver});
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->files_written, 0u);
+  EXPECT_EQ(read_tree(jit.path() + "/made").at("1/a/c877fdb2075fc7"), "the driver's");
+
+  // A cache dir that cannot be written is passed over.
+  ASSERT_TRUE(test::write_file(jit.path() + "/blocked", "a file, not a dir").ok());
+  ASSERT_TRUE(populate_package(package, torch_dir.path(), {}, {jit.path() + "/blocked", kDriver}).ok());
+  EXPECT_EQ(*test::read_file(jit.path() + "/blocked"), "a file, not a dir");
+
+  // A path outside the grammar is refused before anything is written anywhere.
+  package.cuda_jit.push_back({"../x", "jit"});
+  test::TempDir fresh;
+  Result<PopulateReport> refused = populate_package(package, fresh.path() + "/cache", {}, {fresh.path() + "/jit", kDriver});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_TRUE(read_tree(fresh.path()).empty());
+}
+
+TEST(CudaJit, ReadsTheEntriesWrittenSinceAndNothingElse) {
+  test::TempDir jit;
+  const std::string dir = jit.path() + "/ComputeCache";
+  for (const std::string path : {"1/a/c877fdb2075fc7", "b/e/b3e48a12e5899a", "4/1/e7acff1d70198c", "index",
+                                 "1/a/not-an-entry", "1/xx/c877"}) {
+    std::filesystem::create_directories(std::filesystem::path(dir + "/" + path).parent_path());
+    ASSERT_TRUE(test::write_file(dir + "/" + path, "bytes of " + path).ok());
+  }
+  const auto now = std::filesystem::last_write_time(dir + "/index");
+  std::filesystem::last_write_time(dir + "/4/1/e7acff1d70198c", now - std::chrono::hours(1));  // an earlier process's
+  const int64_t since = std::chrono::duration_cast<std::chrono::seconds>(
+                            std::chrono::file_clock::to_sys(now).time_since_epoch()).count() - 60;
+  const std::vector<KernelFile> read = read_cuda_jit_entries(dir, since);
+  ASSERT_EQ(read.size(), 2u);
+  EXPECT_EQ(read[0].path, "1/a/c877fdb2075fc7");
+  EXPECT_EQ(read[0].bytes, "bytes of 1/a/c877fdb2075fc7");
+  EXPECT_EQ(read[1].path, "b/e/b3e48a12e5899a");
+  EXPECT_EQ(read_cuda_jit_entries(dir, 0).size(), 3u);
+  EXPECT_TRUE(read_cuda_jit_entries(jit.path() + "/missing", 0).empty());
+
+  // An entry that cannot be read (here a link, which is never followed) is left out.
+  std::filesystem::create_directories(dir + "/c/c");
+  std::filesystem::create_symlink(dir + "/index", dir + "/c/c/cc");
+  EXPECT_EQ(read_cuda_jit_entries(dir, 0).size(), 3u);
+}
+
 // --- golden file ---
 
 // The package in tests/data/package_v1.mcpkg. Written by megacache 0.1.0 (manifest version 1,
@@ -1293,6 +1446,28 @@ TEST(PackageGolden, ReadsAndReproducesTheGoldenFileWithTritonModules) {
   ASSERT_EQ(read->triton_modules.size(), 2u);
   EXPECT_EQ(read->triton_modules[1].path, kLauncher);
   EXPECT_EQ(read->triton_modules[1].bytes, "\x7f" "ELF launcher");
+  EXPECT_EQ(difference(*read, golden), "");
+  EXPECT_TRUE(write_package(golden) == file)
+      << "write_package no longer reproduces " << path
+      << "; if the change is deliberate, run with MEGACACHE_REGENERATE_GOLDEN=1";
+}
+
+// tests/data/package_v1_cuda_jit.mcpkg: the golden package as a process on a GPU makes it
+// after cuDNN's attention ran, with two CUDA JIT cache entries (the optional "cuda_jit").
+TEST(PackageGolden, ReadsAndReproducesTheGoldenFileWithCudaJitEntries) {
+  const std::string path = std::string(MEGACACHE_TEST_DATA) + "/package_v1_cuda_jit.mcpkg";
+  const Package golden = with_cuda_jit(golden_package());
+  if (const char* regenerate = std::getenv("MEGACACHE_REGENERATE_GOLDEN");
+      regenerate != nullptr && std::string(regenerate) == "1") {
+    ASSERT_TRUE(test::write_file(path, write_package(golden)).ok());
+  }
+  const std::string file = test::read_test_file("package_v1_cuda_jit.mcpkg");
+  ASSERT_FALSE(file.empty()) << path << " is missing";
+  Result<Package> read = read_binary(file);
+  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  ASSERT_EQ(read->cuda_jit.size(), 2u);
+  EXPECT_EQ(read->cuda_jit[1].path, "b/e/b3e48a12e5899a");
+  EXPECT_EQ(read->cuda_jit[1].bytes, "jit two");
   EXPECT_EQ(difference(*read, golden), "");
   EXPECT_TRUE(write_package(golden) == file)
       << "write_package no longer reproduces " << path
