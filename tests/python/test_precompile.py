@@ -215,6 +215,36 @@ def test_automatic_mode_training_package_includes_the_backward(tmp_path):
     assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt"))
 
 
+def test_cuda_jit_entries_made_after_a_publish_go_out_and_install_for_the_same_driver(tmp_path):
+    """The driver's JIT cache (simulated on the CPU: precompile/cuda_jit.py) gains the forward's
+    entries during the first call and the backward's after it, once the package is out. The
+    package goes out again at exit with both; a fresh machine with the same driver finds them
+    in its own cache after the first call's load, and one with another driver finds none but
+    loads the rest of the package."""
+    from megacache import _core
+
+    code = copy_cases(tmp_path)
+    store = f"file://{tmp_path / 'store'}"
+    first = run("cuda_jit.py", store, tmp_path / "jit1", "570.1", "record", tmp_path / "a.pt",
+                cwd=code, cache_dir=tmp_path / "c1")
+    assert first["automatic"]["published"] == 1  # as the backward compiled; once more at exit
+    packages = [_core.Package.from_bytes(_core.Store(store).get(name))
+                for name, _, _ in _core.Store(store).list() if name.startswith("precompile-")]
+    assert [package.cuda_jit_paths for package in packages] == [["1/a/0f1", "2/b/0b2"]]
+    assert dict(packages[0].fingerprint)["cuda_driver"] == "570.1"
+
+    same = run("cuda_jit.py", store, tmp_path / "jit2", "570.1", "load", tmp_path / "b.pt",
+               cwd=code, cache_dir=tmp_path / "c2")
+    assert same["automatic"]["hits"] == 1 and same["automatic"]["published"] == 0
+    assert same["after_first_call"] == ["1/a/0f1", "2/b/0b2"]
+    assert (tmp_path / "jit2/2/b/0b2").read_text() == "the driver's build 2/b/0b2"
+    other = run("cuda_jit.py", store, tmp_path / "jit3", "580.2", "load", tmp_path / "c.pt",
+                cwd=code, cache_dir=tmp_path / "c3")
+    assert other["automatic"]["hits"] == 1 and other["after_first_call"] == []
+    assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt"))
+    assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "c.pt"))
+
+
 def test_a_function_that_compiled_twice_starts_warm_for_both(tmp_path):
     """Two batch sizes: the function compiles twice and publishes after each compile. The
     package must carry both compiles' artifacts (before the fix, its Mega-Cache payload held

@@ -166,17 +166,38 @@ def _triton_cache_dirs() -> List[str]:
     return sorted({cache.dir, cache.get_triton_dir("cache"), triton_cache_dir(device)})
 
 
+# When this process started to compile, as far as CUDA's JIT cache can tell (its entries
+# carry the time they were written, in seconds).
+_started_unix = int(time.time())
+
+
+def _cuda_jit_cache() -> Tuple[str, str]:
+    """(CUDA's JIT cache dir, the NVIDIA driver's version), or ("", "") where the driver keeps
+    no cache (CUDA_CACHE_DISABLE) or its version cannot be read, so that no entry could be
+    checked against it. The dir is CUDA_CACHE_PATH, by default ~/.nv/ComputeCache."""
+    driver = _core.cuda_driver_version()
+    if not driver or os.environ.get("CUDA_CACHE_DISABLE", "0") not in ("", "0"):
+        return "", ""
+    directory = os.environ.get("CUDA_CACHE_PATH") or os.path.join(os.path.expanduser("~"), ".nv", "ComputeCache")
+    return directory, driver
+
+
 def build_package(keys: Optional[List[str]] = None) -> "_core.Package":
     """What this process compiled or loaded (only `keys`, if given), stitched into a package,
-    with the Triton modules this process loaded."""
+    with the Triton modules this process loaded and the CUDA JIT cache entries the driver
+    wrote since it started (cuDNN's runtime-compiled kernels), under the driver's version."""
     from megacache.torch import mega_cache as adapter
 
+    jit_dir, driver = _cuda_jit_cache()
+    fingerprint = installed_keys.fingerprint_with_recorded(list(environment()))
+    if driver:
+        fingerprint = sorted([*fingerprint, ("cuda_driver", driver)])
     with _lock:
         _copy_from_torch()
         recorded = adapter.recorded()
         package = _context.package(
-            installed_keys.fingerprint_with_recorded(list(environment())), _torch_cache_dir(),
-            recorded[0] if recorded else b"", keys or [], _triton_cache_dirs(),
+            fingerprint, _torch_cache_dir(), recorded[0] if recorded else b"", keys or [],
+            _triton_cache_dirs(), jit_dir, _started_unix,
         )
     return package
 
@@ -269,15 +290,17 @@ def _install_removed_library_check(base: Any) -> bool:
 
 
 def install_files(package: "_core.Package") -> None:
-    """Writes the package's kernels and Mega-Cache artifacts into torch's cache dir and its
-    Triton modules where Triton looks for them, and takes the keys it recorded of the installed
-    software (installed_keys)."""
+    """Writes the package's kernels and Mega-Cache artifacts into torch's cache dir, its
+    Triton modules where Triton looks for them and its CUDA JIT cache entries where the driver
+    does (for the same driver), and takes the keys it recorded of the installed software
+    (installed_keys)."""
     cache_dir = _torch_cache_dir()
     triton_dirs: List[str] = []
     if package.triton_module_paths:
         importlib.import_module("triton")  # its knobs name the dirs; the package's kernels need it
         triton_dirs = _triton_cache_dirs()
-    package.populate(cache_dir, triton_dirs)
+    jit_dir, driver = _cuda_jit_cache() if package.cuda_jit_paths else ("", "")
+    package.populate(cache_dir, triton_dirs, jit_dir, driver)
     installed_keys.seed(dict(package.fingerprint))
     if package.kernel_paths:
         for path in package.kernel_paths:
@@ -496,6 +519,11 @@ class _AutomaticMode:
         self.claims: Dict[str, Any] = {}  # source key -> claim held while this process compiles
         self.dirty: Set[str] = set()  # keys with compiles not yet published
         self.held_back: Set[str] = set()  # keys waiting for a backend torch records later
+        # Keys published before all their graphs ran (a backward runs after the forward call
+        # that published it): the CUDA JIT builds of its first run (cuDNN's attention
+        # backward) come after the publish.
+        self.jit_unsettled: Set[str] = set()
+        self.published_jit: Dict[str, Set[str]] = {}  # key -> the JIT entries its package carries
 
     def active(self) -> bool:
         """False where torch isolates or turns off its own caches: inside fresh_cache() (another
@@ -545,11 +573,15 @@ class _AutomaticMode:
         if claim is not None:
             claim.release()
 
-    def publish(self, key: str, *, only_if_complete: bool = False) -> None:
+    def publish(self, key: str, *, only_if_complete: bool = False, only_if_jit_grew: bool = False) -> None:
         """Puts the function's package into the store. A package with a backend not recorded
         yet (training compiles the backward on the first backward call) is held back once: it
-        goes out when torch records that backend, or after the next call, or at exit. Never
-        raises into the job: a failed publish costs other processes a compile, nothing more."""
+        goes out when torch records that backend, or after the next call, or at exit. A backward
+        may not have run when its package goes out, so on a machine with CUDA's JIT cache the
+        package goes out once more after the next call (or at exit) if the cache gained
+        entries meanwhile (only_if_jit_grew).
+        Never raises into the job: a failed publish costs other processes a compile, nothing
+        more."""
         from megacache import CACHE_ERRORS
 
         self.dirty.discard(key)
@@ -569,10 +601,16 @@ class _AutomaticMode:
                 log.debug("megacache: nothing of %s can be packaged", function["qualname"])
                 self.held_back.discard(key)
                 return
+            jit = set(package.cuda_jit_paths)
+            if only_if_jit_grew and jit <= self.published_jit.get(key, set()):
+                return
             for qualname, code, reason in incomplete:
                 log.warning("megacache: %s, code %d will compile again on load: %s", qualname, code, reason)
             self.store.put(store_name(key), package.to_bytes())
             _stats["published"] += 1
+            self.published_jit[key] = jit
+            if not only_if_jit_grew and _cuda_jit_cache()[0]:
+                self.jit_unsettled.add(key)
             seconds = self.compile_seconds.pop(key, None)
             if seconds is not None:
                 self.store.put(compile_seconds_name(key), f"{seconds:.3f}".encode())
@@ -586,10 +624,18 @@ class _AutomaticMode:
         for key in list(self.held_back):
             self.publish(key, only_if_complete=True)
 
+    def settle_jit(self, key: str) -> None:
+        """After the call that follows a publish: publishes again if the graphs' first runs
+        since (a backward) added entries to the driver's JIT cache."""
+        self.jit_unsettled.discard(key)
+        self.publish(key, only_if_jit_grew=True)
+
     def close(self) -> None:
         """Publishes what is left and drops every claim: at disable() and at exit."""
         for key in list(self.held_back | self.dirty):
             self.publish(key)
+        for key in list(self.jit_unsettled):
+            self.settle_jit(key)
         for key in list(self.claims):
             self.release_claim(key)
 
@@ -728,6 +774,8 @@ def _watch_calls(compiled: Callable[..., Any], key: str) -> Callable[..., Any]:
                     mode.compile_seconds[key] = (mode.compile_seconds.get(key, 0.0)
                                                  + time.monotonic() - started)
                 mode.publish(key)
+            elif mode is not None and key in mode.jit_unsettled:
+                mode.settle_jit(key)
         finally:
             _call_depth.value = 0
             if mode is not None:
