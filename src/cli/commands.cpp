@@ -208,7 +208,10 @@ void print_human(std::ostream& out, const ordered_json& report) {
   if (report.contains("package")) {
     const ordered_json& p = report["package"];
     out << "precompile package: " << p["functions"].size() << " function(s), " << p["kernels"].size()
-        << " kernel(s)\n";
+        << " kernel(s)";
+    if (p.contains("triton_modules")) out << ", " << p["triton_modules"].size() << " Triton module(s)";
+    if (p.contains("cuda_jit")) out << ", " << p["cuda_jit"].size() << " CUDA JIT build(s)";
+    out << "\n";
     for (const auto& f : p["functions"]) {
       const ordered_json& id = f["function"];
       out << "  " << id["module"].get<std::string>() << "." << id["qualname"].get<std::string>()

@@ -49,6 +49,21 @@ TEST(Cli, InspectHumanShowsGroupsAndArtifacts) {
       << r.out;
 }
 
+// A package says what it carries besides its functions: kernels, and Triton's modules and
+// the CUDA driver's JIT builds where it has them.
+TEST(Cli, InspectHumanCountsWhatAPackageCarries) {
+  const CliResult plain = run({"inspect", fixture("package_v1.mcpkg")});
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  EXPECT_NE(plain.out.find("precompile package: 1 function(s), 1 kernel(s)\n"), std::string::npos) << plain.out;
+  const CliResult triton = run({"inspect", fixture("package_v1_triton_modules.mcpkg")});
+  ASSERT_EQ(triton.code, 0) << triton.err;
+  EXPECT_NE(triton.out.find("1 kernel(s), 2 Triton module(s)\n"), std::string::npos) << triton.out;
+  const CliResult jit = run({"inspect", fixture("package_v1_cuda_jit.mcpkg")});
+  ASSERT_EQ(jit.code, 0) << jit.err;
+  EXPECT_NE(jit.out.find("1 kernel(s), 2 CUDA JIT build(s)\n"), std::string::npos) << jit.out;
+  EXPECT_NE(jit.out.find("cuda_driver: 580.159.04"), std::string::npos) << jit.out;
+}
+
 TEST(Cli, VerifyAndPopulate) {
   test::TempDir dir;
   EXPECT_EQ(run({"verify", fixture("mega_dynamic.bin")}).code, 0);

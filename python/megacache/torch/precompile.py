@@ -166,8 +166,8 @@ def _triton_cache_dirs() -> List[str]:
     return sorted({cache.dir, cache.get_triton_dir("cache"), triton_cache_dir(device)})
 
 
-# When this process started to compile, as far as CUDA's JIT cache can tell (its entries
-# carry the time they were written, in seconds).
+# When megacache came into this process (enable() imports this module), in the seconds CUDA's
+# JIT cache entries are stamped with: the entries written since are this process's builds.
 _started_unix = int(time.time())
 
 
