@@ -50,6 +50,9 @@ std::vector<Mention> mentions_of(std::string_view text) {
       while (end < text.size() && end - begin < 5 && std::isdigit(static_cast<unsigned char>(text[end]))) ++end;
       if (end == begin || end - begin > 4) continue;
       if (end < text.size() && std::isdigit(static_cast<unsigned char>(text[end]))) continue;
+      // Inductor writes an index without leading zeros; "cuda:00" is not one of its forms, and
+      // rewriting it could not be undone exactly (cuda:00 -> cuda:7 -> cuda:0).
+      if (end - begin > 1 && text[begin] == '0') continue;
       if (!form.after.empty() && (end >= text.size() || form.after.find(text[end]) == std::string_view::npos)) continue;
       if (form.after.empty() && end < text.size() && is_identifier_char(text[end])) continue;
       found.push_back({begin, end, std::stoi(std::string(text.substr(begin, end - begin)))});

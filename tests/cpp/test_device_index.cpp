@@ -77,12 +77,19 @@ TEST(DeviceIndex, CodeForSeveralDevicesIsNotMoved) {
 TEST(DeviceIndex, OnlyDeviceFormsCount) {
   const std::string text =
       "xcuda:1 cuda:12345 set_device(device) get_raw_stream(idx) _DeviceGuard(3 ) "
-      "type='cpu', index=4 fused_cuda:5 offset_device(2) set_device(2x)";
+      "type='cpu', index=4 fused_cuda:5 offset_device(2) set_device(2x) cuda:00 set_device(01)";
   EXPECT_TRUE(cuda_device_indices(text).empty());
   Result<std::string> moved = remap_cuda_device(text, 0, 1);
   ASSERT_TRUE(moved.ok());
   EXPECT_EQ(*moved, text);
   EXPECT_EQ(cuda_device_indices("device='cuda:3', x = torch.cuda.set_device(3)\n"), std::vector<int>{3});
+  // Found by fuzz_device_index: a leading zero beside a real mention; moving there and back
+  // must give the text back.
+  const std::string padded = "device='cuda:0' and 'cuda:00'";
+  Result<std::string> there = remap_cuda_device(padded, 0, 7);
+  ASSERT_TRUE(there.ok());
+  EXPECT_EQ(*there, "device='cuda:7' and 'cuda:00'");
+  EXPECT_EQ(*remap_cuda_device(*there, 7, 0), padded);
 }
 
 TEST(DeviceIndex, KernelSourcesAreTheLiteralsTorchKeysItsKernelsBy) {
