@@ -110,10 +110,13 @@ Result<std::vector<KernelFile>> read_loaded_triton_modules(const std::vector<std
 // "<hex digit>/<hex digit>/<1 to 64 hex digits>"; the cache's own index is not an entry.
 bool is_cuda_jit_path(std::string_view path);
 
-// The entries of the CUDA JIT cache `dir` written at or after `since_unix` (seconds): what the
-// driver compiled for this process, sorted by path. Entries past kMaxCudaJitBytes in all, and
-// entries that cannot be read, are left out; an absent dir holds none. Never fails: the
-// entries only spare the loading side's driver a compile. Thread-safe.
+// The paths of the entries of the CUDA JIT cache `dir` written at or after `since_unix`
+// (seconds): what the driver compiled for this process, sorted. An absent dir holds none.
+// Never fails: the entries only spare the loading side's driver a compile. Thread-safe.
+std::vector<std::string> list_cuda_jit_entries(const std::string& dir, int64_t since_unix);
+
+// Those entries with their bytes. Entries past kMaxCudaJitBytes in all, and entries that cannot
+// be read, are left out. Never fails. Thread-safe.
 inline constexpr uint64_t kMaxCudaJitBytes = uint64_t{256} << 20;
 std::vector<KernelFile> read_cuda_jit_entries(const std::string& dir, int64_t since_unix);
 

@@ -235,34 +235,37 @@ Result<std::vector<KernelFile>> read_loaded_triton_modules(const std::vector<std
   return modules;
 }
 
-std::vector<KernelFile> read_cuda_jit_entries(const std::string& dir, int64_t since_unix) {
+std::vector<std::string> list_cuda_jit_entries(const std::string& dir, int64_t since_unix) {
   // The driver keeps each entry at <hex>/<hex>/<hex name>, beside an index it does not need to
   // find them (docs/package-format.md, CUDA's JIT cache).
   util::FileSystem& files = util::FileSystem::real();
-  std::vector<KernelFile> entries;
-  uint64_t total = 0;
-  std::vector<std::string> firsts = files.list_directory(dir, "");
-  std::sort(firsts.begin(), firsts.end());
-  for (const std::string& first : firsts) {
-    std::vector<std::string> seconds = files.list_directory(dir, first);
-    std::sort(seconds.begin(), seconds.end());
-    for (const std::string& second : seconds) {
+  std::vector<std::string> paths;
+  for (const std::string& first : files.list_directory(dir, "")) {
+    for (const std::string& second : files.list_directory(dir, first)) {
       const std::string parent = first + "/" + second;
-      std::vector<std::string> names = files.list_directory(dir, parent);
-      std::sort(names.begin(), names.end());
-      for (const std::string& name : names) {
+      for (const std::string& name : files.list_directory(dir, parent)) {
         const std::string path = parent + "/" + name;
         if (!is_cuda_jit_path(path)) continue;
         const std::optional<util::FileSystem::FileInfo> info = files.file_info(dir, path);
-        if (!info || info->modified_unix < since_unix || total + info->size > kMaxCudaJitBytes) continue;
-        // The driver of another process may be replacing it: an entry that cannot be read
-        // whole is left out, and the loading side's driver compiles it.
-        Result<std::string> bytes = files.read_file(dir, path, kMaxCudaJitBytes - total);
-        if (!bytes.ok()) continue;
-        total += bytes->size();
-        entries.push_back({path, std::move(bytes).value()});
+        if (info && info->modified_unix >= since_unix) paths.push_back(path);
       }
     }
+  }
+  std::sort(paths.begin(), paths.end());
+  return paths;
+}
+
+std::vector<KernelFile> read_cuda_jit_entries(const std::string& dir, int64_t since_unix) {
+  util::FileSystem& files = util::FileSystem::real();
+  std::vector<KernelFile> entries;
+  uint64_t total = 0;
+  for (const std::string& path : list_cuda_jit_entries(dir, since_unix)) {
+    // The driver of another process may be replacing it: an entry that cannot be read whole,
+    // or would pass the cap, is left out, and the loading side's driver compiles it.
+    Result<std::string> bytes = files.read_file(dir, path, kMaxCudaJitBytes - total);
+    if (!bytes.ok()) continue;
+    total += bytes->size();
+    entries.push_back({path, std::move(bytes).value()});
   }
   return entries;
 }
@@ -411,6 +414,29 @@ Status check_package(const Package& package, const LoadCheck& check) {
 
 // --- populate_package ---
 
+namespace {
+
+// Installs files that spare another program a build (Triton's modules, the CUDA driver's JIT
+// entries) into that program's cache dir. A file already there is left alone: the owner may have
+// built and loaded it in this process. A dir that cannot be written (a read-only HOME beside a
+// writable TRITON_CACHE_DIR) is passed over: its owner builds what it needs itself.
+void install_carried_files(util::FileSystem& files, const std::string& dir, const std::vector<KernelFile>& carried,
+                           PopulateReport& report) {
+  for (const KernelFile& f : carried) {
+    if (files.file_info(dir, f.path)) {
+      ++report.files_unchanged;
+      continue;
+    }
+    if (!files.create_directories(dir, f.path.substr(0, f.path.rfind('/'))).ok() ||
+        !files.write_atomic(dir, f.path, f.bytes).ok()) {
+      return;
+    }
+    ++report.files_written;
+  }
+}
+
+}  // namespace
+
 Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,
                                         const std::vector<std::string>& triton_cache_dirs,
                                         const CudaJitTarget& cuda_jit) {
@@ -449,34 +475,10 @@ Result<PopulateReport> populate_package(const Package& package, const std::strin
     ++report.files_written;
   }
   for (const std::string& triton_dir : std::set<std::string>(triton_cache_dirs.begin(), triton_cache_dirs.end())) {
-    if (triton_dir.empty()) continue;
-    for (const KernelFile& m : package.triton_modules) {
-      // A module Triton built here itself is as good, and may be loaded in this process.
-      if (files.file_info(triton_dir, m.path)) {
-        ++report.files_unchanged;
-        continue;
-      }
-      // A dir that cannot be written (a read-only HOME beside a writable TRITON_CACHE_DIR) is
-      // passed over: the modules only spare Triton a build, which it does itself where needed.
-      if (!files.create_directories(triton_dir, m.path.substr(0, m.path.find('/'))).ok() ||
-          !files.write_atomic(triton_dir, m.path, m.bytes).ok()) {
-        break;
-      }
-      ++report.files_written;
-    }
+    if (!triton_dir.empty()) install_carried_files(files, triton_dir, package.triton_modules, report);
   }
   if (!cuda_jit.dir.empty() && !cuda_jit.driver.empty() && field(package.fingerprint, "cuda_driver") == cuda_jit.driver) {
-    for (const KernelFile& e : package.cuda_jit) {
-      if (files.file_info(cuda_jit.dir, e.path)) {
-        ++report.files_unchanged;
-        continue;
-      }
-      if (!files.create_directories(cuda_jit.dir, e.path.substr(0, 3)).ok() ||
-          !files.write_atomic(cuda_jit.dir, e.path, e.bytes).ok()) {
-        break;  // a cache the driver cannot share with us: it compiles its own
-      }
-      ++report.files_written;
-    }
+    install_carried_files(files, cuda_jit.dir, package.cuda_jit, report);
   }
   return report;
 }

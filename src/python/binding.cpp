@@ -465,6 +465,9 @@ NB_MODULE(_core, m) {
         "cpu_arch, os and the megacache version, as bundles record them.");
   m.def("cuda_driver_version", &pc::cuda_driver_version,
         "The NVIDIA driver's version from /proc/driver/nvidia/version, or '' where there is none.");
+  m.def("list_cuda_jit_entries", &pc::list_cuda_jit_entries, "dir"_a, "since_unix"_a,
+        "The paths of the CUDA JIT cache entries in dir written since since_unix (seconds), "
+        "sorted: what a package built now would carry, before the size cap.");
   m.def(
       "compare_fingerprints",
       [](const Fields& built, const Fields& current) {

@@ -1355,8 +1355,10 @@ TEST(CudaJit, ReadsTheEntriesWrittenSinceAndNothingElse) {
   EXPECT_EQ(read[0].path, "1/a/c877fdb2075fc7");
   EXPECT_EQ(read[0].bytes, "bytes of 1/a/c877fdb2075fc7");
   EXPECT_EQ(read[1].path, "b/e/b3e48a12e5899a");
+  EXPECT_EQ(list_cuda_jit_entries(dir, since), (std::vector<std::string>{"1/a/c877fdb2075fc7", "b/e/b3e48a12e5899a"}));
   EXPECT_EQ(read_cuda_jit_entries(dir, 0).size(), 3u);
   EXPECT_TRUE(read_cuda_jit_entries(jit.path() + "/missing", 0).empty());
+  EXPECT_TRUE(list_cuda_jit_entries(jit.path() + "/missing", 0).empty());
 
   // An entry that cannot be read (here a link, which is never followed) is left out.
   std::filesystem::create_directories(dir + "/c/c");
@@ -1392,20 +1394,35 @@ Package golden_package() {
   return package;
 }
 
-TEST(PackageGolden, ReadsAndReproducesTheGoldenFile) {
-  const std::string path = std::string(MEGACACHE_TEST_DATA) + "/package_v1.mcpkg";
+// Reads tests/data/<name>, checks that it holds `golden` and that write_package still writes it
+// byte for byte, and returns what it read for the caller's own checks. With
+// MEGACACHE_REGENERATE_GOLDEN=1 the file is rewritten first, after a deliberate format change.
+std::optional<Package> read_golden_file(const std::string& name, const Package& golden) {
+  const std::string path = std::string(MEGACACHE_TEST_DATA) + "/" + name;
   if (const char* regenerate = std::getenv("MEGACACHE_REGENERATE_GOLDEN");
       regenerate != nullptr && std::string(regenerate) == "1") {
-    ASSERT_TRUE(test::write_file(path, write_package(golden_package())).ok());
+    EXPECT_TRUE(test::write_file(path, write_package(golden)).ok());
   }
-  const std::string file = test::read_test_file("package_v1.mcpkg");
-  ASSERT_FALSE(file.empty()) << path << " is missing";
-  Result<bundle::Bundle> parsed = bundle::parse(file);
-  ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
-  ASSERT_TRUE(is_package(*parsed));
-  Result<Package> read = read_package(*parsed);
-  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  const std::string file = test::read_test_file(name);
+  if (file.empty()) {
+    ADD_FAILURE() << path << " is missing";
+    return std::nullopt;
+  }
+  Result<Package> read = read_binary(file);
+  if (!read.ok()) {
+    ADD_FAILURE() << path << ": " << read.status().to_string();
+    return std::nullopt;
+  }
+  EXPECT_EQ(difference(*read, golden), "");
+  EXPECT_TRUE(write_package(golden) == file)
+      << "write_package no longer reproduces " << path
+      << "; if the change is deliberate, run with MEGACACHE_REGENERATE_GOLDEN=1";
+  return std::move(read).value();
+}
 
+TEST(PackageGolden, ReadsAndReproducesTheGoldenFile) {
+  const std::optional<Package> read = read_golden_file("package_v1.mcpkg", golden_package());
+  ASSERT_TRUE(read);
   ASSERT_EQ(read->functions.size(), 1u);
   const FunctionPackage& f = read->functions[0];
   EXPECT_EQ(f.entry.key(), source_key("forward", 10));
@@ -1422,56 +1439,26 @@ TEST(PackageGolden, ReadsAndReproducesTheGoldenFile) {
   Result<MegaCache> cache = mega_cache::parse(read->mega_cache);
   ASSERT_TRUE(cache.ok()) << cache.status().to_string();
   EXPECT_EQ(cache->groups.size(), 2u);
-  EXPECT_EQ(difference(*read, golden_package()), "");
-
-  // The writer is deterministic and has not changed format.
-  EXPECT_TRUE(write_package(golden_package()) == file)
-      << "write_package no longer reproduces " << path
-      << "; if the change is deliberate, run with MEGACACHE_REGENERATE_GOLDEN=1";
 }
 
 // tests/data/package_v1_triton_modules.mcpkg: the golden package as a CUDA process makes it,
 // with Triton's driver helper and a kernel launcher (the optional "triton_modules").
 TEST(PackageGolden, ReadsAndReproducesTheGoldenFileWithTritonModules) {
-  const std::string path = std::string(MEGACACHE_TEST_DATA) + "/package_v1_triton_modules.mcpkg";
-  const Package golden = with_triton_modules(golden_package());
-  if (const char* regenerate = std::getenv("MEGACACHE_REGENERATE_GOLDEN");
-      regenerate != nullptr && std::string(regenerate) == "1") {
-    ASSERT_TRUE(test::write_file(path, write_package(golden)).ok());
-  }
-  const std::string file = test::read_test_file("package_v1_triton_modules.mcpkg");
-  ASSERT_FALSE(file.empty()) << path << " is missing";
-  Result<Package> read = read_binary(file);
-  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  const std::optional<Package> read = read_golden_file("package_v1_triton_modules.mcpkg", with_triton_modules(golden_package()));
+  ASSERT_TRUE(read);
   ASSERT_EQ(read->triton_modules.size(), 2u);
   EXPECT_EQ(read->triton_modules[1].path, kLauncher);
   EXPECT_EQ(read->triton_modules[1].bytes, "\x7f" "ELF launcher");
-  EXPECT_EQ(difference(*read, golden), "");
-  EXPECT_TRUE(write_package(golden) == file)
-      << "write_package no longer reproduces " << path
-      << "; if the change is deliberate, run with MEGACACHE_REGENERATE_GOLDEN=1";
 }
 
 // tests/data/package_v1_cuda_jit.mcpkg: the golden package as a process on a GPU makes it
 // after cuDNN's attention ran, with two CUDA JIT cache entries (the optional "cuda_jit").
 TEST(PackageGolden, ReadsAndReproducesTheGoldenFileWithCudaJitEntries) {
-  const std::string path = std::string(MEGACACHE_TEST_DATA) + "/package_v1_cuda_jit.mcpkg";
-  const Package golden = with_cuda_jit(golden_package());
-  if (const char* regenerate = std::getenv("MEGACACHE_REGENERATE_GOLDEN");
-      regenerate != nullptr && std::string(regenerate) == "1") {
-    ASSERT_TRUE(test::write_file(path, write_package(golden)).ok());
-  }
-  const std::string file = test::read_test_file("package_v1_cuda_jit.mcpkg");
-  ASSERT_FALSE(file.empty()) << path << " is missing";
-  Result<Package> read = read_binary(file);
-  ASSERT_TRUE(read.ok()) << read.status().to_string();
+  const std::optional<Package> read = read_golden_file("package_v1_cuda_jit.mcpkg", with_cuda_jit(golden_package()));
+  ASSERT_TRUE(read);
   ASSERT_EQ(read->cuda_jit.size(), 2u);
   EXPECT_EQ(read->cuda_jit[1].path, "b/e/b3e48a12e5899a");
   EXPECT_EQ(read->cuda_jit[1].bytes, "jit two");
-  EXPECT_EQ(difference(*read, golden), "");
-  EXPECT_TRUE(write_package(golden) == file)
-      << "write_package no longer reproduces " << path
-      << "; if the change is deliberate, run with MEGACACHE_REGENERATE_GOLDEN=1";
 }
 
 }  // namespace

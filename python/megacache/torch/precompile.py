@@ -626,8 +626,12 @@ class _AutomaticMode:
 
     def settle_jit(self, key: str) -> None:
         """After the call that follows a publish: publishes again if the graphs' first runs
-        since (a backward) added entries to the driver's JIT cache."""
+        since (a backward) added entries to the driver's JIT cache. The cache's listing is
+        compared first, so that a call on which nothing was built costs no package build."""
         self.jit_unsettled.discard(key)
+        jit_dir, _ = _cuda_jit_cache()
+        if set(_core.list_cuda_jit_entries(jit_dir, _started_unix)) <= self.published_jit.get(key, set()):
+            return
         self.publish(key, only_if_jit_grew=True)
 
     def close(self) -> None:
