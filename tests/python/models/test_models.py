@@ -1,5 +1,5 @@
 """Model conformance suite: tiny Hugging Face models under automatic mode, each case in fresh
-processes with empty torch cache dirs and one store.
+processes with empty torch cache dirs and HOMEs (fresh machines) and one store.
 
 For every case:
 - `produce` compiles under megacache.enable() and publishes; it must succeed wherever plain
@@ -57,7 +57,11 @@ ROLES = ["produce", "consume"] + (["torch-produce", "torch"] if WITH_TORCH else 
 def run(case: str, role: str, out: Path) -> Dict[str, Any]:
     # The caller's PYTHONPATH stays (a megacache built in place, as on the GPU host).
     path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(out / f"cache-{role}"),
+    # Each role is a fresh machine: its own empty torch cache dir and HOME (Triton and CUDA
+    # keep their caches there), so a consumer finds only what the package carries.
+    home = out / f"home-{role}"
+    home.mkdir()
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(out / f"cache-{role}"), HOME=str(home),
                HF_HUB_OFFLINE="1", PYTHONPATH=path)
     store = f"file://{out / 'store'}"
     proc = subprocess.run([sys.executable, str(HERE / "run_case.py"), case, role, store, str(out)],
