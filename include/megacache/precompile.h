@@ -2,12 +2,8 @@
 // without tracing or compiling. PrecompileContext mirrors torch's
 // torch._dynamo.precompile_context.PrecompileContext: it holds backend artifacts by backend
 // id and Dynamo cache entries by source key, and stitches them into per-function packages.
-// A Package adds the environment fingerprint, the compiled C++ kernel libraries and torch's
-// Mega-Cache artifacts (the fallback for frames torch could not precompile).
-//
-// Pickles stay opaque here: every fact that validation needs (function identity, source
-// hashes, device type, backend ids) is recorded beside the pickle when the package is made,
-// so a package is checked before anything in it is unpickled. Formats: docs/package-format.md.
+// The package itself and its codecs are in package.h; this header reads what a process built,
+// checks a package against the loading process and installs it.
 #pragma once
 
 #include <cstdint>
@@ -20,95 +16,21 @@
 #include <vector>
 
 #include "megacache/bundle.h"
+#include "megacache/package.h"
 #include "megacache/populate.h"
 #include "megacache/status.h"
 
 namespace megacache::precompile {
-
-// What identifies a compiled Python function.
-struct FunctionIdentity {
-  std::string qualname;       // innermost function's __qualname__
-  std::string module;         // its __module__
-  uint32_t first_line = 0;    // co_firstlineno
-  std::string signature;      // str(inspect.signature(fn)), "" when unknown
-  std::string source_sha256;  // hex sha256 of the function's own source, "" when unknown
-};
-
-// torch's source_id: hex sha256 of qualname then str(first_line), both UTF-8.
-std::string source_key(std::string_view qualname, uint32_t first_line);
-
-// A region of a module whose source a compiled function inlined (torch's InlinedSource):
-// sha256 is torch's checksum of the lines [first_line, last_line).
-struct InlinedSource {
-  std::string module;
-  uint32_t first_line = 0;
-  uint32_t last_line = 0;
-  std::string sha256;
-};
-
-// One guarded code object of an entry (torch's _DynamoCodeCacheEntry).
-struct Code {
-  std::vector<std::string> function_names;
-  std::vector<std::string> backend_ids;
-};
-
-// One torch _DynamoCacheEntry: the pickle plus what is checked without unpickling it.
-struct DynamoEntry {
-  FunctionIdentity function;
-  std::string device_type;  // "cpu", "cuda", ...
-  std::vector<Code> codes;
-  std::vector<InlinedSource> inlined_sources;
-  std::string pickle;
-
-  std::string key() const { return source_key(function.qualname, function.first_line); }
-};
-
-// A code whose backend was not recorded: torch cannot run it from the package, so the loader
-// marks it bypassed (torch's _DynamoCodeCacheEntry.bypassed) and that frame compiles again.
-struct Bypass {
-  uint32_t code = 0;  // index into DynamoEntry::codes
-  std::string backend_id;
-  std::string reason;
-};
-
-// One function, stitched: its entry and the backends its codes reference.
-struct FunctionPackage {
-  DynamoEntry entry;
-  std::map<std::string, std::string> backends;  // backend id -> pickled BackendCacheArtifact
-  std::vector<Bypass> bypassed;
-};
-
-// A compiled library from torch's cache dir, e.g. "5u/c5ujs...yugwe.so".
-// True for "<2 of [a-z0-9_]>/<name of [a-z0-9_.]>.so": the only paths a kernel may have.
-bool is_kernel_path(std::string_view path);
-
-struct KernelFile {
-  std::string path;  // relative to the cache dir: <2 chars>/<name>.so
-  std::string bytes;
-};
 
 // Every compiled library in a torch cache dir (<cache_dir>/<2 chars>/<name>.so, kernel paths
 // only), sorted by path: the CPU kernels and the vector-ISA probe libraries that a fresh dir
 // would build again with the compiler. Errors: IOError.
 Result<std::vector<KernelFile>> read_kernels(const std::string& cache_dir);
 
-// A module Triton compiled with gcc into its cache dir (its CUDA driver helper, a kernel
-// launcher), e.g. "<key>/cuda_utils.cpython-312-x86_64-linux-gnu.so". Triton looks for it under
-// the hash of its source, platform and build options, and loads it instead of running gcc.
-// True for "<key>/<name of [A-Za-z0-9_.-]>.so", the name not starting with "." and at most 200
-// long, the key a sha256 as Triton names its dirs: 52 of [A-Z2-7] (base32), or 64 of [0-9a-f].
-bool is_triton_module_path(std::string_view path);
-
 // Every shared library this process has loaded from beneath one of `triton_cache_dirs` whose
 // path there is a Triton module path (a module Triton built or found is loaded, so this is
 // what the process used), sorted by path, each once. Errors: IOError. Thread-safe.
 Result<std::vector<KernelFile>> read_loaded_triton_modules(const std::vector<std::string>& triton_cache_dirs);
-
-// An entry of the CUDA driver's JIT cache (CUDA_CACHE_PATH, by default ~/.nv/ComputeCache):
-// the driver's build of some PTX for this GPU, e.g. "1/a/c877fdb2075fc7". cuDNN's
-// runtime-compiled kernels (its fused attention) pass through it. True for
-// "<hex digit>/<hex digit>/<1 to 64 hex digits>"; the cache's own index is not an entry.
-bool is_cuda_jit_path(std::string_view path);
 
 // The paths of the entries of the CUDA JIT cache `dir` written at or after `since_unix`
 // (seconds): what the driver compiled for this process, sorted. An absent dir holds none.
@@ -123,17 +45,6 @@ std::vector<KernelFile> read_cuda_jit_entries(const std::string& dir, int64_t si
 // The NVIDIA kernel driver's version, e.g. "580.159.04", from /proc/driver/nvidia/version; ""
 // where it cannot be read. A JIT cache entry is valid for the driver that made it. Thread-safe.
 std::string cuda_driver_version();
-
-struct Package {
-  bundle::Fingerprint fingerprint;
-  std::vector<FunctionPackage> functions;
-  std::vector<KernelFile> kernels;
-  std::vector<KernelFile> triton_modules;  // paths relative to a Triton cache dir
-  std::vector<KernelFile> cuda_jit;        // paths relative to CUDA's JIT cache dir
-  std::string mega_cache;  // torch's Mega-Cache blob (2.8+ layout); may be empty
-
-  const FunctionPackage* find(std::string_view source_key) const;
-};
 
 // Mirrors torch's PrecompileContext. Thread-safe: every method takes an internal lock.
 class PrecompileContext {
@@ -180,29 +91,6 @@ class PrecompileContext {
   std::map<std::string, std::string> backends_;
   std::map<std::string, DynamoEntry> entries_;
 };
-
-// The JSON text torch-independent tools show for a package (manifest plus fingerprint).
-std::string describe(const Package& package);
-
-// Binary format: a bundle container (docs/bundle-format.md) whose artifacts are the manifest,
-// the pickles, the kernels and the Mega-Cache blob. Thread-safe.
-std::string write_package(const Package& package, const bundle::WriteOptions& options = {});
-// True when `bundle` is a package rather than a plain Mega-Cache bundle.
-bool is_package(const bundle::Bundle& bundle);
-// Errors: Corruption (container or manifest), InvalidArgument (a kernel path or key that
-// could escape the cache dir, a manifest naming an artifact that is not there).
-Result<Package> read_package(const bundle::Bundle& bundle);
-
-// Unpacked format: a directory a person can read and edit (manifest.json, pickles, kernels,
-// mega_cache.bin). write_unpacked replaces `dir` as a whole: it is built beside it and renamed;
-// with `signing_key` it adds signature.json, an Ed25519 signature over every file's sha256.
-// read_unpacked holds the directory to the trust policy of bundle::check_trust, reads only
-// files its signature lists (each checked against its sha256) and never follows a link inside
-// `dir`. Thread-safe. Errors: IOError; read_unpacked also InvalidArgument (trust, a link, a
-// changed file) and Corruption, naming the file.
-Status write_unpacked(const Package& package, const std::string& dir,
-                      const bundle::SigningKey* signing_key = nullptr);
-Result<Package> read_unpacked(const std::string& dir, const std::vector<bundle::PublicKey>& trusted_keys);
 
 // The one door to a package from outside, in either form, with one trust policy: `file` holds
 // the binary form (a bundle, bundle::check_trust); `path` is a directory in the unpacked form or

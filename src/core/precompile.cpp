@@ -15,10 +15,6 @@
 
 namespace megacache::precompile {
 
-std::string source_key(std::string_view qualname, uint32_t first_line) {
-  return util::sha256_hex(std::string(qualname) + std::to_string(first_line));
-}
-
 std::string hash_source_lines(std::string_view source, uint32_t first_line, uint32_t last_line) {
   // inspect.getsourcelines keeps each line's "\n"; the slice [first-1 : last-1] excludes
   // last_line itself, exactly as torch's _hash_sourcelines does.

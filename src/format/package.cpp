@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "megacache/mega_cache.h"
-#include "megacache/precompile.h"
+#include "megacache/package.h"
 #include "util/file_system.h"
 #include "util/hash.h"
 #include "util/utf8.h"
@@ -332,6 +332,10 @@ bool is_cuda_jit_path(std::string_view path) {
   if (path.size() < 5 || path.size() > 4 + 64 || path[1] != '/' || path[3] != '/') return false;
   const std::string_view name = path.substr(4);
   return hex(path[0]) && hex(path[2]) && std::all_of(name.begin(), name.end(), hex);
+}
+
+std::string source_key(std::string_view qualname, uint32_t first_line) {
+  return util::sha256_hex(std::string(qualname) + std::to_string(first_line));
 }
 
 const FunctionPackage* Package::find(std::string_view key) const {
