@@ -77,8 +77,10 @@ struct FunctionPackage {
 // True for "<2 of [a-z0-9_]>/<name of [a-z0-9_.]>.so": the only paths a kernel may have.
 bool is_kernel_path(std::string_view path);
 
+// A file a package carries into another program's cache dir: a kernel (torch's cache dir), a
+// Triton module (a Triton cache dir) or a CUDA JIT entry (CUDA's JIT cache dir).
 struct KernelFile {
-  std::string path;  // relative to the cache dir: <2 chars>/<name>.so
+  std::string path;  // relative to that dir; is_kernel_path, is_triton_module_path or is_cuda_jit_path
   std::string bytes;
 };
 
