@@ -8,12 +8,16 @@
 #include <sys/utsname.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <new>
+#include <system_error>
+#include <thread>
+#include <vector>
 
 #include "util/byte_reader.h"
 #include "util/hash.h"
@@ -193,6 +197,68 @@ Status decompress_claimed(const Entry& entry, std::string_view stored, uint64_t 
 Status check_checksum(const Entry& entry, const char* raw, uint64_t at) {
   if (util::xxh3_128(std::string_view(raw, entry.raw_size)) != entry.checksum) {
     return Status::Corruption(at, describe(entry) + ": payload checksum mismatch");
+  }
+  return Status::OK();
+}
+
+// Decompresses and checks one stored payload into its place in the arena.
+Status decode_payload(const Bundle& bundle, const Entry& entry, char* out) {
+  const uint64_t at = payload_offset(bundle, entry);
+  if (Status status = decompress_claimed(entry, bundle.payloads.substr(entry.offset, entry.stored_size), at, out);
+      !status.ok()) {
+    return status;
+  }
+  return check_checksum(entry, out, at);
+}
+
+// A bundle decoding at least this many bytes shares the work among threads: a fresh process
+// loading a package waits for its decoding, and zstd decodes one frame on one core.
+constexpr uint64_t kParallelDecodeBytes = uint64_t{1} << 20;
+constexpr unsigned kMaxDecodeThreads = 8;
+
+// Decodes the payloads of `distinct` (entry indexes, in file order) into `arena`, whose
+// places `arena_start` gives; each place is written by one thread only. Large bundles are
+// decoded on several threads, the largest payloads first; the failure reported is that of the
+// first failing payload in file order, as a decoding in one thread would report.
+Status decode_payloads(const Bundle& bundle, const std::vector<size_t>& distinct,
+                       const std::vector<uint64_t>& arena_start, uint64_t total, char* arena) {
+  const unsigned threads = total < kParallelDecodeBytes
+                               ? 1
+                               : std::min<size_t>({std::max(1u, std::thread::hardware_concurrency()),
+                                                   kMaxDecodeThreads, distinct.size()});
+  if (threads <= 1) {
+    for (size_t i : distinct) {
+      if (Status status = decode_payload(bundle, bundle.entries[i], arena + arena_start[i]); !status.ok()) {
+        return status;
+      }
+    }
+    return Status::OK();
+  }
+  std::vector<size_t> by_size(distinct.size());  // positions in `distinct`, largest payload first
+  for (size_t k = 0; k < by_size.size(); ++k) by_size[k] = k;
+  std::stable_sort(by_size.begin(), by_size.end(), [&](size_t a, size_t b) {
+    return bundle.entries[distinct[a]].raw_size > bundle.entries[distinct[b]].raw_size;
+  });
+  std::vector<Status> results(distinct.size());
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t n = next++; n < by_size.size(); n = next++) {
+      const size_t i = distinct[by_size[n]];
+      results[by_size[n]] = decode_payload(bundle, bundle.entries[i], arena + arena_start[i]);
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (unsigned t = 1; t < threads; ++t) {
+    try {
+      helpers.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;  // no thread to be had (a process at its limit): the threads started decode it all
+    }
+  }
+  work();
+  for (std::thread& helper : helpers) helper.join();
+  for (Status& status : results) {
+    if (!status.ok()) return status;
   }
   return Status::OK();
 }
@@ -678,16 +744,10 @@ Result<Decoded> decode(const Bundle& bundle, const DecodeLimits& limits) {
     return Status::IOError("cannot allocate " + std::to_string(total) +
                            " bytes for the bundle's decoded artifacts");
   }
-  for (const auto& [place, i] : first_user) {
-    const Entry& entry = bundle.entries[i];
-    const uint64_t at = payload_offset(bundle, entry);
-    char* out = decoded.storage.get() + arena_start[i];
-    if (Status status = decompress_claimed(entry, bundle.payloads.substr(entry.offset, entry.stored_size),
-                                           at, out);
-        !status.ok()) {
-      return status;
-    }
-    if (Status status = check_checksum(entry, out, at); !status.ok()) return status;
+  std::vector<size_t> distinct;  // one entry per stored payload, in file order
+  for (const auto& [place, i] : first_user) distinct.push_back(i);
+  if (Status status = decode_payloads(bundle, distinct, arena_start, total, decoded.storage.get()); !status.ok()) {
+    return status;
   }
   mega_cache::MegaCache& cache = decoded.cache;
   cache.layout = mega_cache::Layout::kV2_8;

@@ -244,9 +244,9 @@ Status check_complete(const Package& package, const std::string& where) {
   return Status::OK();
 }
 
-// Gives each listed file its bytes from `found` (artifact key -> bytes). Every listed file must
-// be there once, and nothing may be there that is not listed.
-Status attach_files(std::vector<KernelFile>& listed_files, const std::map<std::string, std::string>& found,
+// Gives each listed file its bytes from `found` (artifact key -> bytes in the decoded bundle).
+// Every listed file must be there once, and nothing may be there that is not listed.
+Status attach_files(std::vector<KernelFile>& listed_files, const std::map<std::string, std::string_view>& found,
                     std::string_view what) {
   std::set<std::string> listed;
   for (KernelFile& k : listed_files) {
@@ -255,7 +255,7 @@ Status attach_files(std::vector<KernelFile>& listed_files, const std::map<std::s
     if (!listed.insert(k.path).second) {
       return Status::Corruption(0, std::string(what) + " " + k.path + " is listed twice");
     }
-    k.bytes = it->second;
+    k.bytes.assign(it->second);
   }
   for (const auto& [path, bytes] : found) {
     if (!listed.count(path)) {
@@ -401,9 +401,10 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
   if (!parsed.ok()) return parsed.status();
   Package package = std::move(parsed).value();
   package.fingerprint = bundle.fingerprint;
-  std::map<std::string, std::string> kernels;
-  std::map<std::string, std::string> triton_modules;
-  std::map<std::string, std::string> cuda_jit;
+  // Views into the decoded bundle: each file's bytes are copied once, into the package.
+  std::map<std::string, std::string_view> kernels;
+  std::map<std::string, std::string_view> triton_modules;
+  std::map<std::string, std::string_view> cuda_jit;
   std::set<std::string> with_entry;
   for (const mega_cache::TypeGroup& group : cache.groups) {
     for (const mega_cache::Artifact& a : group.artifacts) {
@@ -423,17 +424,17 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
         if (!is_kernel_path(a.key)) {
           return Status::InvalidArgument(what + " is not a kernel path <2 chars>/<name>.so");
         }
-        kernels[a.key].assign(a.content);
+        kernels[a.key] = a.content;
       } else if (a.type == kTritonModuleType) {
         if (!is_triton_module_path(a.key)) {
           return Status::InvalidArgument(what + " is not a Triton module path <Triton key>/<name>.so");
         }
-        triton_modules[a.key].assign(a.content);
+        triton_modules[a.key] = a.content;
       } else if (a.type == kCudaJitType) {
         if (!is_cuda_jit_path(a.key)) {
           return Status::InvalidArgument(what + " is not a CUDA JIT cache path <hex>/<hex>/<hex name>");
         }
-        cuda_jit[a.key].assign(a.content);
+        cuda_jit[a.key] = a.content;
       } else if (a.type == kMegaCacheType && a.key == kMegaCacheKey) {
         package.mega_cache.assign(a.content);
       } else {

@@ -215,6 +215,40 @@ TEST(Bundle, FramesOfEveryBlockKindDecodeWithinTheirClaims) {
   EXPECT_EQ(*to_mega_cache(*bundle), blob);
 }
 
+// A bundle of a MiB or more decodes on several threads, the largest payloads first. What it
+// decodes, and which damage it reports (the first damaged payload in file order), are what one
+// thread would give.
+TEST(Bundle, LargeBundlesDecodeOnSeveralThreadsAsOneThreadWould) {
+  std::vector<test::RawArtifact> artifacts;
+  for (int i = 0; i < 8; ++i) {
+    std::string text;  // compressible, and different in each payload
+    for (int n = 0; text.size() < 150000u * (1 + i % 3); ++n) text += std::to_string(n * (i + 7)) + ",";
+    artifacts.push_back({"f" + std::to_string(i), text});
+  }
+  const std::string blob = test::make_blob({{"inductor", artifacts}});
+  const std::string file = write(parsed(blob), kFingerprint);
+  Result<Bundle> bundle = parse(file);
+  ASSERT_TRUE(bundle.ok());
+  ASSERT_GE(blob.size(), size_t{1} << 20);
+  EXPECT_EQ(*to_mega_cache(*bundle), blob);
+
+  const uint64_t payloads_at = static_cast<uint64_t>(bundle->payloads.data() - file.data());
+  std::string damaged = file;
+  for (size_t i : {5u, 2u, 7u}) {
+    const Entry& entry = bundle->entries[i];
+    ASSERT_EQ(entry.compression, Compression::kZstd);
+    damaged[payloads_at + entry.offset + entry.stored_size / 2] ^= 0x55;
+  }
+  Result<Bundle> damaged_bundle = parse(damaged);
+  ASSERT_TRUE(damaged_bundle.ok());
+  for (int round = 0; round < 20; ++round) {  // whichever thread meets which damage first
+    Result<Decoded> decoded = decode(*damaged_bundle);
+    ASSERT_FALSE(decoded.ok());
+    EXPECT_EQ(decoded.status().code(), Status::Code::kCorruption);
+    EXPECT_EQ(decoded.status().offset(), payloads_at + bundle->entries[2].offset) << decoded.status().to_string();
+  }
+}
+
 // The decode budget is the caller's: it counts each stored payload once, as the arena does,
 // and a bundle over it is refused at the payload that crosses it, before allocating.
 TEST(Bundle, DecodeBudgetIsTheCallersAndCountsSharedPayloadsOnce) {
