@@ -49,17 +49,20 @@ def current_index() -> Optional[int]:
     return torch.cuda.current_device()
 
 
-def _graphs(backend: Any) -> List[Any]:
-    """The compiled graphs (CompiledFxGraph) of a bundled AOTAutograd entry: forward, backward."""
+def graphs(backend: Any) -> List[Any]:
+    """The compiled graphs (CompiledFxGraph) of a bundled AOTAutograd entry: forward, backward.
+    torch 2.11 pickles the entry itself; 2.13 and later wrap it in a
+    BundledAOTAutogradCacheArtifact, whose `content` it is."""
+    entry = backend.content if hasattr(getattr(backend, "content", None), "compiled_fw") else backend
     graphs = []
     for part in ("compiled_fw", "compiled_bw"):
-        graph = getattr(getattr(backend, part, None), "result", None)
+        graph = getattr(getattr(entry, part, None), "result", None)
         if graph is not None:
             graphs.append(graph)
     return graphs
 
 
-def _source_of(graph: Any) -> Optional[str]:
+def wrapper_source(graph: Any) -> Optional[str]:
     """A graph's Python wrapper, or None for output megacache does not know how to rewrite
     (AOTInductor, cpp_wrapper, graphs of other OutputCode types). Recognized by what it is
     (Inductor's Python wrapper defines `call`), not by what it is not, so an unknown form of
@@ -82,8 +85,8 @@ def move_for(backends: Dict[str, Any]) -> Optional[Move]:
         return None
     named = set()
     for backend in backends.values():
-        for graph in _graphs(backend):
-            source = _source_of(graph)
+        for graph in graphs(backend):
+            source = wrapper_source(graph)
             if source is not None:
                 named.update(_core.cuda_device_indices(source))
     if len(named) != 1:
@@ -117,7 +120,7 @@ class _MovingUnpickler(pickle.Unpickler):
 def moved_backend(pickled: bytes, move: Move) -> Any:
     """A backend's pickle, unpickled for cuda:`move.target`."""
     backend = _MovingUnpickler(pickled, move).load()
-    for graph in _graphs(backend):
+    for graph in graphs(backend):
         _move_graph(graph, move)
     return backend
 
@@ -125,7 +128,7 @@ def moved_backend(pickled: bytes, move: Move) -> Any:
 def _move_graph(graph: Any, move: Move) -> None:
     from torch._inductor.async_compile import CompiledTritonKernels
 
-    source = _source_of(graph)
+    source = wrapper_source(graph)
     if source is None:
         raise CannotMove(f"its {type(graph).__name__} is not a graph with a Python wrapper megacache "
                          "can rewrite for another device")
