@@ -81,8 +81,19 @@ def packageable_key(fn: Any) -> Optional[str]:
         return None
 
 
+# function -> its identity. Each function's source is read once: a load names its store entry
+# and checks its package with the same identity, which stays that of the code that runs even if
+# its file changes on disk afterwards. Keyed by function, not code: functools.wraps gives each
+# wrapper of a decorator its own name over one shared code object.
+_identities: "weakref.WeakKeyDictionary[Callable[..., Any], Dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
 def identity(fn: Callable[..., Any]) -> Dict[str, Any]:
     inner = _innermost(fn)
+    function = getattr(inner, "__func__", inner)  # a module's forward: one function for every instance
+    known = _identities.get(function)
+    if known is not None:
+        return dict(known)
     code = inner.__code__
     try:
         signature = str(inspect.signature(inner))
@@ -92,13 +103,14 @@ def identity(fn: Callable[..., Any]) -> Dict[str, Any]:
         source_sha256 = hashlib.sha256(inspect.getsource(inner).encode()).hexdigest()
     except (OSError, TypeError):
         source_sha256 = ""
-    return {
+    _identities[function] = {
         "qualname": inner.__qualname__,
         "module": getattr(inner, "__module__", "") or "",
         "first_line": code.co_firstlineno,
         "signature": signature,
         "source_sha256": source_sha256,
     }
+    return dict(_identities[function])
 
 
 def _module_source(module: str) -> Optional[str]:
