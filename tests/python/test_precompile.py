@@ -386,6 +386,26 @@ def test_the_callers_own_error_on_the_first_call_reaches_the_caller(published_ml
     assert torch.equal(torch.load(tmp_path / "out.pt"), torch.load(root / "cold.pt"))
 
 
+def test_the_graphs_inside_a_stored_packages_backends_are_found(published_mlp):
+    """megacache reads the compiled graphs inside torch's backends: to move them to another GPU
+    (megacache.torch.devices) and to see whether they call cuBLAS (megacache.torch.warm_up).
+    torch 2.13 and later wrap them one level deeper than torch 2.11."""
+    import pickle
+
+    from megacache import _core
+    from megacache.torch import devices, warm_up
+
+    _, root = published_mlp
+    store = _core.Store(f"file://{root / 'store'}")
+    [name] = [name for name, _, _ in store.list() if name.startswith("precompile-")]
+    package = _core.Package.from_bytes(store.get(name), "")
+    backends = [pickle.loads(pickled) for key in package.keys()
+                for pickled in package.function(key)["backends"].values()]
+    graphs = [graph for backend in backends for graph in devices.graphs(backend)]
+    assert graphs and all(devices.wrapper_source(graph) for graph in graphs), backends
+    assert warm_up.calls_cublas(backends)  # the MLP's Linear layers: Inductor's extern mm
+
+
 TAKE_BACKENDS = r"""
 import json, sys
 import torch

@@ -85,7 +85,7 @@ from torch._dynamo.package import CompilePackage, _DynamoCodeCacheEntry, Seriali
 from torch._functorch._aot_autograd import runtime_wrappers
 from torch._inductor import config as inductor_config
 
-from megacache.torch import devices
+from megacache.torch import devices, warm_up
 
 log = logging.getLogger("megacache")
 
@@ -465,6 +465,8 @@ def _install_safely(original: Callable[..., Any]) -> Callable[..., Any]:
             installation._record_added()
             installation.fail("install", error)
             return None
+        finally:
+            warm_up.wait()  # graphs run next, whether from the package or compiled again
         installation._record_added()
         advance_unique_ids([name for names in installation.added.values() for name in names])
         return None

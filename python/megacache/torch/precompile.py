@@ -35,7 +35,7 @@ from torch._dynamo.package import CompilePackage, DiskDynamoCache, PrecompileCac
 from torch._dynamo.utils import counters
 
 from megacache import _core
-from megacache.torch import devices, hooks, installed_keys
+from megacache.torch import devices, hooks, installed_keys, warm_up
 from megacache.torch.mega_cache import environment
 
 log = logging.getLogger("megacache")
@@ -435,6 +435,7 @@ def _load_entry(fn: Callable[..., Any], key: str, read: Callable[[], Optional["_
         _stats["moved"] += 1
         log.info("megacache: %s: moved its package from cuda:%d to cuda:%d", qualname, *move)
     counters["dynamo_cache"]["dynamo_cache_hit"] += 1
+    warm_up.start(entry.backends.values())  # while torch installs the entry
     return _guarded(entry, key, qualname, move)
 
 

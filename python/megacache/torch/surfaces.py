@@ -109,6 +109,9 @@ PACKAGE = (
     Surface("torch._dynamo.eval_frame", "innermost_fn"),
     Surface("torch._dynamo.utils", "counters"),
     Surface("torch._C._dynamo.eval_frame", "_reset_precompile_entries"),
+    # cuBLAS set up on a helper thread beside a package's install (warm_up.py).
+    Surface("torch.cuda", "current_blas_handle"),
+    Surface("torch.cuda", "is_current_stream_capturing"),
     # Its call changed between 2.11 and 2.13; hooks._save_backward_as_recorded takes both.
     Surface("torch._functorch._aot_autograd.runtime_wrappers", "AOTDispatchAutograd.post_compile"),
 )
