@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from megacache._core import CorruptionError, InvalidInputError, PackageMismatchError, __version__
+from megacache._core import CorruptionError, InvalidInputError, MegacacheError, PackageMismatchError, __version__
 from megacache import _core
 from megacache.torch.surfaces import UnsupportedTorchError  # imports no torch
 
@@ -27,6 +27,7 @@ __all__ = [
     "CACHE_ERRORS",
     "CorruptionError",
     "InvalidInputError",
+    "MegacacheError",
     "PackageMismatchError",
     "UnsupportedTorchError",
     "__version__",

@@ -27,7 +27,10 @@ using namespace nb::literals;
 namespace {
 
 // Thrown only here, at the edge, and translated by nanobind into the Python types registered
-// in NB_MODULE below.
+// in NB_MODULE below. MegacacheError is only their common base.
+struct MegacacheError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 struct CorruptionError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -450,9 +453,12 @@ NB_MODULE(_core, m) {
   // nanobind would report as leaks at every exit.
   nb::set_leak_warnings(false);
 
-  nb::exception<CorruptionError>(m, "CorruptionError", PyExc_ValueError);
-  nb::exception<InvalidInputError>(m, "InvalidInputError", PyExc_ValueError);
-  nb::exception<PackageMismatchError>(m, "PackageMismatchError", PyExc_RuntimeError);
+  // One base for every error megacache raises of its own; each keeps the built-in base it
+  // had (a damaged input is a ValueError) so existing handlers still catch it.
+  nb::handle base = nb::exception<MegacacheError>(m, "MegacacheError", PyExc_Exception);
+  nb::exception<CorruptionError>(m, "CorruptionError", nb::make_tuple(base, nb::handle(PyExc_ValueError)));
+  nb::exception<InvalidInputError>(m, "InvalidInputError", nb::make_tuple(base, nb::handle(PyExc_ValueError)));
+  nb::exception<PackageMismatchError>(m, "PackageMismatchError", nb::make_tuple(base, nb::handle(PyExc_RuntimeError)));
 
   m.def("load_into", &load_into, "data"_a, "cache_dir"_a, "pgo_cache_key"_a = nb::none(),
         "trusted_keys"_a = "", "caller_populated_types"_a = std::vector<std::string>(),

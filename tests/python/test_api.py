@@ -39,6 +39,15 @@ def test_verify_reports_corruption_with_offset():
     assert issubclass(megacache.CorruptionError, ValueError)
 
 
+def test_every_error_of_megacaches_own_has_one_base_and_keeps_its_builtin_one():
+    for error, builtin in ((megacache.CorruptionError, ValueError), (megacache.InvalidInputError, ValueError),
+                           (megacache.PackageMismatchError, RuntimeError),
+                           (megacache.UnsupportedTorchError, RuntimeError)):
+        assert issubclass(error, megacache.MegacacheError) and issubclass(error, builtin), error
+    with pytest.raises(megacache.MegacacheError):
+        megacache.verify(b"not a cache file")
+
+
 def test_hostile_key_is_refused_and_nothing_is_written(tmp_path):
     blob = blob_of(("inductor", "fgood", b"x"), ("autotune", "../../escape.best_config", b"{}"))
     with pytest.raises(megacache.InvalidInputError, match=r"'\.\.' segment"):

@@ -24,6 +24,8 @@ import importlib
 import inspect
 from typing import Any, List, Tuple
 
+from megacache._core import MegacacheError
+
 PACKAGE_LEVEL = "package"
 MEGA_CACHE_LEVEL = "mega-cache"
 OFF = "off"
@@ -134,7 +136,7 @@ def level() -> Tuple[str, Tuple[str, ...]]:
     return PACKAGE_LEVEL, ()
 
 
-class UnsupportedTorchError(RuntimeError):
+class UnsupportedTorchError(MegacacheError, RuntimeError):
     """This torch lacks a surface that an explicit package API (megacache.compile,
     save_package, load_package) needs."""
 
