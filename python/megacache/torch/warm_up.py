@@ -2,16 +2,17 @@
 
 A precompiled start's first call runs its graphs right after torch installs the package's
 entry (guards, output code, kernels). The graphs' first matrix product then pays cuBLAS's
-one-time setup: on an H200 with CUDA 13, 90-120 ms of a 0.3 s first call, and the same for
-any shape or dtype after it (docs/benchmarks.md). No file a package could carry holds that
+one-time setup: on an H200 with CUDA 13, 87-124 ms of a 0.3 s first call, against 0.3 ms
+for a product of another shape after it (docs/benchmarks.md). No file a package could carry holds that
 setup, but it needs nothing from the package either. So for a package whose graphs call
-cuBLAS, `start` runs one small matrix product on the graphs' device on a helper thread, while
-torch installs the entry; `wait`, called when the install ends, waits for it.
+cuBLAS, `start` runs one small matrix product on a helper thread, on the device their code
+names, while torch installs the entry; `wait`, called when the install ends, waits for it.
 
 Nothing is left behind. torch keeps cuBLAS handles in a pool: the helper's handle goes back to
 the pool when the helper thread ends, and the graph's thread, running after `wait`, takes that
-same handle on the same (default) stream, so the process holds the handles and workspaces it
-would hold without the helper. A helper that fails costs only its time: the graph's own
+same handle. The helper works on the stream the graphs will run on, so the workspace torch
+keeps per handle and stream is the one they use: the process holds the handles and workspaces
+it would hold without the helper. A helper that fails costs only its time: the graph's own
 product meets the same failure and reports it.
 """
 
@@ -21,10 +22,11 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
+from megacache import _core
 from megacache.torch import devices
 
 log = logging.getLogger("megacache")
@@ -39,41 +41,57 @@ _lock = threading.Lock()
 warmed_handles: Dict[int, int] = {}
 
 
+def _wrapper_sources(backends: Iterable[Any]) -> List[str]:
+    return [source for backend in backends for graph in devices.graphs(backend)
+            if (source := devices.wrapper_source(graph)) is not None]
+
+
 def calls_cublas(backends: Iterable[Any]) -> bool:
     """Whether any graph of these (unpickled) backends calls cuBLAS from its wrapper."""
-    for backend in backends:
-        for graph in devices.graphs(backend):
-            source = devices.wrapper_source(graph)
-            if source is not None and _CUBLAS_CALL.search(source):
-                return True
-    return False
+    return any(_CUBLAS_CALL.search(source) for source in _wrapper_sources(backends))
+
+
+def cublas_device(backends: Iterable[Any]) -> Optional[int]:
+    """The CUDA device these (unpickled, moved) backends' graphs run on, if they call cuBLAS
+    and their code names that one device only; else None."""
+    sources = _wrapper_sources(backends)
+    if not any(_CUBLAS_CALL.search(source) for source in sources):
+        return None
+    named = {index for source in sources for index in _core.cuda_device_indices(source)}
+    return named.pop() if len(named) == 1 else None
 
 
 def start(backends: Iterable[Any]) -> None:
-    """Sets cuBLAS up on the current CUDA device on a helper thread, if these backends call it
-    and this process has not set it up there yet. Does nothing before CUDA is in use (the
-    graphs' inputs are not on a GPU then) or while this thread captures a CUDA graph (any
-    other work on the device would break the capture)."""
+    """Sets cuBLAS up on the device these backends' graphs run on, on a helper thread, if they
+    call it and this process has not set it up there yet. The helper works on the stream this
+    thread is on, where the graphs will run. Does nothing before CUDA is in use (no GPU holds
+    the graphs' inputs then), for graphs on several devices, or while this thread captures a
+    CUDA graph (other work on the device would break the capture)."""
     global _helper
-    index = devices.current_index()
-    if index is None or torch.cuda.is_current_stream_capturing() or not calls_cublas(backends):
+    if devices.current_index() is None or torch.cuda.is_current_stream_capturing():
+        return
+    index = cublas_device(backends)
+    if index is None:
         return
     with _lock:
         if index in warmed_handles or _helper is not None:
             return
         warmed_handles[index] = 0  # taken: a second start for this device does nothing
-        _helper = threading.Thread(target=_set_up, args=(index,), name="megacache-cublas-warm-up", daemon=True)
+        stream = torch.cuda.current_stream(index)
+        _helper = threading.Thread(target=_set_up, args=(index, stream), name="megacache-cublas-warm-up",
+                                   daemon=True)
         _helper.start()
 
 
-def _set_up(index: int) -> None:
+def _set_up(index: int, stream: "torch.cuda.Stream") -> None:
+    """One small product, launched and not waited for: cuBLAS sets itself up when the product
+    is launched, and the graphs' own work on the stream orders after it."""
     started = time.perf_counter()
     try:
-        with torch.cuda.device(index):
+        with torch.cuda.device(index), torch.cuda.stream(stream):
             a = torch.ones(8, 8, device="cuda")
             torch.mm(a, a)
             warmed_handles[index] = torch.cuda.current_blas_handle()
-            torch.cuda.current_stream().synchronize()
     except RuntimeError as error:  # torch's CUDA errors; the graph's own product reports them
         log.debug("megacache: setting cuBLAS up on cuda:%d beside the install failed: %s", index, error)
         return
