@@ -2,9 +2,9 @@
 
 A precompiled start's first call runs its graphs right after torch installs the package's
 entry (guards, output code, kernels). The graphs' first matrix product then pays cuBLAS's
-one-time setup: on an H200 with CUDA 13, 87-124 ms of a 0.3 s first call, against 0.3 ms
-for a product of another shape after it (docs/benchmarks.md). No file a package could carry holds that
-setup, but it needs nothing from the package either. So for a package whose graphs call
+one-time setup: on an H200 with CUDA 13, 87-124 ms of a 0.3 s first call, against 0.3 ms for
+a product of another shape after it (docs/benchmarks.md). No file a package could carry holds
+that setup, but it needs nothing from the package either. So for a package whose graphs call
 cuBLAS, `start` runs one small matrix product on a helper thread, on the device their code
 names, while torch installs the entry; `wait`, called when the install ends, waits for it.
 
