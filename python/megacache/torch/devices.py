@@ -23,7 +23,7 @@ import contextvars
 import dataclasses
 import io
 import pickle
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 import torch
 
@@ -74,6 +74,19 @@ def wrapper_source(graph: Any) -> Optional[str]:
     return source
 
 
+def wrapper_sources(backends: Iterable[Any]) -> List[str]:
+    """The Python wrappers of every graph of these (unpickled) backends that has one."""
+    return [source for backend in backends for graph in graphs(backend)
+            if (source := wrapper_source(graph)) is not None]
+
+
+def named_device(backends: Iterable[Any]) -> Optional[int]:
+    """The one CUDA device the code of these backends' graphs names, or None for code that
+    names none or several."""
+    named = {index for source in wrapper_sources(backends) for index in _core.cuda_device_indices(source)}
+    return named.pop() if len(named) == 1 else None
+
+
 def move_for(backends: Dict[str, Any]) -> Optional[Move]:
     """The move a function's backends need in this process: from the one CUDA device their
     code names to the current device (torchrun's ranks each set_device their own), or None.
@@ -83,15 +96,9 @@ def move_for(backends: Dict[str, Any]) -> Optional[Move]:
     target = current_index()
     if target is None:
         return None
-    named = set()
-    for backend in backends.values():
-        for graph in graphs(backend):
-            source = wrapper_source(graph)
-            if source is not None:
-                named.update(_core.cuda_device_indices(source))
-    if len(named) != 1:
+    source = named_device(backends.values())
+    if source is None:
         return None
-    source = named.pop()
     if source == target or (source < torch.cuda.device_count() and torch.cuda.memory_allocated(source) > 0):
         return None
     return Move(source, target)

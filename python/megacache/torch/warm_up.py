@@ -22,11 +22,10 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import torch
 
-from megacache import _core
 from megacache.torch import devices
 
 log = logging.getLogger("megacache")
@@ -41,24 +40,9 @@ _lock = threading.Lock()
 warmed_handles: Dict[int, int] = {}
 
 
-def _wrapper_sources(backends: Iterable[Any]) -> List[str]:
-    return [source for backend in backends for graph in devices.graphs(backend)
-            if (source := devices.wrapper_source(graph)) is not None]
-
-
 def calls_cublas(backends: Iterable[Any]) -> bool:
     """Whether any graph of these (unpickled) backends calls cuBLAS from its wrapper."""
-    return any(_CUBLAS_CALL.search(source) for source in _wrapper_sources(backends))
-
-
-def cublas_device(backends: Iterable[Any]) -> Optional[int]:
-    """The CUDA device these (unpickled, moved) backends' graphs run on, if they call cuBLAS
-    and their code names that one device only; else None."""
-    sources = _wrapper_sources(backends)
-    if not any(_CUBLAS_CALL.search(source) for source in sources):
-        return None
-    named = {index for source in sources for index in _core.cuda_device_indices(source)}
-    return named.pop() if len(named) == 1 else None
+    return any(_CUBLAS_CALL.search(source) for source in devices.wrapper_sources(backends))
 
 
 def start(backends: Iterable[Any]) -> None:
@@ -70,8 +54,9 @@ def start(backends: Iterable[Any]) -> None:
     global _helper
     if devices.current_index() is None or torch.cuda.is_current_stream_capturing():
         return
-    index = cublas_device(backends)
-    if index is None:
+    backends = list(backends)
+    index = devices.named_device(backends)  # after a move, the device moved to
+    if index is None or not calls_cublas(backends):
         return
     with _lock:
         if index in warmed_handles or _helper is not None:
