@@ -39,10 +39,10 @@ python-test: wheel
 FUZZ_SECONDS ?= 10
 sanitize: deps
 	CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DMEGACACHE_BUILD_TESTS=ON -DMEGACACHE_FUZZ=ON
-	cmake --build build/fuzz -j $(JOBS) --target megacache_tests fuzz_mega_cache fuzz_standalone fuzz_bundle fuzz_package fuzz_aot fuzz_redis fuzz_unpacked fuzz_device_index
+	cmake --build build/fuzz -j $(JOBS) --target megacache_tests fuzz_mega_cache fuzz_standalone fuzz_bundle fuzz_package fuzz_aot fuzz_redis fuzz_unpacked fuzz_generated_code
 	build/fuzz/tests/cpp/megacache_tests --gtest_brief=1
 	mkdir -p build/fuzz/corpus && cp tests/data/*.bin tests/data/*.mcb tests/data/*.mcpkg build/fuzz/corpus/
-	for target in fuzz_mega_cache fuzz_standalone fuzz_bundle fuzz_package fuzz_aot fuzz_redis fuzz_unpacked fuzz_device_index; do \
+	for target in fuzz_mega_cache fuzz_standalone fuzz_bundle fuzz_package fuzz_aot fuzz_redis fuzz_unpacked fuzz_generated_code; do \
 	  build/fuzz/fuzz/$$target -max_total_time=$(FUZZ_SECONDS) -max_len=70000 build/fuzz/corpus \
 	    > build/fuzz/$$target.log 2>&1 || { tail -n 60 build/fuzz/$$target.log; exit 1; }; \
 	  echo "$$target: $$(grep '^Done' build/fuzz/$$target.log)"; \

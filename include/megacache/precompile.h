@@ -164,6 +164,32 @@ Result<std::string> remap_cuda_device(std::string_view text, int from, int to);
 // with a backslash escape (its value would differ from its text). Pure; thread-safe.
 Result<std::vector<std::string>> triton_kernel_sources(std::string_view source);
 
+// --- the matrix products a graph hands to cuBLAS (docs/matrix-products.md) ---
+
+// The sizes and strides of a tensor, as Inductor's wrapper writes them.
+struct TensorLayout {
+  std::vector<int64_t> sizes;
+  std::vector<int64_t> strides;
+  bool operator==(const TensorLayout&) const = default;
+};
+
+// One call of `extern_kernels.mm`, `addmm`, `bmm` or `baddbmm` (torch.mm and so on) in
+// Inductor's Python wrapper, with the layout of each positional operand and of `out=`, and
+// torch's name of the result's dtype ("float32"). cuBLAS loads a kernel for each distinct one
+// at its first call; running one ahead loads the same kernel.
+struct MatrixProduct {
+  std::string op;
+  std::string dtype;
+  std::vector<TensorLayout> operands;
+  TensorLayout out;
+  bool operator==(const MatrixProduct&) const = default;
+};
+
+// The distinct products of `wrapper` whose every layout and dtype the wrapper spells out,
+// in order of first appearance. A product with a symbolic size (a dynamic dim) or an operand
+// the wrapper does not declare is left out: this is a hint, never a failure. Pure; thread-safe.
+std::vector<MatrixProduct> matrix_products(std::string_view wrapper);
+
 // The identity of an installed software package: hex sha256 over each file beneath `root`
 // (its path, mode, size and mtime in nanoseconds; `__pycache__` left out), sorted. A value
 // derived from the files' contents (Triton's triton_key) is reused only under the same

@@ -2,6 +2,7 @@
 // the PrecompileContext that records and stitches them.
 #include "python/binding.h"
 
+#include <nanobind/operators.h>
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
@@ -178,6 +179,23 @@ void init_packages(nb::module_& m) {
       },
       "text"_a, "from_index"_a, "to_index"_a,
       "Generated code with its mentions of cuda:from rewritten to cuda:to.");
+  nb::class_<pc::TensorLayout>(m, "TensorLayout")
+      .def_ro("sizes", &pc::TensorLayout::sizes)
+      .def_ro("strides", &pc::TensorLayout::strides)
+      .def(nb::self == nb::self);
+  nb::class_<pc::MatrixProduct>(m, "MatrixProduct")
+      .def_ro("op", &pc::MatrixProduct::op, "torch's name: mm, addmm, bmm or baddbmm")
+      .def_ro("dtype", &pc::MatrixProduct::dtype, "torch's name of the dtype: float32")
+      .def_ro("operands", &pc::MatrixProduct::operands)
+      .def_ro("out", &pc::MatrixProduct::out)
+      .def(nb::self == nb::self);
+  m.def(
+      "matrix_products",
+      [](const std::string& source) {
+        nb::gil_scoped_release release;  // read on the warm-up's thread while torch installs
+        return pc::matrix_products(source);
+      },
+      "source"_a, "The distinct matrix products Inductor's wrapper hands to cuBLAS with every layout spelled out.");
   m.def(
       "triton_kernel_sources",
       [](const std::string& source) {

@@ -2,31 +2,16 @@
 // Inductor generated on an H200 (the sources inside tests/data's torch 2.11 Mega-Cache blobs).
 #include <gtest/gtest.h>
 
-#include <cstring>
-
 #include "megacache/precompile.h"
 #include "test_util.h"
 
 namespace megacache::precompile {
 namespace {
 
-// Each CompiledFxGraph.source_code pickled in a Mega-Cache blob: the pickle stores it as
-// `source_code` MEMOIZE BINUNICODE(<u32 little-endian length>, text).
-std::vector<std::string> generated_sources(const std::string& blob) {
-  static const std::string kMarker = std::string("source_code\x94X", 13);
-  std::vector<std::string> sources;
-  for (size_t at = blob.find(kMarker); at != std::string::npos; at = blob.find(kMarker, at + 1)) {
-    uint32_t length = 0;
-    std::memcpy(&length, blob.data() + at + kMarker.size(), 4);  // the test host is little-endian
-    sources.push_back(blob.substr(at + kMarker.size() + 4, length));
-  }
-  return sources;
-}
-
 std::vector<std::string> fixture_sources() {
   std::vector<std::string> all;
   for (const char* name : {"mega_mlp_infer.bin", "mega_graphbreak.bin", "mega_dynamic.bin"}) {
-    for (std::string& source : generated_sources(test::read_test_file(name))) all.push_back(std::move(source));
+    for (std::string& source : test::generated_sources(test::read_test_file(name))) all.push_back(std::move(source));
   }
   return all;
 }
@@ -83,7 +68,7 @@ TEST(DeviceIndex, OnlyDeviceFormsCount) {
   ASSERT_TRUE(moved.ok());
   EXPECT_EQ(*moved, text);
   EXPECT_EQ(cuda_device_indices("device='cuda:3', x = torch.cuda.set_device(3)\n"), std::vector<int>{3});
-  // Found by fuzz_device_index: a leading zero beside a real mention; moving there and back
+  // Found by fuzz_generated_code: a leading zero beside a real mention; moving there and back
   // must give the text back.
   const std::string padded = "device='cuda:0' and 'cuda:00'";
   Result<std::string> there = remap_cuda_device(padded, 0, 7);

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -28,6 +29,19 @@ inline const std::vector<std::string>& fixture_names() {
   static const std::vector<std::string> names = {"mega_mlp_infer.bin", "mega_graphbreak.bin",
                                                  "mega_dynamic.bin"};
   return names;
+}
+
+// Each CompiledFxGraph.source_code (Inductor's generated code) pickled in a Mega-Cache blob:
+// the pickle stores it as `source_code` MEMOIZE BINUNICODE(<u32 little-endian length>, text).
+inline std::vector<std::string> generated_sources(const std::string& blob) {
+  static const std::string kMarker = std::string("source_code\x94X", 13);
+  std::vector<std::string> sources;
+  for (size_t at = blob.find(kMarker); at != std::string::npos; at = blob.find(kMarker, at + 1)) {
+    uint32_t length = 0;
+    std::memcpy(&length, blob.data() + at + kMarker.size(), 4);  // the test host is little-endian
+    sources.push_back(blob.substr(at + kMarker.size() + 4, length));
+  }
+  return sources;
 }
 
 // Test set-up writes and reads by absolute path, links followed (the code under test goes

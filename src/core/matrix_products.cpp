@@ -1,0 +1,208 @@
+// The matrix products Inductor's Python wrapper hands to cuBLAS, read from its text, so the
+// loading side can have cuBLAS load their kernels while torch installs a package
+// (python/megacache/torch/warm_up.py). The forms read are in docs/matrix-products.md; the
+// wrapper is read line by line and nothing is evaluated.
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <map>
+#include <optional>
+
+#include "megacache/precompile.h"
+
+namespace megacache::precompile {
+namespace {
+
+constexpr size_t kMaxDims = 8;
+// A size or stride beyond any tensor's; the cap keeps every value a plain int64 in Python.
+constexpr int64_t kMaxExtent = int64_t{1} << 48;
+
+// What the wrapper has declared of one name so far.
+struct Declared {
+  std::optional<TensorLayout> layout;  // none when a size is symbolic
+  std::string dtype;                   // empty when unknown (a graph input)
+};
+
+std::string_view trim(std::string_view text) {
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.remove_suffix(1);
+  return text;
+}
+
+bool is_identifier(std::string_view text) {
+  if (text.empty() || std::isdigit(static_cast<unsigned char>(text.front()))) return false;
+  return std::all_of(text.begin(), text.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
+  });
+}
+
+// "a, f(b, c), d" split at its top-level commas, each part trimmed; a trailing comma adds no
+// part. None for brackets that do not balance.
+std::optional<std::vector<std::string_view>> split_arguments(std::string_view text) {
+  std::vector<std::string_view> parts;
+  int depth = 0;
+  size_t begin = 0;
+  for (size_t i = 0; i <= text.size(); ++i) {
+    const char c = i < text.size() ? text[i] : ',';
+    if (c == '(' || c == '[') ++depth;
+    if (c == ')' || c == ']') --depth;
+    if (depth < 0) return std::nullopt;
+    if (c == ',' && depth == 0) {
+      std::string_view part = trim(text.substr(begin, i - begin));
+      if (!part.empty()) parts.push_back(part);
+      else if (i < text.size()) return std::nullopt;  // ", ," is no argument list
+      begin = i + 1;
+    }
+  }
+  if (depth != 0) return std::nullopt;
+  return parts;
+}
+
+// The arguments of `text` when it is exactly one call of `function`: "function(<arguments>)".
+std::optional<std::vector<std::string_view>> call_of(std::string_view text, std::string_view function) {
+  if (text.size() < function.size() + 2 || text.substr(0, function.size()) != function ||
+      text[function.size()] != '(' || text.back() != ')') {
+    return std::nullopt;
+  }
+  return split_arguments(text.substr(function.size() + 1, text.size() - function.size() - 2));
+}
+
+// "(512, 1536)", "(1536, )" or "()": the integers, or none for anything else (a symbol such as
+// s77, an expression, a value past kMaxExtent).
+std::optional<std::vector<int64_t>> integer_tuple(std::string_view text) {
+  if (text.size() < 2 || text.front() != '(' || text.back() != ')') return std::nullopt;
+  std::optional<std::vector<std::string_view>> parts = split_arguments(text.substr(1, text.size() - 2));
+  if (!parts || parts->size() > kMaxDims) return std::nullopt;
+  std::vector<int64_t> values;
+  for (std::string_view part : *parts) {
+    int64_t value = 0;
+    auto [end, error] = std::from_chars(part.data(), part.data() + part.size(), value);
+    if (error != std::errc() || end != part.data() + part.size() || value < 0 || value > kMaxExtent) {
+      return std::nullopt;
+    }
+    values.push_back(value);
+  }
+  return values;
+}
+
+std::optional<TensorLayout> layout_of(std::string_view sizes, std::string_view strides) {
+  std::optional<std::vector<int64_t>> size_values = integer_tuple(sizes);
+  std::optional<std::vector<int64_t>> stride_values = integer_tuple(strides);
+  if (!size_values || !stride_values || size_values->size() != stride_values->size()) return std::nullopt;
+  return TensorLayout{std::move(*size_values), std::move(*stride_values)};
+}
+
+// A tensor expression of the wrapper: a declared name, or reinterpret_tensor(name, sizes,
+// strides, offset), whose dtype is its base's.
+Declared evaluate(std::string_view expression, const std::map<std::string, Declared, std::less<>>& declared) {
+  if (is_identifier(expression)) {
+    auto found = declared.find(expression);
+    return found == declared.end() ? Declared{} : found->second;
+  }
+  std::optional<std::vector<std::string_view>> arguments = call_of(expression, "reinterpret_tensor");
+  if (!arguments || arguments->size() != 4) return {};
+  Declared base = evaluate((*arguments)[0], declared);
+  return {layout_of((*arguments)[1], (*arguments)[2]), base.dtype};
+}
+
+size_t positional_operands(std::string_view op) {
+  if (op == "mm" || op == "bmm") return 2;
+  if (op == "addmm" || op == "baddbmm") return 3;
+  return 0;  // not a product megacache knows
+}
+
+// Whether the operands' shapes multiply: what torch would check before calling cuBLAS.
+bool shapes_multiply(std::string_view op, const std::vector<TensorLayout>& operands) {
+  const bool batched = op == "bmm" || op == "baddbmm";
+  const std::vector<int64_t>& a = operands[operands.size() - 2].sizes;
+  const std::vector<int64_t>& b = operands[operands.size() - 1].sizes;
+  if (batched) return a.size() == 3 && b.size() == 3 && a[0] == b[0] && a[2] == b[1];
+  return a.size() == 2 && b.size() == 2 && a[1] == b[0];
+}
+
+// The product one `extern_kernels.<op>(...)` statement calls, if every part of it is spelled out.
+std::optional<MatrixProduct> product_of(std::string_view statement,
+                                        const std::map<std::string, Declared, std::less<>>& declared) {
+  constexpr std::string_view kPrefix = "extern_kernels.";
+  const size_t open = statement.find('(');
+  if (open == std::string_view::npos) return std::nullopt;
+  const std::string_view op = statement.substr(kPrefix.size(), open - kPrefix.size());
+  const size_t expected = positional_operands(op);
+  std::optional<std::vector<std::string_view>> arguments = call_of(statement, statement.substr(0, open));
+  if (expected == 0 || !arguments) return std::nullopt;
+  MatrixProduct product{std::string(op), "", {}, {}};
+  bool has_out = false;
+  for (std::string_view argument : *arguments) {
+    const size_t equals = argument.find('=');
+    const bool keyword = equals != std::string_view::npos && is_identifier(trim(argument.substr(0, equals)));
+    if (keyword && trim(argument.substr(0, equals)) != "out") continue;  // alpha=1, beta=1
+    Declared value = evaluate(keyword ? trim(argument.substr(equals + 1)) : argument, declared);
+    if (!value.layout) return std::nullopt;
+    // torch.mm and its kin take operands and a result of one dtype; any of them may declare it
+    // (a graph input or an op's output does not).
+    if (!value.dtype.empty() && !product.dtype.empty() && value.dtype != product.dtype) return std::nullopt;
+    if (!value.dtype.empty()) product.dtype = std::move(value.dtype);
+    if (keyword) {
+      product.out = std::move(*value.layout);
+      has_out = true;
+    } else {
+      product.operands.push_back(std::move(*value.layout));
+    }
+  }
+  if (!has_out || product.dtype.empty() || product.operands.size() != expected ||
+      !shapes_multiply(op, product.operands)) {
+    return std::nullopt;
+  }
+  return product;
+}
+
+// A statement "name = <right>": what `name` now is.
+void declare(std::string_view name, std::string_view right, std::map<std::string, Declared, std::less<>>& declared) {
+  Declared value;
+  std::optional<std::vector<std::string_view>> arguments = call_of(right, "empty_strided_cuda");
+  if (!arguments) arguments = call_of(right, "empty_strided_cpu");
+  if (arguments) {
+    // empty_strided_cuda(sizes, strides, torch.<dtype>), and _cpu in a CPU graph's wrapper
+    if (arguments->size() == 3 && (*arguments)[2].substr(0, 6) == "torch." && is_identifier((*arguments)[2].substr(6))) {
+      value = {layout_of((*arguments)[0], (*arguments)[1]), std::string((*arguments)[2].substr(6))};
+    }
+  } else {
+    value = evaluate(right, declared);  // an alias (buf1 = buf0) or a reinterpret_tensor view
+  }
+  // Anything else the name is bound to is not known, and must not keep an old layout.
+  declared.insert_or_assign(std::string(name), std::move(value));
+}
+
+}  // namespace
+
+std::vector<MatrixProduct> matrix_products(std::string_view wrapper) {
+  std::map<std::string, Declared, std::less<>> declared;
+  std::vector<MatrixProduct> products;
+  size_t line_begin = 0;
+  while (line_begin < wrapper.size()) {
+    size_t line_end = wrapper.find('\n', line_begin);
+    if (line_end == std::string_view::npos) line_end = wrapper.size();
+    std::string_view statement = wrapper.substr(line_begin, line_end - line_begin);
+    line_begin = line_end + 1;
+    // "buf1 = buf0; del buf0  # reuse": the first statement of the line is the one that binds.
+    statement = trim(statement.substr(0, std::min(statement.find('#'), statement.find(';'))));
+    if (std::optional<std::vector<std::string_view>> arguments = call_of(statement, "assert_size_stride")) {
+      // assert_size_stride(name, sizes, strides[, 'the op that made it']): its layout, checked by
+      // torch when the graph runs; the name keeps any dtype it had.
+      if ((arguments->size() == 3 || arguments->size() == 4) && is_identifier((*arguments)[0])) {
+        declared[std::string((*arguments)[0])].layout = layout_of((*arguments)[1], (*arguments)[2]);
+      }
+    } else if (statement.substr(0, 15) == "extern_kernels.") {
+      std::optional<MatrixProduct> product = product_of(statement, declared);
+      if (product && std::find(products.begin(), products.end(), *product) == products.end()) {
+        products.push_back(std::move(*product));
+      }
+    } else if (const size_t equals = statement.find(" = "); equals != std::string_view::npos &&
+               is_identifier(statement.substr(0, equals))) {
+      declare(statement.substr(0, equals), trim(statement.substr(equals + 3)), declared);
+    }
+  }
+  return products;
+}
+
+}  // namespace megacache::precompile

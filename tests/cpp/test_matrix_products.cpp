@@ -1,0 +1,156 @@
+// The matrix products a graph hands to cuBLAS, read from the wrappers Inductor generated on an
+// H200 (tests/data's torch 2.11 Mega-Cache blobs, and the transformer of ../shared/fixtures)
+// and from hand-written forms (docs/matrix-products.md).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <ostream>
+#include <set>
+#include <tuple>
+
+#include "megacache/precompile.h"
+#include "test_util.h"
+
+namespace megacache::precompile {
+namespace {
+
+void PrintTo(const TensorLayout& layout, std::ostream* out) {
+  *out << "(";
+  for (int64_t size : layout.sizes) *out << size << ",";
+  *out << ")/(";
+  for (int64_t stride : layout.strides) *out << stride << ",";
+  *out << ")";
+}
+
+}  // namespace
+
+void PrintTo(const MatrixProduct& product, std::ostream* out) {
+  *out << product.op << "[" << product.dtype << "](";
+  for (const TensorLayout& operand : product.operands) PrintTo(operand, out), *out << " ";
+  *out << "out=";
+  PrintTo(product.out, out);
+  *out << ")";
+}
+
+namespace {
+
+std::vector<MatrixProduct> products_in(const std::string& fixture) {
+  std::vector<MatrixProduct> all;
+  for (const std::string& source : test::generated_sources(test::read_test_file(fixture))) {
+    for (MatrixProduct& product : matrix_products(source)) all.push_back(std::move(product));
+  }
+  return all;
+}
+
+TEST(MatrixProducts, ReadsTheProductsOfAGraphTorchGenerated) {
+  // mm(arg2_1, reinterpret_tensor(arg0_1, ...), out=buf0); buf1 = buf0; addmm(arg4_1, buf1, ...)
+  const std::vector<MatrixProduct> expected = {
+      {"mm", "float32", {{{8, 64}, {64, 1}}, {{64, 128}, {1, 64}}}, {{8, 128}, {128, 1}}},
+      {"addmm", "float32", {{{64}, {1}}, {{8, 128}, {128, 1}}, {{128, 64}, {1, 128}}}, {{8, 64}, {64, 1}}},
+  };
+  EXPECT_EQ(products_in("mega_mlp_infer.bin"), expected);
+  // Two graphs around a break: an mm in the first, an addmm in the second.
+  const std::vector<MatrixProduct> graph_break = products_in("mega_graphbreak.bin");
+  ASSERT_EQ(graph_break.size(), 2u);
+  EXPECT_EQ(graph_break[0].op, "mm");
+  EXPECT_EQ(graph_break[0].operands[0], (TensorLayout{{32, 256}, {256, 1}}));
+  EXPECT_EQ(graph_break[1].op, "addmm");
+  EXPECT_EQ(graph_break[1].operands[0], (TensorLayout{{256}, {1}}));
+}
+
+TEST(MatrixProducts, AProductWithADynamicSizeIsLeftOut) {
+  // extern_kernels.mm(arg3_1, ...) where arg3_1 is (s77, 256): no layout to run ahead.
+  const std::vector<std::string> sources = test::generated_sources(test::read_test_file("mega_dynamic.bin"));
+  ASSERT_EQ(sources.size(), 1u);
+  ASSERT_NE(sources[0].find("extern_kernels.mm(arg3_1"), std::string::npos);
+  EXPECT_TRUE(matrix_products(sources[0]).empty());
+}
+
+TEST(MatrixProducts, TheTransformersFourShapesOnce) {
+  const std::filesystem::path path = std::filesystem::path(MEGACACHE_SHARED_FIXTURES) / "mega_xfmr_infer.bin";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is not here";
+  std::ifstream in(path, std::ios::binary);
+  const std::string blob((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::set<std::tuple<int64_t, int64_t, int64_t>> shapes;  // m, k, n
+  size_t products = 0;
+  for (const std::string& source : test::generated_sources(blob)) {
+    for (const MatrixProduct& product : matrix_products(source)) {
+      ASSERT_EQ(product.op, "mm");
+      EXPECT_EQ(product.dtype, "float32");
+      shapes.insert({product.operands[0].sizes[0], product.operands[0].sizes[1], product.operands[1].sizes[1]});
+      ++products;
+    }
+  }
+  // Six layers of the same four linear layers: 24 calls of 4 distinct products.
+  EXPECT_EQ(products, 4u);
+  const std::set<std::tuple<int64_t, int64_t, int64_t>> expected = {
+      {512, 512, 1536}, {512, 512, 512}, {512, 512, 2048}, {512, 2048, 512}};
+  EXPECT_EQ(shapes, expected);
+}
+
+TEST(MatrixProducts, FollowsViewsAliasesAndRebindings) {
+  const std::string wrapper = R"(
+    assert_size_stride(arg0_1, (4, 16, 32), (512, 32, 1))
+    assert_size_stride(arg1_1, (4, 32, 8), (256, 8, 1))
+    buf0 = empty_strided_cuda((4, 16, 8), (128, 8, 1), torch.bfloat16)
+    extern_kernels.bmm(arg0_1, arg1_1, out=buf0)
+    buf1 = reinterpret_tensor(buf0, (64, 8), (8, 1), 0); del buf0  # reuse
+    buf2 = buf1; del buf1  # reuse
+    extern_kernels.mm(reinterpret_tensor(arg0_1, (64, 32), (32, 1), 0), reinterpret_tensor(arg1_1, (32, 8), (8, 1), 0), out=buf2)
+    buf9 = empty_strided_cuda((4, 16, 8), (128, 8, 1), torch.bfloat16)
+    extern_kernels.baddbmm(buf9, arg0_1, arg1_1, beta=0, out=reinterpret_tensor(buf2, (4, 16, 8), (128, 8, 1), 0))
+    buf2 = torch.ops.aten.something(arg0_1)
+    extern_kernels.mm(reinterpret_tensor(arg0_1, (16, 32), (32, 1), 0), reinterpret_tensor(arg1_1, (32, 8), (8, 1), 0), out=buf2)
+  )";
+  const std::vector<MatrixProduct> expected = {
+      {"bmm", "bfloat16", {{{4, 16, 32}, {512, 32, 1}}, {{4, 32, 8}, {256, 8, 1}}}, {{4, 16, 8}, {128, 8, 1}}},
+      // out=buf2: a view of an alias of buf0, so bfloat16
+      {"mm", "bfloat16", {{{64, 32}, {32, 1}}, {{32, 8}, {8, 1}}}, {{64, 8}, {8, 1}}},
+      // out= a view of buf2
+      {"baddbmm", "bfloat16", {{{4, 16, 8}, {128, 8, 1}}, {{4, 16, 32}, {512, 32, 1}}, {{4, 32, 8}, {256, 8, 1}}},
+       {{4, 16, 8}, {128, 8, 1}}},
+  };
+  // Not the last mm: buf2 was rebound to what is not known, so its old layout must not serve.
+  EXPECT_EQ(matrix_products(wrapper), expected);
+}
+
+TEST(MatrixProducts, OnlyWhatIsSpelledOutAndMultipliesCounts) {
+  const std::string declarations =
+      "buf0 = empty_strided_cuda((8, 8), (8, 1), torch.float16)\n"
+      "buf1 = empty_strided_cuda((8, 8), (8, 1), torch.float32)\n"
+      "assert_size_stride(arg0_1, (8, 8), (8, 1))\n";
+  const char* left_out[] = {
+      "extern_kernels._int_mm(arg0_1, arg0_1, out=buf0)",               // not a product we know
+      "extern_kernels.mm(arg0_1, arg0_1)",                              // no out=, so no dtype
+      "extern_kernels.mm(buf7, arg0_1, out=buf0)",                      // buf7 is not declared
+      "extern_kernels.mm(arg0_1, out=buf0)",                            // one operand
+      "extern_kernels.mm(arg0_1, arg0_1, arg0_1, out=buf0)",            // three
+      "extern_kernels.mm(arg0_1, reinterpret_tensor(arg0_1, (4, 8), (8, 1), 0), out=buf0)",  // 8x8 by 4x8
+      "extern_kernels.bmm(arg0_1, arg0_1, out=buf0)",                   // 2-D operands
+      "extern_kernels.mm(arg0_1, arg0_1, out=arg0_1)",                  // no dtype declared
+      "extern_kernels.mm(arg0_1, reinterpret_tensor(buf1, (8, 8), (8, 1), 0), out=buf0)",  // two dtypes
+      "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, 8), (8, 1)), arg0_1, out=buf0)",  // no offset
+      "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, 99999999999999999999), (8, 1), 0), arg0_1, out=buf0)",
+      "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, -8), (8, 1), 0), arg0_1, out=buf0)",
+      "extern_kernels.mm(reinterpret_tensor(arg0_1, (1, 1, 1, 1, 1, 1, 1, 1, 8), (1, 1, 1, 1, 1, 1, 1, 8, 1), 0), arg0_1, out=buf0)",
+      "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, 8), (8, 1, 2), 0), arg0_1, out=buf0)",
+      "extern_kernels.mm(arg0_1, (arg0_1, out=buf0)",
+      "extern_kernels.mm(arg0_1, , arg0_1, out=buf0)",
+      "extern_kernels.mm)arg0_1, arg0_1(",
+      "extern_kernels.mm",
+  };
+  for (const char* call : left_out) {
+    EXPECT_TRUE(matrix_products(declarations + call + "\n").empty()) << call;
+  }
+  // The same product twice, and once more with alpha and beta, is one product.
+  const std::vector<MatrixProduct> once = matrix_products(
+      declarations + "extern_kernels.mm(arg0_1, arg0_1, out=buf0)\n" +
+      "extern_kernels.mm(arg0_1, arg0_1, out=buf0)  # again\n" +
+      "extern_kernels.mm(arg0_1, arg0_1, alpha=1, beta=1, out=buf0); del arg0_1\n");
+  ASSERT_EQ(once.size(), 1u);
+  EXPECT_EQ(once[0].dtype, "float16");
+}
+
+}  // namespace
+}  // namespace megacache::precompile
