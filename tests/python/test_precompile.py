@@ -403,7 +403,15 @@ def test_the_graphs_inside_a_stored_packages_backends_are_found(published_mlp):
                 for pickled in package.function(key)["backends"].values()]
     graphs = [graph for backend in backends for graph in devices.graphs(backend)]
     assert graphs and all(devices.wrapper_source(graph) for graph in graphs), backends
-    assert warm_up.calls_cublas(backends)  # the MLP's Linear layers: Inductor's extern mm
+    sources = devices.wrapper_sources(backends)
+    assert warm_up.calls_cublas(sources)  # the MLP's Linear layers: Inductor's extern mm
+    # ...whose products the warm-up runs ahead: x (4, 16) by fc1's weight (32, 16) transposed,
+    # then (4, 32) by fc2's (8, 32), each as torch's wrapper lays them out, once.
+    products = warm_up.matrix_products(sources)
+    shapes = [(p.op, p.dtype, p.operands[-2].sizes, p.operands[-1].sizes, p.out.sizes) for p in products]
+    assert [shape[2:] for shape in shapes] == [([4, 16], [16, 32], [4, 32]), ([4, 32], [32, 8], [4, 8])], shapes
+    assert all(op in ("mm", "addmm") and dtype == "float32" for op, dtype, *_ in shapes), shapes
+    assert products[0].operands[-1].strides == [1, 16]  # the weight, read transposed
 
 
 TAKE_BACKENDS = r"""

@@ -1,9 +1,10 @@
 """cuBLAS set up on a helper thread while torch installs a package (megacache.torch.warm_up), on
 a fresh GPU machine: the graph then runs on the very handle the helper used, so the process
-holds no handle or workspace more than without megacache, and computes the same.
+holds no handle or workspace more than without megacache, finds the kernels of its products
+loaded, and computes the same.
 
 Needs a CUDA GPU (skipped elsewhere; CI has none): run on the device machine. Finding a
-package's cuBLAS calls is tested everywhere (test_precompile.py).
+package's cuBLAS calls and products is tested everywhere (test_precompile.py).
 """
 
 import json
@@ -22,6 +23,22 @@ import torch
 import megacache
 from megacache.torch import warm_up
 
+# The first run of a compiled graph, profiled: how many cuBLAS kernels it loaded itself
+# (cuBLAS asks cudaFuncGetAttributes of each kernel it loads, once).
+from torch._inductor.output_code import CompiledFxGraph
+kernel_loads = []
+run_graph = CompiledFxGraph.__call__
+
+def first_run_profiled(self, inputs):
+    if kernel_loads:
+        return run_graph(self, inputs)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        result = run_graph(self, inputs)
+        torch.cuda.synchronize()
+    kernel_loads.append(sum(e.count for e in profile.key_averages() if e.key == "cudaFuncGetAttributes"))
+    return result
+
+CompiledFxGraph.__call__ = first_run_profiled
 megacache.enable(store=sys.argv[1])
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256)).cuda()
@@ -36,6 +53,7 @@ print(json.dumps({
     "warmed_handles": {str(k): v for k, v in warm_up.warmed_handles.items()},
     "handle": torch.cuda.current_blas_handle(),
     "helpers": [t.name for t in threading.enumerate() if t.name.startswith("megacache-cublas")],
+    "kernel_loads": kernel_loads,
 }))
 """
 
@@ -53,14 +71,18 @@ def fresh_machine(tmp_path, name, store):
     return json.loads(proc.stdout.strip().splitlines()[-1]), torch.load(out)
 
 
-def test_the_graph_runs_on_the_cublas_handle_set_up_beside_the_install(tmp_path):
+def test_the_graph_runs_on_the_cublas_handle_and_kernels_set_up_beside_the_install(tmp_path):
     store = f"file://{tmp_path}/store"
     first, first_out = fresh_machine(tmp_path, "first", store)
     assert first["megacache"]["published"] == 1 and first["warmed_handles"] == {}, first
+    # Without a package, the graph's first run loads the kernels of its two products.
+    assert first["kernel_loads"][0] > 0, first
 
     second, second_out = fresh_machine(tmp_path, "second", store)
     assert second["megacache"]["hits"] == 1 and second["traced"] == 0, second
     # The helper set cuBLAS up, ended, and handed its handle to the graph's thread.
     assert second["warmed_handles"] == {"0": second["handle"]} and second["handle"] != 0, second
     assert second["helpers"] == [], second
+    # The helper ran the graph's products ahead, so the graph's first run loaded none.
+    assert second["kernel_loads"] == [0], second
     assert torch.equal(second_out, first_out)

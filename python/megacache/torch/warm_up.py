@@ -3,17 +3,23 @@
 A precompiled start's first call runs its graphs right after torch installs the package's
 entry (guards, output code, kernels). The graphs' first matrix product then pays cuBLAS's
 one-time setup: on an H200 with CUDA 13, 87-124 ms of a 0.3 s first call, against 0.3 ms for
-a product of another shape after it (docs/benchmarks.md). No file a package could carry holds
-that setup, but it needs nothing from the package either. So for a package whose graphs call
-cuBLAS, `start` runs one small matrix product on a helper thread, on the device their code
-names, while torch installs the entry; `wait`, called when the install ends, waits for it.
+a product of another shape after it. And each product of a new shape loads its kernel when it
+first runs, 8 ms apiece there (docs/benchmarks.md). No file a package could carry holds either,
+but neither needs anything from the package. So for a package whose graphs call cuBLAS, `start`
+runs their products ahead on a helper thread, on the device their code names, while torch
+installs the entry; `wait`, called when the install ends, waits for it. The products are read
+from the graphs' wrappers by the core (`_core.matrix_products`, docs/matrix-products.md): each
+distinct one whose layouts the wrapper spells out, run once on uninitialized operands of those
+layouts; cuBLAS picks its kernel from the layouts, not the values. Where none can be read (a
+dynamic size), one small product still sets cuBLAS up.
 
 Nothing is left behind. torch keeps cuBLAS handles in a pool: the helper's handle goes back to
 the pool when the helper thread ends, and the graph's thread, running after `wait`, takes that
 same handle. The helper works on the stream the graphs will run on, so the workspace torch
-keeps per handle and stream is the one they use: the process holds the handles and workspaces
-it would hold without the helper. A helper that fails costs only its time: the graph's own
-product meets the same failure and reports it.
+keeps per handle and stream is the one they use, and the memory of its operands returns to
+torch's allocator on that stream, where the graphs' own buffers reuse it: the process holds
+the handles and workspaces it would hold without the helper. A helper that fails costs only
+its time: the graph's own product meets the same failure and reports it.
 """
 
 from __future__ import annotations
@@ -22,16 +28,23 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
+from megacache import _core
 from megacache.torch import devices
 
 log = logging.getLogger("megacache")
 
 # Inductor's calls into cuBLAS in the Python wrapper it generates.
 _CUBLAS_CALL = re.compile(r"\bextern_kernels\.(?:mm|addmm|bmm|baddbmm|_int_mm)\(")
+
+# Products whose operands and result take more than this together are not run ahead: their
+# memory would stay in torch's allocator, and their own run dwarfs their kernel's load.
+_PRODUCT_BYTES_LIMIT = 64 << 20
+# The install waits for the helper at its end, so it runs at most this many products.
+_PRODUCTS_LIMIT = 32
 
 # The helper of a start, if one runs. One at a time: a process sets cuBLAS up once.
 _helper: Optional[threading.Thread] = None
@@ -40,48 +53,81 @@ _lock = threading.Lock()
 warmed_handles: Dict[int, int] = {}
 
 
-def calls_cublas(backends: Iterable[Any]) -> bool:
-    """Whether any graph of these (unpickled) backends calls cuBLAS from its wrapper."""
-    return any(_CUBLAS_CALL.search(source) for source in devices.wrapper_sources(backends))
+def calls_cublas(sources: Iterable[str]) -> bool:
+    """Whether any of these graph wrappers (devices.wrapper_sources) calls cuBLAS."""
+    return any(_CUBLAS_CALL.search(source) for source in sources)
+
+
+def matrix_products(sources: Iterable[str]) -> List[Any]:
+    """The distinct products (_core.MatrixProduct) of these wrappers that the helper runs: the
+    first _PRODUCTS_LIMIT within _PRODUCT_BYTES_LIMIT, in the order the graphs call them."""
+    chosen: List[Any] = []
+    for source in sources:
+        for product in _core.matrix_products(source):
+            dtype = getattr(torch, product.dtype, None)
+            if (len(chosen) < _PRODUCTS_LIMIT and isinstance(dtype, torch.dtype) and product not in chosen
+                    and _bytes(product, dtype) <= _PRODUCT_BYTES_LIMIT):
+                chosen.append(product)
+    return chosen
+
+
+def _bytes(product: Any, dtype: "torch.dtype") -> int:
+    """The memory the operands and result of `product` take, laid out as the wrapper lays them."""
+    total = 0
+    for layout in (*product.operands, product.out):
+        if all(size > 0 for size in layout.sizes):
+            total += (1 + sum((size - 1) * stride for size, stride in zip(layout.sizes, layout.strides))) * dtype.itemsize
+    return total
 
 
 def start(backends: Iterable[Any]) -> None:
-    """Sets cuBLAS up on the device these backends' graphs run on, on a helper thread, if they
-    call it and this process has not set it up there yet. The helper works on the stream this
-    thread is on, where the graphs will run. Does nothing before CUDA is in use (no GPU holds
-    the graphs' inputs then), for graphs on several devices, or while this thread captures a
-    CUDA graph (other work on the device would break the capture)."""
+    """Sets cuBLAS up on the device these backends' graphs run on, and loads the kernels of
+    their matrix products, on a helper thread, if they call cuBLAS and this process has not set
+    it up there yet. The helper works on the stream this thread is on, where the graphs will
+    run. Does nothing before CUDA is in use (no GPU holds the graphs' inputs then), for graphs
+    on several devices, or while this thread captures a CUDA graph (other work on the device
+    would break the capture)."""
     global _helper
     if devices.current_index() is None or torch.cuda.is_current_stream_capturing():
         return
     backends = list(backends)
     index = devices.named_device(backends)  # after a move, the device moved to
-    if index is None or not calls_cublas(backends):
+    sources = devices.wrapper_sources(backends)
+    if index is None or not calls_cublas(sources):
         return
     with _lock:
         if index in warmed_handles or _helper is not None:
             return
         warmed_handles[index] = 0  # taken: a second start for this device does nothing
         stream = torch.cuda.current_stream(index)
-        _helper = threading.Thread(target=_set_up, args=(index, stream), name="megacache-cublas-warm-up",
+        _helper = threading.Thread(target=_set_up, args=(index, stream, sources), name="megacache-cublas-warm-up",
                                    daemon=True)
         _helper.start()
 
 
-def _set_up(index: int, stream: "torch.cuda.Stream") -> None:
-    """One small product, launched and not waited for: cuBLAS sets itself up when the product
-    is launched, and the graphs' own work on the stream orders after it."""
+def _set_up(index: int, stream: "torch.cuda.Stream", sources: List[str]) -> None:
+    """The graphs' products, or one small product where none can be read, each launched and
+    not waited for: cuBLAS sets itself up and loads a kernel when a product is launched, and
+    the graphs' own work on the stream orders after them."""
     started = time.perf_counter()
+    products = matrix_products(sources)
     try:
         with torch.cuda.device(index), torch.cuda.stream(stream):
-            a = torch.ones(8, 8, device="cuda")
-            torch.mm(a, a)
+            for product in products:
+                dtype = getattr(torch, product.dtype)
+                operands = [torch.empty_strided(layout.sizes, layout.strides, dtype=dtype, device="cuda")
+                            for layout in product.operands]
+                out = torch.empty_strided(product.out.sizes, product.out.strides, dtype=dtype, device="cuda")
+                getattr(torch, product.op)(*operands, out=out)
+            if not products:
+                a = torch.ones(8, 8, device="cuda")
+                torch.mm(a, a)
             warmed_handles[index] = torch.cuda.current_blas_handle()
     except RuntimeError as error:  # torch's CUDA errors; the graph's own product reports them
         log.debug("megacache: setting cuBLAS up on cuda:%d beside the install failed: %s", index, error)
         return
-    log.debug("megacache: cuBLAS set up on cuda:%d beside the install in %.1f ms",
-              index, 1000 * (time.perf_counter() - started))
+    log.debug("megacache: cuBLAS set up on cuda:%d with %d products beside the install in %.1f ms",
+              index, len(products), 1000 * (time.perf_counter() - started))
 
 
 def wait() -> None:
