@@ -67,11 +67,16 @@ std::optional<std::vector<std::string_view>> call_of(std::string_view text, std:
   return split_arguments(text.substr(function.size() + 1, text.size() - function.size() - 2));
 }
 
+// The items of a tuple literal "(a, (1, 2), b)", or none for anything else.
+std::optional<std::vector<std::string_view>> tuple_items(std::string_view text) {
+  if (text.size() < 2 || text.front() != '(' || text.back() != ')') return std::nullopt;
+  return split_arguments(text.substr(1, text.size() - 2));
+}
+
 // "(512, 1536)", "(1536, )" or "()": the integers, or none for anything else (a symbol such as
 // s77, an expression, a value past kMaxExtent).
 std::optional<std::vector<int64_t>> integer_tuple(std::string_view text) {
-  if (text.size() < 2 || text.front() != '(' || text.back() != ')') return std::nullopt;
-  std::optional<std::vector<std::string_view>> parts = split_arguments(text.substr(1, text.size() - 2));
+  std::optional<std::vector<std::string_view>> parts = tuple_items(text);
   if (!parts || parts->size() > kMaxDims) return std::nullopt;
   std::vector<int64_t> values;
   for (std::string_view part : *parts) {
@@ -173,6 +178,19 @@ void declare(std::string_view name, std::string_view right, std::map<std::string
   declared.insert_or_assign(std::string(name), std::move(value));
 }
 
+// The arguments of assert_size_stride_grouped: each name has the layout at its position.
+void declare_grouped(const std::vector<std::string_view>& arguments,
+                     std::map<std::string, Declared, std::less<>>& declared) {
+  if (arguments.size() != 3 && arguments.size() != 4) return;
+  std::optional<std::vector<std::string_view>> names = tuple_items(arguments[0]);
+  std::optional<std::vector<std::string_view>> sizes = tuple_items(arguments[1]);
+  std::optional<std::vector<std::string_view>> strides = tuple_items(arguments[2]);
+  if (!names || !sizes || !strides || sizes->size() != names->size() || strides->size() != names->size()) return;
+  for (size_t i = 0; i < names->size(); ++i) {
+    if (is_identifier((*names)[i])) declared[std::string((*names)[i])].layout = layout_of((*sizes)[i], (*strides)[i]);
+  }
+}
+
 }  // namespace
 
 std::vector<MatrixProduct> matrix_products(std::string_view wrapper) {
@@ -192,6 +210,9 @@ std::vector<MatrixProduct> matrix_products(std::string_view wrapper) {
       if ((arguments->size() == 3 || arguments->size() == 4) && is_identifier((*arguments)[0])) {
         declared[std::string((*arguments)[0])].layout = layout_of((*arguments)[1], (*arguments)[2]);
       }
+    } else if (std::optional<std::vector<std::string_view>> grouped = call_of(statement, "assert_size_stride_grouped")) {
+      // torch 2.15: assert_size_stride_grouped((names), (sizes of each), (strides of each)[, 'op'])
+      declare_grouped(*grouped, declared);
     } else if (statement.substr(0, 15) == "extern_kernels.") {
       std::optional<MatrixProduct> product = product_of(statement, declared);
       if (product && std::find(products.begin(), products.end(), *product) == products.end()) {

@@ -115,6 +115,33 @@ TEST(MatrixProducts, FollowsViewsAliasesAndRebindings) {
   EXPECT_EQ(matrix_products(wrapper), expected);
 }
 
+TEST(MatrixProducts, ReadsTheGroupedAssertOfTorch2_15) {
+  // torch 2.15's CPU wrapper of the MLP of tests/python/precompile/cases.py, as it wrote it.
+  const std::string wrapper = R"(
+        arg0_1, arg1_1, arg2_1, arg3_1, arg4_1 = args
+        args.clear()
+        assert_size_stride_grouped((arg1_1, arg2_1, arg0_1), ((32, ), (4, 16), (32, 16)), ((1, ), (16, 1), (16, 1)), 'input')
+        buf0 = empty_strided_cpu((4, 32), (32, 1), torch.float32)
+        extern_kernels.addmm(arg1_1, arg2_1, reinterpret_tensor(arg0_1, (16, 32), (1, 16), 0), alpha=1, beta=1, out=buf0)
+        del arg0_1
+        buf1 = buf0; del buf0  # reuse
+        assert_size_stride_grouped((arg4_1, arg3_1), ((8, ), (8, 32)), ((1, ), (32, 1)), 'input')
+        cpp_fused_gelu_0(buf1)
+        buf2 = empty_strided_cpu((4, 8), (8, 1), torch.float32)
+        extern_kernels.addmm(arg4_1, buf1, reinterpret_tensor(arg3_1, (32, 8), (1, 32), 0), alpha=1, beta=1, out=buf2)
+  )";
+  const std::vector<MatrixProduct> expected = {
+      {"addmm", "float32", {{{32}, {1}}, {{4, 16}, {16, 1}}, {{16, 32}, {1, 16}}}, {{4, 32}, {32, 1}}},
+      {"addmm", "float32", {{{8}, {1}}, {{4, 32}, {32, 1}}, {{32, 8}, {1, 32}}}, {{4, 8}, {8, 1}}},
+  };
+  EXPECT_EQ(matrix_products(wrapper), expected);
+  // A group whose tuples do not line up declares nothing.
+  EXPECT_TRUE(matrix_products("assert_size_stride_grouped((a, b), ((8, 8), ), ((8, 1), ))\n"
+                              "buf0 = empty_strided_cuda((8, 8), (8, 1), torch.float32)\n"
+                              "extern_kernels.mm(a, a, out=buf0)\n")
+                  .empty());
+}
+
 TEST(MatrixProducts, OnlyWhatIsSpelledOutAndMultipliesCounts) {
   const std::string declarations =
       "buf0 = empty_strided_cuda((8, 8), (8, 1), torch.float16)\n"
