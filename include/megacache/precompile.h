@@ -186,7 +186,7 @@ struct MatrixProduct {
 };
 
 // The distinct products of `wrapper` whose every layout and dtype the wrapper spells out,
-// in order of first appearance. A product with a symbolic size (a dynamic dim) or an operand
+// in order of first appearance, at most the first 256. A product with a symbolic size (a dynamic dim) or an operand
 // the wrapper does not declare is left out: this is a hint, never a failure. Pure; thread-safe.
 std::vector<MatrixProduct> matrix_products(std::string_view wrapper);
 

@@ -14,6 +14,11 @@ namespace megacache::precompile {
 namespace {
 
 constexpr size_t kMaxDims = 8;
+// How deep a view's base is followed. Inductor writes a view of a name; the cap bounds the work
+// on text it did not write.
+constexpr int kMaxViewDepth = 4;
+// More distinct products than the warm-up would ever run; the cap bounds the dedup's work.
+constexpr size_t kMaxProducts = 256;
 // A size or stride beyond any tensor's; the cap keeps every value a plain int64 in Python.
 constexpr int64_t kMaxExtent = int64_t{1} << 48;
 
@@ -99,14 +104,15 @@ std::optional<TensorLayout> layout_of(std::string_view sizes, std::string_view s
 
 // A tensor expression of the wrapper: a declared name, or reinterpret_tensor(name, sizes,
 // strides, offset), whose dtype is its base's.
-Declared evaluate(std::string_view expression, const std::map<std::string, Declared, std::less<>>& declared) {
+Declared evaluate(std::string_view expression, const std::map<std::string, Declared, std::less<>>& declared,
+                  int depth = 0) {
   if (is_identifier(expression)) {
     auto found = declared.find(expression);
     return found == declared.end() ? Declared{} : found->second;
   }
   std::optional<std::vector<std::string_view>> arguments = call_of(expression, "reinterpret_tensor");
-  if (!arguments || arguments->size() != 4) return {};
-  Declared base = evaluate((*arguments)[0], declared);
+  if (!arguments || arguments->size() != 4 || depth == kMaxViewDepth) return {};
+  Declared base = evaluate((*arguments)[0], declared, depth + 1);
   return {layout_of((*arguments)[1], (*arguments)[2]), base.dtype};
 }
 
@@ -197,7 +203,7 @@ std::vector<MatrixProduct> matrix_products(std::string_view wrapper) {
   std::map<std::string, Declared, std::less<>> declared;
   std::vector<MatrixProduct> products;
   size_t line_begin = 0;
-  while (line_begin < wrapper.size()) {
+  while (line_begin < wrapper.size() && products.size() < kMaxProducts) {
     size_t line_end = wrapper.find('\n', line_begin);
     if (line_end == std::string_view::npos) line_end = wrapper.size();
     std::string_view statement = wrapper.substr(line_begin, line_end - line_begin);

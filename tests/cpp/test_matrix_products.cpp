@@ -170,6 +170,23 @@ TEST(MatrixProducts, OnlyWhatIsSpelledOutAndMultipliesCounts) {
   for (const char* call : left_out) {
     EXPECT_TRUE(matrix_products(declarations + call + "\n").empty()) << call;
   }
+  // A view's base is followed 4 views deep, no deeper: the dtype of a base below is not read.
+  std::string nested = "buf1";
+  for (int i = 0; i < 5; ++i) nested = "reinterpret_tensor(" + nested + ", (8, 8), (8, 1), 0)";
+  const std::string four_deep = nested.substr(19, nested.size() - 19 - 20);
+  EXPECT_TRUE(matrix_products(declarations + "extern_kernels.mm(" + four_deep + ", arg0_1, out=buf0)\n").empty())
+      << "buf1 is float32, buf0 float16";
+  const std::vector<MatrixProduct> five_deep =
+      matrix_products(declarations + "extern_kernels.mm(" + nested + ", arg0_1, out=buf0)\n");
+  ASSERT_EQ(five_deep.size(), 1u);
+  EXPECT_EQ(five_deep[0].dtype, "float16");
+  // At most the first 256 distinct products.
+  std::string many = declarations;
+  for (int n = 1; n <= 300; ++n) {
+    many += "extern_kernels.mm(reinterpret_tensor(arg0_1, (" + std::to_string(n) + ", 8), (8, 1), 0), arg0_1, "
+            "out=reinterpret_tensor(buf0, (" + std::to_string(n) + ", 8), (8, 1), 0))\n";
+  }
+  EXPECT_EQ(matrix_products(many).size(), 256u);
   // The same product twice, and once more with alpha and beta, is one product.
   const std::vector<MatrixProduct> once = matrix_products(
       declarations + "extern_kernels.mm(arg0_1, arg0_1, out=buf0)\n" +
