@@ -39,6 +39,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   (void)pc::triton_kernel_sources(text);
   check_products(text);
+  if (!pc::matrix_products(text).empty() && !pc::calls_cublas(text)) std::abort();  // a product is a call
   const std::vector<int> indices = pc::cuda_device_indices(text);
   if (indices.size() != 1 || indices[0] == 7) return 0;
   megacache::Result<std::string> moved = pc::remap_cuda_device(text, indices[0], 7);

@@ -185,6 +185,10 @@ struct MatrixProduct {
   bool operator==(const MatrixProduct&) const = default;
 };
 
+// Whether `wrapper` calls cuBLAS: `extern_kernels.` mm, addmm, bmm, baddbmm or _int_mm, read
+// or not. Pure; thread-safe.
+bool calls_cublas(std::string_view wrapper);
+
 // The distinct products of `wrapper` whose every layout and dtype the wrapper spells out,
 // in order of first appearance, at most the first 256. A product with a symbolic size (a dynamic dim) or an operand
 // the wrapper does not declare is left out: this is a hint, never a failure. Pure; thread-safe.

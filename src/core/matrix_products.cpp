@@ -199,6 +199,19 @@ void declare_grouped(const std::vector<std::string_view>& arguments,
 
 }  // namespace
 
+bool calls_cublas(std::string_view wrapper) {
+  constexpr std::string_view kPrefix = "extern_kernels.";
+  for (size_t at = wrapper.find(kPrefix); at != std::string_view::npos; at = wrapper.find(kPrefix, at + 1)) {
+    if (at > 0 && (std::isalnum(static_cast<unsigned char>(wrapper[at - 1])) != 0 || wrapper[at - 1] == '_')) continue;
+    const size_t name_begin = at + kPrefix.size();
+    const size_t open = wrapper.find('(', name_begin);
+    if (open == std::string_view::npos) return false;
+    const std::string_view name = wrapper.substr(name_begin, open - name_begin);
+    if (positional_operands(name) != 0 || name == "_int_mm") return true;
+  }
+  return false;
+}
+
 std::vector<MatrixProduct> matrix_products(std::string_view wrapper) {
   std::map<std::string, Declared, std::less<>> declared;
   std::vector<MatrixProduct> products;

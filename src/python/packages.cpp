@@ -189,6 +189,8 @@ void init_packages(nb::module_& m) {
       .def_ro("operands", &pc::MatrixProduct::operands)
       .def_ro("out", &pc::MatrixProduct::out)
       .def(nb::self == nb::self);
+  m.def("calls_cublas", [](const std::string& source) { return pc::calls_cublas(source); }, "source"_a,
+        "Whether Inductor's wrapper calls cuBLAS (extern_kernels.mm, addmm, bmm, baddbmm, _int_mm).");
   m.def(
       "matrix_products",
       [](const std::string& source) {

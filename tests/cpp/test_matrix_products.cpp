@@ -60,11 +60,26 @@ TEST(MatrixProducts, ReadsTheProductsOfAGraphTorchGenerated) {
 }
 
 TEST(MatrixProducts, AProductWithADynamicSizeIsLeftOut) {
-  // extern_kernels.mm(arg3_1, ...) where arg3_1 is (s77, 256): no layout to run ahead.
+  // extern_kernels.mm(arg3_1, ...) where arg3_1 is (s77, 256): no layout to run ahead, but a
+  // call of cuBLAS all the same.
   const std::vector<std::string> sources = test::generated_sources(test::read_test_file("mega_dynamic.bin"));
   ASSERT_EQ(sources.size(), 1u);
   ASSERT_NE(sources[0].find("extern_kernels.mm(arg3_1"), std::string::npos);
   EXPECT_TRUE(matrix_products(sources[0]).empty());
+  EXPECT_TRUE(calls_cublas(sources[0]));
+}
+
+TEST(MatrixProducts, CallsOfCublasAreTheExternProductsOnly) {
+  for (const char* text : {"extern_kernels.mm(a, b, out=c)", "  extern_kernels.addmm(", "x = extern_kernels.bmm(",
+                           "extern_kernels.baddbmm(", "extern_kernels._int_mm(a, b)"}) {
+    EXPECT_TRUE(calls_cublas(text)) << text;
+  }
+  for (const char* text : {"", "extern_kernels.convolution(x, w)", "my_extern_kernels.mm(a, b)",
+                           "extern_kernels.mmx(a, b)", "extern_kernels.mm", "from torch._inductor.select_algorithm import extern_kernels"}) {
+    EXPECT_FALSE(calls_cublas(text)) << text;
+  }
+  // The MLP graph torch generated on the H200.
+  EXPECT_TRUE(calls_cublas(test::generated_sources(test::read_test_file("mega_mlp_infer.bin"))[0]));
 }
 
 TEST(MatrixProducts, TheTransformersFourShapesOnce) {

@@ -80,10 +80,10 @@ def wrapper_sources(backends: Iterable[Any]) -> List[str]:
             if (source := wrapper_source(graph)) is not None]
 
 
-def named_device(backends: Iterable[Any]) -> Optional[int]:
-    """The one CUDA device the code of these backends' graphs names, or None for code that
+def named_device(sources: Iterable[str]) -> Optional[int]:
+    """The one CUDA device these graph wrappers (wrapper_sources) name, or None for code that
     names none or several."""
-    named = {index for source in wrapper_sources(backends) for index in _core.cuda_device_indices(source)}
+    named = {index for source in sources for index in _core.cuda_device_indices(source)}
     return named.pop() if len(named) == 1 else None
 
 
@@ -96,7 +96,7 @@ def move_for(backends: Dict[str, Any]) -> Optional[Move]:
     target = current_index()
     if target is None:
         return None
-    source = named_device(backends.values())
+    source = named_device(wrapper_sources(backends.values()))
     if source is None:
         return None
     if source == target or (source < torch.cuda.device_count() and torch.cuda.memory_allocated(source) > 0):

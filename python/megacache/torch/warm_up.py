@@ -25,7 +25,6 @@ its time: the graph's own product meets the same failure and reports it.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional
@@ -36,9 +35,6 @@ from megacache import _core
 from megacache.torch import devices
 
 log = logging.getLogger("megacache")
-
-# Inductor's calls into cuBLAS in the Python wrapper it generates.
-_CUBLAS_CALL = re.compile(r"\bextern_kernels\.(?:mm|addmm|bmm|baddbmm|_int_mm)\(")
 
 # Products whose operands and result take more than this together are not run ahead: their
 # memory would stay in torch's allocator, and their own run dwarfs their kernel's load.
@@ -51,11 +47,6 @@ _helper: Optional[threading.Thread] = None
 _lock = threading.Lock()
 # device index -> the cuBLAS handle the helper used there (torch.cuda.current_blas_handle).
 warmed_handles: Dict[int, int] = {}
-
-
-def calls_cublas(sources: Iterable[str]) -> bool:
-    """Whether any of these graph wrappers (devices.wrapper_sources) calls cuBLAS."""
-    return any(_CUBLAS_CALL.search(source) for source in sources)
 
 
 def matrix_products(sources: Iterable[str]) -> List[Any]:
@@ -90,10 +81,9 @@ def start(backends: Iterable[Any]) -> None:
     global _helper
     if devices.current_index() is None or torch.cuda.is_current_stream_capturing():
         return
-    backends = list(backends)
-    index = devices.named_device(backends)  # after a move, the device moved to
     sources = devices.wrapper_sources(backends)
-    if index is None or not calls_cublas(sources):
+    index = devices.named_device(sources)  # after a move, the device moved to
+    if index is None or not any(_core.calls_cublas(source) for source in sources):
         return
     with _lock:
         if index in warmed_handles or _helper is not None:
