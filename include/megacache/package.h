@@ -18,6 +18,10 @@
 #include "megacache/bundle.h"
 #include "megacache/status.h"
 
+namespace megacache::util {
+class FileSystem;
+}
+
 namespace megacache::precompile {
 
 // What identifies a compiled Python function.
@@ -129,6 +133,9 @@ Result<Package> read_package(const bundle::Bundle& bundle);
 // changed file) and Corruption, naming the file.
 Status write_unpacked(const Package& package, const std::string& dir,
                       const bundle::SigningKey* signing_key = nullptr);
+// The same, with every file written through `files` (tests pass one that faults).
+Status write_unpacked(const Package& package, const std::string& dir,
+                      const bundle::SigningKey* signing_key, util::FileSystem& files);
 Result<Package> read_unpacked(const std::string& dir, const std::vector<bundle::PublicKey>& trusted_keys);
 
 }  // namespace megacache::precompile

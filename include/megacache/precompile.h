@@ -135,6 +135,10 @@ struct CudaJitTarget {
 Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,
                                         const std::vector<std::string>& triton_cache_dirs = {},
                                         const CudaJitTarget& cuda_jit = {});
+// The same, with every file written through `files` (tests pass one that faults).
+Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,
+                                        const std::vector<std::string>& triton_cache_dirs,
+                                        const CudaJitTarget& cuda_jit, util::FileSystem& files);
 
 // The store name of one function's package: "precompile-<qualname>-<32 hex>", the hex over the
 // source key, the function's source hash and every fingerprint field, so a store only ever

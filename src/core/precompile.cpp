@@ -436,6 +436,12 @@ void install_carried_files(util::FileSystem& files, const std::string& dir, cons
 Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,
                                         const std::vector<std::string>& triton_cache_dirs,
                                         const CudaJitTarget& cuda_jit) {
+  return populate_package(package, cache_dir, triton_cache_dirs, cuda_jit, util::FileSystem::real());
+}
+
+Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,
+                                        const std::vector<std::string>& triton_cache_dirs,
+                                        const CudaJitTarget& cuda_jit, util::FileSystem& files) {
   if (cache_dir.empty()) return Status::InvalidArgument("the torch cache dir is empty");
   for (const KernelFile& k : package.kernels) {
     if (!is_kernel_path(k.path)) {
@@ -456,11 +462,10 @@ Result<PopulateReport> populate_package(const Package& package, const std::strin
   if (!package.mega_cache.empty()) {
     Result<mega_cache::MegaCache> cache = mega_cache::parse(package.mega_cache);
     if (!cache.ok()) return cache.status();
-    Result<PopulateReport> populated = populate(*cache, cache_dir);
+    Result<PopulateReport> populated = populate(*cache, cache_dir, {}, files);
     if (!populated.ok()) return populated.status();
     report = std::move(populated).value();
   }
-  util::FileSystem& files = util::FileSystem::real();
   for (const KernelFile& k : package.kernels) {
     if (files.file_equals(cache_dir, k.path, k.bytes)) {
       ++report.files_unchanged;

@@ -486,7 +486,7 @@ std::string hex_of(const std::array<uint8_t, N>& bytes) {
 // Writes the files of one package beneath `root`, recording each file's sha256.
 class UnpackedWriter {
  public:
-  explicit UnpackedWriter(std::string root) : root_(std::move(root)) {}
+  UnpackedWriter(std::string root, util::FileSystem& files) : files_(files), root_(std::move(root)) {}
 
   Status write(const std::string& path, std::string_view bytes) {
     const size_t slash = path.find_last_of('/');
@@ -516,7 +516,7 @@ class UnpackedWriter {
   }
 
  private:
-  util::FileSystem& files_ = util::FileSystem::real();
+  util::FileSystem& files_;
   std::string root_;
   std::map<std::string, std::string> sha256_of_;
 };
@@ -609,6 +609,11 @@ std::string unique_suffix() {
 }  // namespace
 
 Status write_unpacked(const Package& package, const std::string& dir, const bundle::SigningKey* signing_key) {
+  return write_unpacked(package, dir, signing_key, util::FileSystem::real());
+}
+
+Status write_unpacked(const Package& package, const std::string& dir, const bundle::SigningKey* signing_key,
+                      util::FileSystem& files) {
   if (dir.find('\0') != std::string::npos) {
     return Status::InvalidArgument("the path '" + util::printable(dir) + "' holds a NUL character");
   }
@@ -624,7 +629,7 @@ Status write_unpacked(const Package& package, const std::string& dir, const bund
   if (!fs::create_directory(building, error) || error) {
     return Status::IOError("cannot create " + building.string() + ": " + error.message());
   }
-  UnpackedWriter writer(building.string());
+  UnpackedWriter writer(building.string(), files);
   if (Status s = writer.write(std::string(kManifestFile), manifest_json(package).dump(2) + "\n"); !s.ok()) {
     return fail(s);
   }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "megacache/store.h"
+#include "util/file_system.h"
 
 namespace megacache::store {
 
@@ -20,8 +21,10 @@ struct UrlOptions {
   }
 };
 
+// `files` is the layer every file of the store goes through; tests pass one that faults.
 Result<std::unique_ptr<Store>> open_file_store(const std::string& url, const std::string& root,
-                                               const UrlOptions& options);
+                                               const UrlOptions& options,
+                                               util::FileSystem& files = util::FileSystem::real());
 Result<std::unique_ptr<Store>> open_redis_store(const std::string& url, const std::string& host,
                                                 int port, int db, const UrlOptions& options);
 std::unique_ptr<Store> make_tiered(const std::string& url, std::unique_ptr<Store> local,

@@ -51,8 +51,13 @@ class FileLock final : public Lock {
 
 class FileStore final : public Store {
  public:
-  FileStore(std::string url, std::string root, uint64_t max_size, uint64_t max_value_bytes)
-      : url_(std::move(url)), root_(std::move(root)), max_size_(max_size), max_value_bytes_(max_value_bytes) {}
+  FileStore(std::string url, std::string root, uint64_t max_size, uint64_t max_value_bytes,
+            util::FileSystem& files)
+      : url_(std::move(url)),
+        root_(std::move(root)),
+        max_size_(max_size),
+        max_value_bytes_(max_value_bytes),
+        files_(files) {}
 
   const std::string& url() const override { return url_; }
 
@@ -64,17 +69,17 @@ class FileStore final : public Store {
     }
     // The ref says how large the value is; a bigger object file (another writer's, or a sparse
     // file planted in its place) is refused unread.
-    Result<std::string> value = fs().read_file(root_, object_path(ref->hash), ref->size);
+    Result<std::string> value = files_.read_file(root_, object_path(ref->hash), ref->size);
     if (!value.ok() || value->size() != ref->size || hash_hex(*value) != ref->hash) {
       // Collected or damaged under us: a miss, and the ref goes (unless a put has just replaced
       // it) so the next put repairs the entry.
       count({.misses = 1, .errors = value.ok() ? 1u : 0u});
       if (const std::optional<Ref> now = read_ref(name); now && now->hash == ref->hash) {
-        (void)fs().remove_file(root_, ref_path(name));
+        (void)files_.remove_file(root_, ref_path(name));
       }
       return std::nullopt;
     }
-    fs().touch(root_, ref_path(name));
+    files_.touch(root_, ref_path(name));
     report_progress(value->size(), value->size());
     count({.hits = 1, .bytes_in = value->size()});
     return std::move(value).value();
@@ -88,15 +93,15 @@ class FileStore final : public Store {
     }
     const std::string hash = hash_hex(value);
     const std::string object = object_path(hash);
-    const std::optional<util::FileSystem::FileInfo> existing = fs().file_info(root_, object);
+    const std::optional<util::FileSystem::FileInfo> existing = files_.file_info(root_, object);
     if (!existing || existing->size != value.size()) {
-      if (Status s = fs().create_directories(root_, parent(object)); !s.ok()) return s;
-      if (Status s = fs().write_atomic(root_, object, value); !s.ok()) return s;
+      if (Status s = files_.create_directories(root_, parent(object)); !s.ok()) return s;
+      if (Status s = files_.write_atomic(root_, object, value); !s.ok()) return s;
     } else {
-      fs().touch(root_, object);  // keep it out of the unreferenced-object grace window
+      files_.touch(root_, object);  // keep it out of the unreferenced-object grace window
     }
-    if (Status s = fs().create_directories(root_, kRefs); !s.ok()) return s;
-    if (Status s = fs().write_atomic(root_, ref_path(name), hash + " " + std::to_string(value.size()) + "\n");
+    if (Status s = files_.create_directories(root_, kRefs); !s.ok()) return s;
+    if (Status s = files_.write_atomic(root_, ref_path(name), hash + " " + std::to_string(value.size()) + "\n");
         !s.ok()) {
       return s;
     }
@@ -110,15 +115,15 @@ class FileStore final : public Store {
 
   Status remove(const std::string& name) override {
     if (Status valid = check_name(name); !valid.ok()) return valid;
-    return fs().remove_file(root_, ref_path(name));
+    return files_.remove_file(root_, ref_path(name));
   }
 
   std::vector<EntryInfo> list() override {
     std::vector<EntryInfo> out;
-    for (const std::string& name : fs().list_directory(root_, kRefs)) {
+    for (const std::string& name : files_.list_directory(root_, kRefs)) {
       if (!check_name(name).ok()) continue;  // temp files
       const std::optional<Ref> ref = read_ref(name);
-      const std::optional<util::FileSystem::FileInfo> info = fs().file_info(root_, ref_path(name));
+      const std::optional<util::FileSystem::FileInfo> info = files_.file_info(root_, ref_path(name));
       if (ref && info) out.push_back({name, ref->size, info->modified_unix});
     }
     std::sort(out.begin(), out.end(), [](const EntryInfo& a, const EntryInfo& b) { return a.name < b.name; });
@@ -127,8 +132,8 @@ class FileStore final : public Store {
 
   std::unique_ptr<Lock> lock(const std::string& name, std::chrono::milliseconds wait,
                              std::chrono::milliseconds /*ttl: the kernel releases a dead holder's flock*/) override {
-    if (!check_name(name).ok() || !fs().create_directories(root_, kLocks).ok()) return nullptr;
-    Result<int> opened = fs().open_for_update(root_, std::string(kLocks) + "/" + name);
+    if (!check_name(name).ok() || !files_.create_directories(root_, kLocks).ok()) return nullptr;
+    Result<int> opened = files_.open_for_update(root_, std::string(kLocks) + "/" + name);
     if (!opened.ok()) {
       log_refusal(opened.status());
       return nullptr;
@@ -165,7 +170,7 @@ class FileStore final : public Store {
     for (const auto& [name, hash] : hash_of) ++users[hash];
     for (const EntryInfo& entry : entries) {
       if (total <= max_bytes) break;
-      if (Status s = fs().remove_file(root_, ref_path(entry.name)); !s.ok()) return s;
+      if (Status s = files_.remove_file(root_, ref_path(entry.name)); !s.ok()) return s;
       const std::string& hash = hash_of[entry.name];
       if (--users[hash] == 0) {
         total -= referenced[hash];
@@ -177,13 +182,13 @@ class FileStore final : public Store {
     const int64_t now = static_cast<int64_t>(std::time(nullptr));
     // The file layer lists nothing through a link, so a planted v1/objects/<hh> -> elsewhere
     // is never walked and nothing outside the store is removed.
-    for (const std::string& shard : fs().list_directory(root_, kObjects)) {
+    for (const std::string& shard : files_.list_directory(root_, kObjects)) {
       const std::string shard_dir = std::string(kObjects) + "/" + shard;
-      for (const std::string& file : fs().list_directory(root_, shard_dir)) {
+      for (const std::string& file : files_.list_directory(root_, shard_dir)) {
         const std::string path = shard_dir + "/" + file;
-        const std::optional<util::FileSystem::FileInfo> info = fs().file_info(root_, path);
+        const std::optional<util::FileSystem::FileInfo> info = files_.file_info(root_, path);
         if (!info || referenced.count(file) || now - info->modified_unix < kGraceSeconds) continue;
-        if (fs().remove_file(root_, path).ok()) freed += info->size;
+        if (files_.remove_file(root_, path).ok()) freed += info->size;
       }
     }
     return freed;
@@ -205,8 +210,6 @@ class FileStore final : public Store {
     std::string hash;
     uint64_t size = 0;
   };
-
-  static util::FileSystem& fs() { return util::FileSystem::real(); }
 
   // What the file layer refused (a planted link, a hard-linked stats file) is a miss, said
   // once per occurrence on stderr like the Redis backend's failures. It is not counted as an
@@ -230,7 +233,7 @@ class FileStore final : public Store {
 
   std::optional<Ref> read_ref(const std::string& name) {
     if (!check_name(name).ok()) return std::nullopt;
-    Result<std::string> text = fs().read_file(root_, ref_path(name), kMaxRefBytes);
+    Result<std::string> text = files_.read_file(root_, ref_path(name), kMaxRefBytes);
     if (!text.ok()) {
       if (text.status().code() != Status::Code::kNotFound) log_refusal(text.status());
       return std::nullopt;
@@ -258,8 +261,8 @@ class FileStore final : public Store {
 
   // Reads the counters into `out`, adding `add` or zeroing them first, under an exclusive lock.
   void update_stats(Stats& out, const Stats* add, bool zero) {
-    if (!fs().create_directories(root_, kVersionDir).ok()) return;
-    Result<int> opened = fs().open_for_update(root_, kStats);
+    if (!files_.create_directories(root_, kVersionDir).ok()) return;
+    Result<int> opened = files_.open_for_update(root_, kStats);
     if (!opened.ok()) {
       log_refusal(opened.status());
       return;
@@ -294,12 +297,13 @@ class FileStore final : public Store {
   std::string root_;
   uint64_t max_size_;
   uint64_t max_value_bytes_;
+  util::FileSystem& files_;
 };
 
 }  // namespace
 
 Result<std::unique_ptr<Store>> open_file_store(const std::string& url, const std::string& root,
-                                               const UrlOptions& options) {
+                                               const UrlOptions& options, util::FileSystem& files) {
   if (root.empty() || root.front() != '/') {
     return Status::InvalidArgument("file store URL '" + url + "' needs an absolute path: file:///path");
   }
@@ -317,7 +321,7 @@ Result<std::unique_ptr<Store>> open_file_store(const std::string& url, const std
     }
     max_value_bytes = *parsed;
   }
-  return std::unique_ptr<Store>(new FileStore(url, root, max_size, max_value_bytes));
+  return std::unique_ptr<Store>(new FileStore(url, root, max_size, max_value_bytes, files));
 }
 
 }  // namespace megacache::store

@@ -167,6 +167,31 @@ TEST(Package, UnpackedRoundTripReplacesTheWholeDir) {
   EXPECT_EQ(beside, std::vector<std::string>{"pkg"});
 }
 
+// write_unpacked replaces a directory as a whole: failing at any of its writes leaves the
+// old package readable and unchanged, and nothing of the new one beside it.
+TEST(Package, UnpackedWriteThatFailsAtAnyWriteLeavesTheOldDirectory) {
+  const Package old_package = sample_package();
+  const Package new_package = with_cuda_jit(with_triton_modules(sample_package()));
+  for (int allowed = 0;; ++allowed) {
+    test::TempDir tmp;
+    const std::string dir = tmp.path() + "/pkg";
+    ASSERT_TRUE(write_unpacked(old_package, dir).ok());
+    test::FailingFileSystem failing(allowed);
+    const Status written = write_unpacked(new_package, dir, nullptr, failing);
+    Result<Package> read = read_unpacked(dir, {});
+    ASSERT_TRUE(read.ok()) << "allowed " << allowed << ": " << read.status().to_string();
+    EXPECT_EQ(std::distance(std::filesystem::directory_iterator(tmp.path()), {}), 1)
+        << "allowed " << allowed << ": a temporary directory was left beside the package";
+    if (written.ok()) {
+      EXPECT_EQ(difference(*read, new_package), "");
+      EXPECT_GT(allowed, 10);  // the manifest, fingerprint, pickles, kernels, modules, entries
+      break;
+    }
+    EXPECT_EQ(written.code(), Status::Code::kIOError) << written.to_string();
+    EXPECT_EQ(difference(*read, old_package), "") << "allowed " << allowed;
+  }
+}
+
 TEST(Package, UnpackedMissingBackendIsAnError) {
   test::TempDir tmp;
   const std::string dir = tmp.path() + "/pkg";

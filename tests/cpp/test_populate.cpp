@@ -105,46 +105,11 @@ TEST(Populate, RewritesPgoMastKeysToTheLoadingJob) {
             (std::map<std::string, std::string>{{"dynamo/code_state_mast_newjob_7_0_tag.pkl", "state"}}));
 }
 
-// Fails every write after the first `allowed` ones.
-class FailingFileSystem final : public util::FileSystem {
- public:
-  explicit FailingFileSystem(int allowed) : allowed_(allowed) {}
-  Status create_directories(const std::string& root, std::string_view dir) override {
-    return real().create_directories(root, dir);
-  }
-  std::vector<std::string> list_directory(const std::string& root, std::string_view dir) override {
-    return real().list_directory(root, dir);
-  }
-  bool file_equals(const std::string& root, std::string_view path, std::string_view content) override {
-    return real().file_equals(root, path, content);
-  }
-  Result<std::string> read_file(const std::string& root, std::string_view path, uint64_t max_bytes) override {
-    return real().read_file(root, path, max_bytes);
-  }
-  std::optional<FileInfo> file_info(const std::string& root, std::string_view path) override {
-    return real().file_info(root, path);
-  }
-  void touch(const std::string& root, std::string_view path) override { real().touch(root, path); }
-  Status remove_file(const std::string& root, std::string_view path) override {
-    return real().remove_file(root, path);
-  }
-  Result<int> open_for_update(const std::string& root, std::string_view path) override {
-    return real().open_for_update(root, path);
-  }
-  Status write_atomic(const std::string& root, std::string_view path, std::string_view content) override {
-    if (allowed_-- <= 0) return Status::IOError("injected: no space left on device");
-    return real().write_atomic(root, path, content);
-  }
-
- private:
-  int allowed_;
-};
-
 TEST(Populate, AnIoErrorStopsWithWholeFilesAndNoTempFiles) {
   const std::string blob = test::small_blob();
   const MegaCache cache = parsed(blob);
   test::TempDir dir;
-  FailingFileSystem fs(2);
+  test::FailingFileSystem fs(2);
   Result<PopulateReport> report = populate(cache, dir.path(), {}, fs);
   ASSERT_FALSE(report.ok());
   EXPECT_EQ(report.status().code(), Status::Code::kIOError);

@@ -445,6 +445,34 @@ TEST(PackagePopulate, WritesKernelsAndMegaCacheArtifacts) {
   EXPECT_EQ(read_tree(kernels_only.path()).size(), 2u);
 }
 
+// A populate that fails at any write stops with an IOError (or passes over a Triton dir it
+// cannot write, as documented), leaves only whole files, and the next populate completes.
+TEST(PackagePopulate, FailingAtAnyWriteLeavesWholeFilesAndTheNextRunCompletes) {
+  Package package = with_triton_modules(sample_package());
+  package.mega_cache = test::read_test_file("mega_graphbreak.bin");
+  test::TempDir expected_dir;
+  ASSERT_TRUE(populate_package(package, expected_dir.path() + "/torch", {expected_dir.path() + "/triton"}).ok());
+  const std::map<std::string, std::string> expected = read_tree(expected_dir.path());
+  for (int allowed = 0;; ++allowed) {
+    test::TempDir dir;
+    test::FailingFileSystem failing(allowed);
+    Result<PopulateReport> report =
+        populate_package(package, dir.path() + "/torch", {dir.path() + "/triton"}, {}, failing);
+    if (!report.ok()) EXPECT_EQ(report.status().code(), Status::Code::kIOError) << report.status().to_string();
+    for (const auto& [path, bytes] : read_tree(dir.path())) {
+      ASSERT_TRUE(expected.count(path)) << "allowed " << allowed << ": unexpected file " << path;
+      EXPECT_EQ(bytes, expected.at(path)) << "allowed " << allowed << ": " << path << " is not whole";
+    }
+    ASSERT_TRUE(populate_package(package, dir.path() + "/torch", {dir.path() + "/triton"}).ok());
+    EXPECT_EQ(read_tree(dir.path()), expected) << "allowed " << allowed;
+    if (failing.writes() <= allowed) {
+      ASSERT_TRUE(report.ok()) << report.status().to_string();
+      EXPECT_EQ(static_cast<size_t>(allowed), expected.size());
+      break;
+    }
+  }
+}
+
 TEST(PackagePopulate, KernelPathContract) {
   for (const std::string& good : std::vector<std::string>{"ab/cabc.so", "5u/c5ujs.yugwe.so", "a_/x.so", "09/_.so", "ab/x..so",
                                  "ab/" + std::string(197, 'n') + ".so"}) {

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "megacache/store.h"
+#include "store/backends.h"
 #include "test_util.h"
 #include "util/file_system.h"
 
@@ -72,6 +73,32 @@ TEST(FileStore, SameContentIsStoredOnceAndOverwriteIsAtomic) {
   ASSERT_TRUE(store->put("a", "new").ok());
   EXPECT_EQ(store->get("a"), "new");
   EXPECT_EQ(store->get("b"), "same");
+}
+
+// A put that fails at any of its writes (the object, then the ref) leaves the name with its
+// old value, or missing if it had none: never a ref to an object that is not there.
+TEST(FileStore, APutThatFailsAtAnyWriteLeavesTheOldValue) {
+  for (int allowed = 0;; ++allowed) {
+    test::TempDir dir;
+    const std::string url = "file://" + dir.path();
+    auto store = open_or_die(url);
+    ASSERT_TRUE(store->put("kept", "old value").ok());
+    test::FailingFileSystem failing(allowed);
+    Result<std::unique_ptr<Store>> faulty = open_file_store(url, dir.path(), {}, failing);
+    ASSERT_TRUE(faulty.ok()) << faulty.status().to_string();
+    const Status kept = (*faulty)->put("kept", "new value");
+    const Status fresh = (*faulty)->put("fresh", "fresh value");
+    EXPECT_EQ(store->get("kept"), kept.ok() ? "new value" : "old value") << "allowed " << allowed;
+    EXPECT_EQ(store->get("fresh"), fresh.ok() ? std::optional<std::string>("fresh value") : std::nullopt)
+        << "allowed " << allowed;
+    for (const Status& s : {kept, fresh}) {
+      if (!s.ok()) EXPECT_EQ(s.code(), Status::Code::kIOError) << s.to_string();
+    }
+    if (kept.ok() && fresh.ok()) {
+      EXPECT_EQ(failing.writes(), 4) << "each put writes its object and its ref";
+      break;
+    }
+  }
 }
 
 TEST(FileStore, DamagedObjectIsAMissNotACorruptHit) {

@@ -56,6 +56,47 @@ inline Status make_dirs(const std::string& path) {
   return error ? Status::IOError(path + ": " + error.message()) : Status::OK();
 }
 
+// The real file system, except that every write_atomic after the first `allowed` ones fails
+// as a full disk would, before writing anything. A test runs a writer with each `allowed` in
+// turn to fault it at every write it makes; `writes()` counts the writes it attempted.
+class FailingFileSystem final : public util::FileSystem {
+ public:
+  explicit FailingFileSystem(int allowed) : allowed_(allowed) {}
+  Status create_directories(const std::string& root, std::string_view dir) override {
+    return real().create_directories(root, dir);
+  }
+  std::vector<std::string> list_directory(const std::string& root, std::string_view dir) override {
+    return real().list_directory(root, dir);
+  }
+  bool file_equals(const std::string& root, std::string_view path, std::string_view content) override {
+    return real().file_equals(root, path, content);
+  }
+  Result<std::string> read_file(const std::string& root, std::string_view path, uint64_t max_bytes) override {
+    return real().read_file(root, path, max_bytes);
+  }
+  std::optional<FileInfo> file_info(const std::string& root, std::string_view path) override {
+    return real().file_info(root, path);
+  }
+  void touch(const std::string& root, std::string_view path) override { real().touch(root, path); }
+  Status remove_file(const std::string& root, std::string_view path) override {
+    return real().remove_file(root, path);
+  }
+  Result<int> open_for_update(const std::string& root, std::string_view path) override {
+    return real().open_for_update(root, path);
+  }
+  Status write_atomic(const std::string& root, std::string_view path, std::string_view content) override {
+    ++writes_;
+    if (allowed_-- <= 0) return Status::IOError("injected: no space left on device");
+    return real().write_atomic(root, path, content);
+  }
+
+  int writes() const { return writes_; }
+
+ private:
+  int allowed_;
+  int writes_ = 0;
+};
+
 // A fresh directory, removed with everything in it at scope exit.
 class TempDir {
  public:
