@@ -22,8 +22,11 @@ void check_products(std::string_view text) {
   for (size_t i = 0; i < products.size(); ++i) {
     const pc::MatrixProduct& product = products[i];
     const size_t operands = product.op == "mm" || product.op == "bmm" ? 2 : 3;
-    if (product.op != "mm" && product.op != "bmm" && product.op != "addmm" && product.op != "baddbmm") std::abort();
-    if (product.operands.size() != operands || product.dtype.empty() || !well_formed(product.out)) std::abort();
+    if (product.op != "mm" && product.op != "bmm" && product.op != "addmm" &&
+        product.op != "baddbmm")
+      std::abort();
+    if (product.operands.size() != operands || product.dtype.empty() || !well_formed(product.out))
+      std::abort();
     for (const pc::TensorLayout& operand : product.operands) {
       if (!well_formed(operand)) std::abort();
     }
@@ -39,7 +42,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   (void)pc::triton_kernel_sources(text);
   check_products(text);
-  if (!pc::matrix_products(text).empty() && !pc::calls_cublas(text)) std::abort();  // a product is a call
+  if (!pc::matrix_products(text).empty() && !pc::calls_cublas(text))
+    std::abort();  // a product is a call
   const std::vector<int> indices = pc::cuda_device_indices(text);
   if (indices.size() != 1 || indices[0] == 7) return 0;
   megacache::Result<std::string> moved = pc::remap_cuda_device(text, indices[0], 7);

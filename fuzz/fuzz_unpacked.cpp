@@ -33,7 +33,8 @@ bool is_safe_relative(std::string_view path) {
   size_t start = 0;
   while (start <= path.size()) {
     const size_t slash = path.find('/', start);
-    const std::string_view name = path.substr(start, slash == std::string_view::npos ? slash : slash - start);
+    const std::string_view name =
+        path.substr(start, slash == std::string_view::npos ? slash : slash - start);
     if (name.empty() || name == "." || name == "..") return false;
     if (slash == std::string_view::npos) break;
     start = slash + 1;
@@ -58,7 +59,8 @@ void build_from_records(std::string_view bytes, const fs::path& dir, const fs::p
     const fs::path target = dir / path;
     fs::create_directories(target.parent_path(), ignored);
     if (op == 0) {
-      std::ofstream(target, std::ios::binary).write(content.data(), static_cast<std::streamsize>(content.size()));
+      std::ofstream(target, std::ios::binary)
+          .write(content.data(), static_cast<std::streamsize>(content.size()));
     } else {
       fs::create_symlink(op == 1 ? outside : outside / "secret", target, ignored);
     }
@@ -83,15 +85,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   megacache::Result<megacache::bundle::Bundle> bundle = megacache::bundle::parse(bytes);
   megacache::Result<megacache::precompile::Package> golden =
-      bundle.ok() && megacache::precompile::is_package(*bundle) ? megacache::precompile::read_package(*bundle)
-                                                                : megacache::Status::NotFound("not a package");
+      bundle.ok() && megacache::precompile::is_package(*bundle)
+          ? megacache::precompile::read_package(*bundle)
+          : megacache::Status::NotFound("not a package");
   if (golden.ok()) {
     fs::remove_all(dir, ignored);
     if (!megacache::precompile::write_unpacked(*golden, dir.string()).ok()) std::abort();
   } else {
     build_from_records(bytes, dir, base / "outside");
   }
-  megacache::Result<megacache::precompile::Package> read = megacache::precompile::read_unpacked(dir.string(), {});
+  megacache::Result<megacache::precompile::Package> read =
+      megacache::precompile::read_unpacked(dir.string(), {});
   if (golden.ok() && !read.ok()) std::abort();  // what write_unpacked wrote reads back
   if (read.ok()) {
     for (const megacache::precompile::KernelFile& kernel : read->kernels) {

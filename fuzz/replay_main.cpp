@@ -47,7 +47,8 @@ int main(int argc, char** argv) {
   for (const std::string& input : corpus) {
     run(input);
     for (int round = 0; round < 300; ++round, runs += 2) {
-      std::string mutated = input.substr(0, round % 3 == 0 ? rng() % (input.size() + 1) : input.size());
+      std::string mutated =
+          input.substr(0, round % 3 == 0 ? rng() % (input.size() + 1) : input.size());
       if (!mutated.empty()) {
         const size_t window = std::min<size_t>(mutated.size(), 512);
         for (int flips = 1 + round % 4; flips > 0; --flips) {

@@ -56,7 +56,7 @@ struct Signature {
 };
 
 // The format's limits on what payloads claim to decode to (docs/bundle-format.md, Limits).
-inline constexpr uint64_t kMaxArtifactBytes = uint64_t{4} << 30;  // one artifact, raw
+inline constexpr uint64_t kMaxArtifactBytes = uint64_t{4} << 30;         // one artifact, raw
 inline constexpr uint64_t kMaxDecodedBytes = mega_cache::kMaxBlobBytes;  // all, deduplicated
 
 // Budgets for decoding input that may be hostile. Whatever they say, no claim is allocated

@@ -81,7 +81,7 @@ class ArtifactManager {
   std::vector<Recorded> recorded_;
   // Exact-repeat detection: hash of (type, key, content) -> indices into recorded_.
   std::unordered_multimap<uint64_t, size_t> by_hash_;
-  std::vector<Pending> pending_;  // in order of first record since the last serialize
+  std::vector<Pending> pending_;               // in order of first record since the last serialize
   std::vector<std::string> serialized_types_;  // the blob's groups, in order
   mega_cache::Writer writer_;
   CacheInfo info_;

@@ -58,8 +58,8 @@ struct TypeGroup {
 
 struct MegaCache {
   Layout layout = Layout::kV2_8;
-  uint32_t crc32 = 0;              // stored crc (2.8+ only); always verified by parse()
-  std::vector<TypeGroup> groups;   // in file order; 2.7 records are grouped by runs of one type
+  uint32_t crc32 = 0;             // stored crc (2.8+ only); always verified by parse()
+  std::vector<TypeGroup> groups;  // in file order; 2.7 records are grouped by runs of one type
 
   // What torch.compiler.load_cache_artifacts would populate, in its order: types in order
   // of first appearance, each with the artifacts of its last group.
@@ -97,7 +97,7 @@ class Writer {
   void put_str(std::string_view text);
 
   std::string buffer_;
-  uint32_t crc_ = 0;          // crc32 of buffer_[4 : crc_covered_]
+  uint32_t crc_ = 0;  // crc32 of buffer_[4 : crc_covered_]
   size_t crc_covered_ = 4;
 };
 

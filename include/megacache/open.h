@@ -29,7 +29,7 @@ struct OpenedFile {
   // kPackage; held by pointer so that `direct` (its fallback artifacts) survives a move.
   std::shared_ptr<const precompile::Package> package;
   std::optional<mega_cache::MegaCache> direct;  // views into the file or the package otherwise
-  std::shared_ptr<const aot::Pair> pair;          // kAotPair
+  std::shared_ptr<const aot::Pair> pair;        // kAotPair
 
   // The artifacts, or nullptr for an AOTCompiledArtifact (a pickle, no cache artifacts) and a
   // torch.compiler.precompile pair (whose cache only torch can open).
@@ -47,7 +47,8 @@ Result<std::vector<bundle::PublicKey>> parse_trusted_keys(std::string_view spec)
 // Views point into `file`, which must outlive the result. Thread-safe. Errors: Corruption
 // with the offset in `file`; InvalidArgument when a bundle's signature fails `trusted_keys`
 // (see bundle::check_trust).
-Result<OpenedFile> open_file(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys);
+Result<OpenedFile> open_file(std::string_view file,
+                             const std::vector<bundle::PublicKey>& trusted_keys);
 
 // Writes what `opened` carries into a torch cache dir: its artifacts (populate), and for a
 // package its kernels too (precompile::populate_package). Errors as those functions.
@@ -57,7 +58,8 @@ Result<PopulateReport> populate_file(const OpenedFile& opened, const std::string
 // Everything loading `file` would check (format, checksums, signature and trust, every key),
 // without writing. Returns how many files populate would write (0 for an AOTCompiledArtifact
 // and a precompile pair; a package's kernels count).
-Result<size_t> verify_file(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys);
+Result<size_t> verify_file(std::string_view file,
+                           const std::vector<bundle::PublicKey>& trusted_keys);
 
 // open_file for what megacache loads and stores: a standalone_compile AOTCompiledArtifact,
 // which carries a pickle instead, is refused with InvalidArgument saying how to load it.

@@ -84,7 +84,8 @@ bool is_kernel_path(std::string_view path);
 // A file a package carries into another program's cache dir: a kernel (torch's cache dir), a
 // Triton module (a Triton cache dir) or a CUDA JIT entry (CUDA's JIT cache dir).
 struct KernelFile {
-  std::string path;  // relative to that dir; is_kernel_path, is_triton_module_path or is_cuda_jit_path
+  std::string
+      path;  // relative to that dir; is_kernel_path, is_triton_module_path or is_cuda_jit_path
   std::string bytes;
 };
 
@@ -107,7 +108,7 @@ struct Package {
   std::vector<KernelFile> kernels;
   std::vector<KernelFile> triton_modules;  // paths relative to a Triton cache dir
   std::vector<KernelFile> cuda_jit;        // paths relative to CUDA's JIT cache dir
-  std::string mega_cache;  // torch's Mega-Cache blob (2.8+ layout); may be empty
+  std::string mega_cache;                  // torch's Mega-Cache blob (2.8+ layout); may be empty
 
   const FunctionPackage* find(std::string_view source_key) const;
 };
@@ -136,6 +137,7 @@ Status write_unpacked(const Package& package, const std::string& dir,
 // The same, with every file written through `files` (tests pass one that faults).
 Status write_unpacked(const Package& package, const std::string& dir,
                       const bundle::SigningKey* signing_key, util::FileSystem& files);
-Result<Package> read_unpacked(const std::string& dir, const std::vector<bundle::PublicKey>& trusted_keys);
+Result<Package> read_unpacked(const std::string& dir,
+                              const std::vector<bundle::PublicKey>& trusted_keys);
 
 }  // namespace megacache::precompile

@@ -50,7 +50,7 @@ Result<std::vector<PlannedFile>> plan_populate(const mega_cache::MegaCache& cach
                                                const PopulateOptions& options = {});
 
 struct PopulateReport {
-  CacheInfo info;            // what torch's populate_caches would return
+  CacheInfo info;  // what torch's populate_caches would return
   size_t files_written = 0;
   size_t files_unchanged = 0;  // already present with the same bytes
   // The artifacts of PopulateOptions::caller_populated_types, in torch's load order, copied
@@ -60,9 +60,9 @@ struct PopulateReport {
 
 // plan_populate, then writes each file atomically. A file already holding the same bytes
 // (for content-named entries: any file in the key's dir) is left alone, so a repeated load
-// reads instead of hashing and writing. Safe while other processes populate or read the same dir. On an invalid input
-// nothing is written. On an I/O error the files written before it stay (each is whole).
-// Thread-safe for distinct or identical dirs.
+// reads instead of hashing and writing. Safe while other processes populate or read the same dir.
+// On an invalid input nothing is written. On an I/O error the files written before it stay (each is
+// whole). Thread-safe for distinct or identical dirs.
 Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::string& cache_dir,
                                 const PopulateOptions& options = {});
 Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::string& cache_dir,

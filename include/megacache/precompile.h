@@ -30,7 +30,8 @@ Result<std::vector<KernelFile>> read_kernels(const std::string& cache_dir);
 // Every shared library this process has loaded from beneath one of `triton_cache_dirs` whose
 // path there is a Triton module path (a module Triton built or found is loaded, so this is
 // what the process used), sorted by path, each once. Errors: IOError. Thread-safe.
-Result<std::vector<KernelFile>> read_loaded_triton_modules(const std::vector<std::string>& triton_cache_dirs);
+Result<std::vector<KernelFile>> read_loaded_triton_modules(
+    const std::vector<std::string>& triton_cache_dirs);
 
 // The paths of the entries of the CUDA JIT cache `dir` written at or after `since_unix`
 // (seconds): what the driver compiled for this process, sorted. An absent dir holds none.
@@ -71,7 +72,8 @@ class PrecompileContext {
   // DynamoCache entries) are left out: the package carries its Dynamo entries itself.
   Package package(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
                   std::string mega_cache, const std::vector<std::string>& only = {},
-                  std::vector<KernelFile> triton_modules = {}, std::vector<KernelFile> cuda_jit = {}) const;
+                  std::vector<KernelFile> triton_modules = {},
+                  std::vector<KernelFile> cuda_jit = {}) const;
   // package() in the binary format (write_package).
   std::string serialize(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
                         std::string mega_cache, const bundle::WriteOptions& options = {}) const;
@@ -96,8 +98,10 @@ class PrecompileContext {
 // the binary form (a bundle, bundle::check_trust); `path` is a directory in the unpacked form or
 // a file in the binary one. Thread-safe. Errors: those of bundle::parse, check_trust,
 // read_package and read_unpacked; NotFound and IOError for the path.
-Result<Package> read_package(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys);
-Result<Package> read_package_at(const std::string& path, const std::vector<bundle::PublicKey>& trusted_keys);
+Result<Package> read_package(std::string_view file,
+                             const std::vector<bundle::PublicKey>& trusted_keys);
+Result<Package> read_package_at(const std::string& path,
+                                const std::vector<bundle::PublicKey>& trusted_keys);
 
 // What the loading process is, and what it asks for.
 struct LoadCheck {
@@ -194,8 +198,9 @@ struct MatrixProduct {
 bool calls_cublas(std::string_view wrapper);
 
 // The distinct products of `wrapper` whose every layout and dtype the wrapper spells out,
-// in order of first appearance, at most the first 256. A product with a symbolic size (a dynamic dim) or an operand
-// the wrapper does not declare is left out: this is a hint, never a failure. Pure; thread-safe.
+// in order of first appearance, at most the first 256. A product with a symbolic size (a dynamic
+// dim) or an operand the wrapper does not declare is left out: this is a hint, never a failure.
+// Pure; thread-safe.
 std::vector<MatrixProduct> matrix_products(std::string_view wrapper);
 
 // The identity of an installed software package: hex sha256 over each file beneath `root`

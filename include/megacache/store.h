@@ -1,6 +1,7 @@
 // Stores: where bundles live between processes and machines. One small interface; each
 // backend is one file in src/store/, chosen by URL:
-//   file:///path[?max_size=10G&max_value_bytes=4G]   the embedded default (MEGACACHE_DIR, else ~/.cache/megacache)
+//   file:///path[?max_size=10G&max_value_bytes=4G]   the embedded default (MEGACACHE_DIR, else
+//   ~/.cache/megacache)
 //   redis://host:port/db[?ttl=s&connect_timeout_ms=&timeout_ms=&chunk_size=&max_value_bytes=]
 //   URL,URL                       tiered: the first (local) in front of the rest, with backfill
 // A remote that fails is a logged, counted miss: a store never fails or stalls a compile

@@ -66,12 +66,13 @@ Result<LoadedFile> load_file(const std::string& path, const Options& o, Need nee
                              bool check_trust = true) {
   Result<std::vector<bundle::PublicKey>> keys = trusted_keys(o.trusted);
   if (!keys.ok()) return keys.status();
-  const std::vector<bundle::PublicKey> trusted = check_trust ? *keys : std::vector<bundle::PublicKey>{};
+  const std::vector<bundle::PublicKey> trusted =
+      check_trust ? *keys : std::vector<bundle::PublicKey>{};
   Result<std::string> bytes = util::read_named_file(path);
   if (!bytes.ok()) return bytes.status();
   // The views inside point into `file.bytes`, so open only after it has its final home.
   Result<LoadedFile> result(LoadedFile{std::move(bytes).value(), {}});
-  Result<OpenedFile> opened = need == Need::kArtifacts ? open_artifacts(result->bytes, trusted)
+  Result<OpenedFile> opened = need == Need::kArtifacts  ? open_artifacts(result->bytes, trusted)
                               : need == Need::kLoadable ? open_loadable(result->bytes, trusted)
                                                         : open_file(result->bytes, trusted);
   if (!opened.ok()) return opened.status();
@@ -81,9 +82,12 @@ Result<LoadedFile> load_file(const std::string& path, const Options& o, Need nee
 
 std::string kind_name(mc::StandaloneKind kind) {
   switch (kind) {
-    case mc::StandaloneKind::kCacheCompiledArtifact: return "CacheCompiledArtifact";
-    case mc::StandaloneKind::kAOTCompiledArtifact: return "AOTCompiledArtifact";
-    case mc::StandaloneKind::kHeaderless2_8: return "CacheCompiledArtifact (torch 2.8/2.9, no header)";
+    case mc::StandaloneKind::kCacheCompiledArtifact:
+      return "CacheCompiledArtifact";
+    case mc::StandaloneKind::kAOTCompiledArtifact:
+      return "AOTCompiledArtifact";
+    case mc::StandaloneKind::kHeaderless2_8:
+      return "CacheCompiledArtifact (torch 2.8/2.9, no header)";
   }
   return "unknown";
 }
@@ -109,7 +113,8 @@ ordered_json describe(const std::string& path, const LoadedFile& file,
                      : opened.kind == FileKind::kAotPair    ? "megacache-aot-pair"
                      : opened.kind == FileKind::kStandalone ? "standalone_compile"
                                                             : "mega-cache";
-  if (opened.package) report["package"] = ordered_json::parse(precompile::describe(*opened.package));
+  if (opened.package)
+    report["package"] = ordered_json::parse(precompile::describe(*opened.package));
   if (opened.pair) report["aot_pair"] = ordered_json::parse(aot::describe(*opened.pair));
   if (opened.standalone) {
     const mc::StandaloneArtifact& s = *opened.standalone;
@@ -126,7 +131,7 @@ ordered_json describe(const std::string& path, const LoadedFile& file,
     const bundle::SignatureCheck check = bundle::check_signature(b);
     ordered_json signature = {{"status", check == bundle::SignatureCheck::kUnsigned ? "unsigned"
                                          : check == bundle::SignatureCheck::kValid  ? "valid"
-                                                                                     : "invalid"}};
+                                                                                    : "invalid"}};
     if (b.signature) {
       signature["key"] = hex_of(b.signature->public_key);
       signature["trusted"] = bundle::is_trusted(b, trusted);
@@ -144,8 +149,9 @@ ordered_json describe(const std::string& path, const LoadedFile& file,
   if (opened.kind != FileKind::kBundle && opened.kind != FileKind::kPackage) {
     report["layout"] = cache->layout == mc::Layout::kV2_7 ? "torch 2.7" : "torch 2.8+";
     report["crc32"] = cache->layout == mc::Layout::kV2_7 ? ordered_json(nullptr)
-                                                          : ordered_json(hex32(cache->crc32));
-    report["crc_ok"] = cache->layout == mc::Layout::kV2_7 ? ordered_json(nullptr) : ordered_json(true);
+                                                         : ordered_json(hex32(cache->crc32));
+    report["crc_ok"] =
+        cache->layout == mc::Layout::kV2_7 ? ordered_json(nullptr) : ordered_json(true);
   }
   ordered_json groups = ordered_json::array();
   for (const mc::TypeGroup& group : cache->groups) {
@@ -200,38 +206,42 @@ void print_human(std::ostream& out, const ordered_json& report) {
     out << "torch.compiler.precompile pair, from " << p["api"].get<std::string>() << ":\n"
         << "  python_code: " << p["python_code_bytes"] << " bytes, sha256 "
         << p["python_code_sha256"].get<std::string>() << "\n"
-        << "  cache:       " << p["cache_bytes"] << " bytes, sha256 " << p["cache_sha256"].get<std::string>()
-        << "\n  cache envelope:";
-    for (const auto& [name, value] : p["cache_fields"].items()) out << " " << name << "=" << value.get<std::string>();
+        << "  cache:       " << p["cache_bytes"] << " bytes, sha256 "
+        << p["cache_sha256"].get<std::string>() << "\n  cache envelope:";
+    for (const auto& [name, value] : p["cache_fields"].items())
+      out << " " << name << "=" << value.get<std::string>();
     out << "\n";
   }
   if (report.contains("package")) {
     const ordered_json& p = report["package"];
-    out << "precompile package: " << p["functions"].size() << " function(s), " << p["kernels"].size()
-        << " kernel(s)";
-    if (p.contains("triton_modules")) out << ", " << p["triton_modules"].size() << " Triton module(s)";
+    out << "precompile package: " << p["functions"].size() << " function(s), "
+        << p["kernels"].size() << " kernel(s)";
+    if (p.contains("triton_modules"))
+      out << ", " << p["triton_modules"].size() << " Triton module(s)";
     if (p.contains("cuda_jit")) out << ", " << p["cuda_jit"].size() << " CUDA JIT build(s)";
     out << "\n";
     for (const auto& f : p["functions"]) {
       const ordered_json& id = f["function"];
       out << "  " << id["module"].get<std::string>() << "." << id["qualname"].get<std::string>()
           << id["signature"].get<std::string>() << " (line " << id["first_line"] << ", "
-          << f["device_type"].get<std::string>() << "): " << f["codes"].size() << " guarded code(s), "
-          << f["bypassed"].size() << " bypassed\n";
+          << f["device_type"].get<std::string>() << "): " << f["codes"].size()
+          << " guarded code(s), " << f["bypassed"].size() << " bypassed\n";
     }
     out << "fallback Mega-Cache artifacts:\n";
   }
   if (!report.contains("groups")) return;
   if (report.contains("layout")) {
     out << "Mega-Cache: " << report["layout"].get<std::string>() << " layout, encoding version 1";
-    if (!report["crc32"].is_null()) out << ", crc32 " << report["crc32"].get<std::string>() << " ok";
+    if (!report["crc32"].is_null())
+      out << ", crc32 " << report["crc32"].get<std::string>() << " ok";
     out << "\n";
   }
   out << "type groups in file order:\n";
   for (const auto& group : report["groups"]) {
     out << "  @" << group["offset"] << " " << group["type"].get<std::string>() << " x"
         << group["artifacts"];
-    if (group["dropped_by_torch"].get<bool>()) out << "  (dropped: a later group of this type wins)";
+    if (group["dropped_by_torch"].get<bool>())
+      out << "  (dropped: a later group of this type wins)";
     out << "\n";
   }
   out << "torch loads:";
@@ -267,7 +277,6 @@ struct Reporter {
     }
   }
 };
-
 
 int cmd_inspect(const Reporter& r, const Options& o) {
   Result<std::vector<bundle::PublicKey>> trusted = trusted_keys(o.trusted);
@@ -327,7 +336,8 @@ int cmd_convert(const Reporter& r, const Options& o) {
     if (Status written = util::write_named_file(cache_path, opened.pair->cache); !written.ok()) {
       return r.fail(cache_path, written);
     }
-    if (Status written = util::write_named_file(o.output, opened.pair->python_code); !written.ok()) {
+    if (Status written = util::write_named_file(o.output, opened.pair->python_code);
+        !written.ok()) {
       return r.fail(o.output, written);
     }
     r.done({{"ok", true}, {"file", o.file}, {"python_code", o.output}, {"cache", cache_path}},
@@ -336,9 +346,10 @@ int cmd_convert(const Reporter& r, const Options& o) {
     return kExitOk;
   }
   if (opened.kind == FileKind::kPackage) {
-    return r.fail(o.file, Status::InvalidArgument(
-                              "a precompile package holds pickled Dynamo entries that only torch can "
-                              "rewrite; use megacache.load_package, or `megacache inspect` to read it"));
+    return r.fail(o.file,
+                  Status::InvalidArgument(
+                      "a precompile package holds pickled Dynamo entries that only torch can "
+                      "rewrite; use megacache.load_package, or `megacache inspect` to read it"));
   }
   if (opened.kind == FileKind::kBundle) {
     output = mc::write_groups(*opened.artifacts());  // already decoded and checked
@@ -360,8 +371,12 @@ int cmd_convert(const Reporter& r, const Options& o) {
   if (Status written = util::write_named_file(o.output, output); !written.ok()) {
     return r.fail(o.output, written);
   }
-  r.done({{"ok", true}, {"input", o.file}, {"output", o.output}, {"format", direction},
-          {"input_bytes", file->bytes.size()}, {"output_bytes", output.size()}},
+  r.done({{"ok", true},
+          {"input", o.file},
+          {"output", o.output},
+          {"format", direction},
+          {"input_bytes", file->bytes.size()},
+          {"output_bytes", output.size()}},
          "wrote " + o.output + " (" + direction + ", " + std::to_string(output.size()) +
              " bytes from " + std::to_string(file->bytes.size()) + ")");
   return kExitOk;
@@ -369,11 +384,13 @@ int cmd_convert(const Reporter& r, const Options& o) {
 
 int cmd_keygen(const Reporter& r, const Options& o) {
   const bundle::SigningKey key = bundle::SigningKey::generate();
-  const std::string secret =
-      util::hex(std::string_view(reinterpret_cast<const char*>(key.secret.data()), key.secret.size()));
+  const std::string secret = util::hex(
+      std::string_view(reinterpret_cast<const char*>(key.secret.data()), key.secret.size()));
   // The secret is never readable by others, not even between its creation and a chmod.
-  if (Status s = util::write_named_file(o.output, secret + "\n", 0600); !s.ok()) return r.fail(o.output, s);
-  if (Status s = util::write_named_file(o.output + ".pub", hex_of(key.public_key) + "\n"); !s.ok()) {
+  if (Status s = util::write_named_file(o.output, secret + "\n", 0600); !s.ok())
+    return r.fail(o.output, s);
+  if (Status s = util::write_named_file(o.output + ".pub", hex_of(key.public_key) + "\n");
+      !s.ok()) {
     return r.fail(o.output + ".pub", s);
   }
   r.done({{"ok", true}, {"signing_key", o.output}, {"public_key", hex_of(key.public_key)}},
@@ -426,14 +443,18 @@ int cmd_pull(const Reporter& r, const Options& o) {
   if (!s.ok()) return r.fail(o.store_url, s.status());
   show_progress(**s, o.json);
   std::optional<std::string> value = (*s)->get(o.name);
-  if (!value) return r.fail(o.name, Status::NotFound("no entry '" + o.name + "' in " + (*s)->url()));
+  if (!value)
+    return r.fail(o.name, Status::NotFound("no entry '" + o.name + "' in " + (*s)->url()));
   if (Result<OpenedFile> opened = open_loadable(*value, *trusted); !opened.ok()) {
     return r.fail(o.name, opened.status());
   }
   if (Status written = util::write_named_file(o.output, *value); !written.ok()) {
     return r.fail(o.output, written);
   }
-  r.done({{"ok", true}, {"name", o.name}, {"store", (*s)->url()}, {"output", o.output},
+  r.done({{"ok", true},
+          {"name", o.name},
+          {"store", (*s)->url()},
+          {"output", o.output},
           {"bytes", value->size()}},
          "pulled " + o.name + " from " + (*s)->url() + " into " + o.output + " (" +
              std::to_string(value->size()) + " bytes)");
@@ -446,7 +467,8 @@ int cmd_ls(const Reporter& r, const Options& o) {
   ordered_json entries = ordered_json::array();
   std::string text;
   for (const store::EntryInfo& entry : (*s)->list()) {
-    entries.push_back({{"name", entry.name}, {"bytes", entry.size}, {"last_used_unix", entry.last_used_unix}});
+    entries.push_back(
+        {{"name", entry.name}, {"bytes", entry.size}, {"last_used_unix", entry.last_used_unix}});
     char when[32] = "-";
     if (entry.last_used_unix > 0) {
       const std::time_t t = entry.last_used_unix;
@@ -454,7 +476,8 @@ int cmd_ls(const Reporter& r, const Options& o) {
     }
     text += std::string(when) + "  " + std::to_string(entry.size) + "  " + entry.name + "\n";
   }
-  r.done({{"store", (*s)->url()}, {"entries", entries}}, text + std::to_string(entries.size()) + " entries in " + (*s)->url());
+  r.done({{"store", (*s)->url()}, {"entries", entries}},
+         text + std::to_string(entries.size()) + " entries in " + (*s)->url());
   return kExitOk;
 }
 
@@ -467,7 +490,9 @@ int cmd_gc(const Reporter& r, const Options& o) {
   Result<uint64_t> freed = (*s)->gc(*max_size);
   if (!freed.ok()) return r.fail((*s)->url(), freed.status());
   const size_t after = (*s)->list().size();
-  r.done({{"ok", true}, {"store", (*s)->url()}, {"entries_evicted", before - after},
+  r.done({{"ok", true},
+          {"store", (*s)->url()},
+          {"entries_evicted", before - after},
           {"orphan_bytes_freed", *freed}},
          "evicted " + std::to_string(before - after) + " entries and freed " +
              std::to_string(*freed) + " bytes of unreferenced objects in " + (*s)->url());
@@ -481,13 +506,14 @@ int cmd_stats(const Reporter& r, const Options& o) {
   ordered_json backends = ordered_json::array();
   std::string text;
   for (const auto& [url, st] : (*s)->backend_stats()) {
-    const ordered_json counters = {{"hits", st.hits},       {"misses", st.misses},
-                                   {"puts", st.puts},       {"bytes_in", st.bytes_in},
+    const ordered_json counters = {{"hits", st.hits},           {"misses", st.misses},
+                                   {"puts", st.puts},           {"bytes_in", st.bytes_in},
                                    {"bytes_out", st.bytes_out}, {"errors", st.errors},
                                    {"timeouts", st.timeouts}};
     backends.push_back({{"store", url}, {"counters", counters}});
     text += url + "\n";
-    for (const auto& [key, value] : counters.items()) text += "  " + key + ": " + value.dump() + "\n";
+    for (const auto& [key, value] : counters.items())
+      text += "  " + key + ": " + value.dump() + "\n";
   }
   ordered_json report = backends.front()["counters"];
   report["store"] = (*s)->url();
@@ -505,16 +531,19 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   Options o;
 
   CLI::App* inspect = app.add_subcommand("inspect", "Show what a file holds");
-  CLI::App* verify = app.add_subcommand("verify", "Check everything populate would check, write nothing");
-  CLI::App* populate_cmd = app.add_subcommand("populate", "Write the artifacts into a torch cache dir");
+  CLI::App* verify =
+      app.add_subcommand("verify", "Check everything populate would check, write nothing");
+  CLI::App* populate_cmd =
+      app.add_subcommand("populate", "Write the artifacts into a torch cache dir");
   CLI::App* convert = app.add_subcommand(
       "convert",
       "Torch Mega-Cache or standalone file to a bundle, a bundle back to Mega-Cache, or a "
       "torch.compiler.precompile pair to torch's two files (OUT and OUT.cache)");
   CLI::App* keygen = app.add_subcommand("keygen", "Make an Ed25519 signing key and its .pub");
   for (CLI::App* sub : {inspect, verify, populate_cmd, convert}) {
-    sub->add_option("FILE", o.file,
-                    "Mega-Cache blob, standalone_compile file, megacache bundle, package or precompile pair")
+    sub->add_option(
+           "FILE", o.file,
+           "Mega-Cache blob, standalone_compile file, megacache bundle, package or precompile pair")
         ->required();
     sub->add_option("--trusted-key", o.trusted,
                     "Public key (hex or .pub file) whose signatures to accept; also "
@@ -526,16 +555,19 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   populate_cmd->add_option("--cache-dir", o.cache_dir, "torch cache dir (TORCHINDUCTOR_CACHE_DIR)")
       ->required();
   convert->add_option("OUT", o.output, "Where to write the result")->required();
-  convert->add_option("--sign", o.sign_key_file, "Sign the bundle with this key (megacache keygen)");
+  convert->add_option("--sign", o.sign_key_file,
+                      "Sign the bundle with this key (megacache keygen)");
   convert->add_option("--level", o.level, "zstd level for bundles")->check(CLI::Range(1, 19));
-  keygen->add_option("OUT", o.output, "Signing key file; the public key goes to OUT.pub")->required();
+  keygen->add_option("OUT", o.output, "Signing key file; the public key goes to OUT.pub")
+      ->required();
 
   CLI::App* push = app.add_subcommand("push", "Put a checked file into a store");
   CLI::App* pull = app.add_subcommand("pull", "Get an entry from a store into a file, checked");
   CLI::App* ls = app.add_subcommand("ls", "List a store's entries");
   CLI::App* gc = app.add_subcommand("gc", "Evict least recently used entries down to a size");
   CLI::App* stats = app.add_subcommand("stats", "Show (or --zero) a store's counters");
-  push->add_option("FILE", o.file, "Bundle, package, precompile pair, Mega-Cache blob or standalone file")
+  push->add_option("FILE", o.file,
+                   "Bundle, package, precompile pair, Mega-Cache blob or standalone file")
       ->required();
   push->add_option("--name", o.name, "Entry name (default: the file's name)");
   pull->add_option("NAME", o.name, "Entry name")->required();
@@ -546,7 +578,8 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
   gc->add_option("--max-size", o.max_size, "Keep at most this much, e.g. 10G")->required();
   stats->add_flag("--zero", o.zero, "Reset the counters");
   for (CLI::App* sub : {push, pull, ls, gc, stats}) {
-    sub->add_option("--store", o.store_url, "Store URL (default: MEGACACHE_STORE, else the local store)");
+    sub->add_option("--store", o.store_url,
+                    "Store URL (default: MEGACACHE_STORE, else the local store)");
     sub->add_flag("--json", o.json, "Machine-readable output");
   }
 

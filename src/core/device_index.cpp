@@ -18,11 +18,11 @@ struct IndexForm {
 };
 
 constexpr IndexForm kForms[] = {
-    {"_DeviceGuard(", ")"},                 // the wrapper's `with torch.cuda._DeviceGuard(0):`
-    {"set_device(", ")"},                   // `torch.cuda.set_device(0)`
-    {"get_raw_stream(", ")"},               // `stream0 = get_raw_stream(0)`
-    {"type='cuda', index=", ",)"},          // DeviceProperties(...) and device(...) literals
-    {"cuda:", ""},                          // "cuda:0" in strings and graph comments
+    {"_DeviceGuard(", ")"},         // the wrapper's `with torch.cuda._DeviceGuard(0):`
+    {"set_device(", ")"},           // `torch.cuda.set_device(0)`
+    {"get_raw_stream(", ")"},       // `stream0 = get_raw_stream(0)`
+    {"type='cuda', index=", ",)"},  // DeviceProperties(...) and device(...) literals
+    {"cuda:", ""},                  // "cuda:0" in strings and graph comments
 };
 
 bool is_identifier_char(char c) {
@@ -47,13 +47,17 @@ std::vector<Mention> mentions_of(std::string_view text) {
       size_t begin = at + form.before.size();
       size_t end = begin;
       // Device indices are small: at most 4 digits, so the value cannot overflow.
-      while (end < text.size() && end - begin < 5 && std::isdigit(static_cast<unsigned char>(text[end]))) ++end;
+      while (end < text.size() && end - begin < 5 &&
+             std::isdigit(static_cast<unsigned char>(text[end])))
+        ++end;
       if (end == begin || end - begin > 4) continue;
       if (end < text.size() && std::isdigit(static_cast<unsigned char>(text[end]))) continue;
       // Inductor writes an index without leading zeros; "cuda:00" is not one of its forms, and
       // rewriting it could not be undone exactly (cuda:00 -> cuda:7 -> cuda:0).
       if (end - begin > 1 && text[begin] == '0') continue;
-      if (!form.after.empty() && (end >= text.size() || form.after.find(text[end]) == std::string_view::npos)) continue;
+      if (!form.after.empty() &&
+          (end >= text.size() || form.after.find(text[end]) == std::string_view::npos))
+        continue;
       if (form.after.empty() && end < text.size() && is_identifier_char(text[end])) continue;
       found.push_back({begin, end, std::stoi(std::string(text.substr(begin, end - begin)))});
     }
@@ -99,15 +103,18 @@ Result<std::vector<std::string>> triton_kernel_sources(std::string_view source) 
   constexpr std::string_view kCall = "async_compile.triton(";
   constexpr std::string_view kQuotes = "'''";
   std::vector<std::string> kernels;
-  for (size_t at = source.find(kCall); at != std::string_view::npos; at = source.find(kCall, at + 1)) {
+  for (size_t at = source.find(kCall); at != std::string_view::npos;
+       at = source.find(kCall, at + 1)) {
     // async_compile.triton('name', '''<source>''', device_str='cuda')
     size_t name_end = source.find(", '''", at + kCall.size());
     size_t line_end = source.find('\n', at);
-    if (name_end == std::string_view::npos || name_end > line_end) continue;  // a call, not a kernel
+    if (name_end == std::string_view::npos || name_end > line_end)
+      continue;  // a call, not a kernel
     size_t begin = name_end + 2 + kQuotes.size();
     size_t end = source.find(kQuotes, begin);
     if (end == std::string_view::npos) {
-      return Status::Corruption(begin, "the Triton kernel literal that starts here has no closing '''");
+      return Status::Corruption(begin,
+                                "the Triton kernel literal that starts here has no closing '''");
     }
     std::string_view literal = source.substr(begin, end - begin);
     if (literal.find('\\') != std::string_view::npos) {

@@ -31,14 +31,14 @@ Result<std::string> installed_identity(const std::string& root) {
       if (path.filename() == "__pycache__") it.disable_recursion_pending();
       continue;
     }
-    struct stat info {};
+    struct stat info{};
     if (::lstat(path.c_str(), &info) != 0) {
       return Status::IOError("cannot stat " + path.string());
     }
     // Links and special files are named by what they are; regular files by size and mtime.
     lines.push_back(path.native().substr(prefix) + '\0' + std::to_string(info.st_mode) + '\0' +
-                    std::to_string(info.st_size) + '\0' + std::to_string(info.st_mtim.tv_sec) + '.' +
-                    std::to_string(info.st_mtim.tv_nsec) + '\n');
+                    std::to_string(info.st_size) + '\0' + std::to_string(info.st_mtim.tv_sec) +
+                    '.' + std::to_string(info.st_mtim.tv_nsec) + '\n');
   }
   std::sort(lines.begin(), lines.end());
   std::string hashed;

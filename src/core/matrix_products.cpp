@@ -29,8 +29,10 @@ struct Declared {
 };
 
 std::string_view trim(std::string_view text) {
-  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
-  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.remove_suffix(1);
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front())))
+    text.remove_prefix(1);
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back())))
+    text.remove_suffix(1);
   return text;
 }
 
@@ -54,8 +56,10 @@ std::optional<std::vector<std::string_view>> split_arguments(std::string_view te
     if (depth < 0) return std::nullopt;
     if (c == ',' && depth == 0) {
       std::string_view part = trim(text.substr(begin, i - begin));
-      if (!part.empty()) parts.push_back(part);
-      else if (i < text.size()) return std::nullopt;  // ", ," is no argument list
+      if (!part.empty())
+        parts.push_back(part);
+      else if (i < text.size())
+        return std::nullopt;  // ", ," is no argument list
       begin = i + 1;
     }
   }
@@ -64,7 +68,8 @@ std::optional<std::vector<std::string_view>> split_arguments(std::string_view te
 }
 
 // The arguments of `text` when it is exactly one call of `function`: "function(<arguments>)".
-std::optional<std::vector<std::string_view>> call_of(std::string_view text, std::string_view function) {
+std::optional<std::vector<std::string_view>> call_of(std::string_view text,
+                                                     std::string_view function) {
   if (text.size() < function.size() + 2 || text.substr(0, function.size()) != function ||
       text[function.size()] != '(' || text.back() != ')') {
     return std::nullopt;
@@ -87,7 +92,8 @@ std::optional<std::vector<int64_t>> integer_tuple(std::string_view text) {
   for (std::string_view part : *parts) {
     int64_t value = 0;
     auto [end, error] = std::from_chars(part.data(), part.data() + part.size(), value);
-    if (error != std::errc() || end != part.data() + part.size() || value < 0 || value > kMaxExtent) {
+    if (error != std::errc() || end != part.data() + part.size() || value < 0 ||
+        value > kMaxExtent) {
       return std::nullopt;
     }
     values.push_back(value);
@@ -98,19 +104,21 @@ std::optional<std::vector<int64_t>> integer_tuple(std::string_view text) {
 std::optional<TensorLayout> layout_of(std::string_view sizes, std::string_view strides) {
   std::optional<std::vector<int64_t>> size_values = integer_tuple(sizes);
   std::optional<std::vector<int64_t>> stride_values = integer_tuple(strides);
-  if (!size_values || !stride_values || size_values->size() != stride_values->size()) return std::nullopt;
+  if (!size_values || !stride_values || size_values->size() != stride_values->size())
+    return std::nullopt;
   return TensorLayout{std::move(*size_values), std::move(*stride_values)};
 }
 
 // A tensor expression of the wrapper: a declared name, or reinterpret_tensor(name, sizes,
 // strides, offset), whose dtype is its base's.
-Declared evaluate(std::string_view expression, const std::map<std::string, Declared, std::less<>>& declared,
-                  int depth = 0) {
+Declared evaluate(std::string_view expression,
+                  const std::map<std::string, Declared, std::less<>>& declared, int depth = 0) {
   if (is_identifier(expression)) {
     auto found = declared.find(expression);
     return found == declared.end() ? Declared{} : found->second;
   }
-  std::optional<std::vector<std::string_view>> arguments = call_of(expression, "reinterpret_tensor");
+  std::optional<std::vector<std::string_view>> arguments =
+      call_of(expression, "reinterpret_tensor");
   if (!arguments || arguments->size() != 4 || depth == kMaxViewDepth) return {};
   Declared base = evaluate((*arguments)[0], declared, depth + 1);
   return {layout_of((*arguments)[1], (*arguments)[2]), base.dtype};
@@ -132,26 +140,29 @@ bool shapes_multiply(std::string_view op, const std::vector<TensorLayout>& opera
 }
 
 // The product one `extern_kernels.<op>(...)` statement calls, if every part of it is spelled out.
-std::optional<MatrixProduct> product_of(std::string_view statement,
-                                        const std::map<std::string, Declared, std::less<>>& declared) {
+std::optional<MatrixProduct> product_of(
+    std::string_view statement, const std::map<std::string, Declared, std::less<>>& declared) {
   constexpr std::string_view kPrefix = "extern_kernels.";
   const size_t open = statement.find('(');
   if (open == std::string_view::npos) return std::nullopt;
   const std::string_view op = statement.substr(kPrefix.size(), open - kPrefix.size());
   const size_t expected = positional_operands(op);
-  std::optional<std::vector<std::string_view>> arguments = call_of(statement, statement.substr(0, open));
+  std::optional<std::vector<std::string_view>> arguments =
+      call_of(statement, statement.substr(0, open));
   if (expected == 0 || !arguments) return std::nullopt;
   MatrixProduct product{std::string(op), "", {}, {}};
   bool has_out = false;
   for (std::string_view argument : *arguments) {
     const size_t equals = argument.find('=');
-    const bool keyword = equals != std::string_view::npos && is_identifier(trim(argument.substr(0, equals)));
+    const bool keyword =
+        equals != std::string_view::npos && is_identifier(trim(argument.substr(0, equals)));
     if (keyword && trim(argument.substr(0, equals)) != "out") continue;  // alpha=1, beta=1
     Declared value = evaluate(keyword ? trim(argument.substr(equals + 1)) : argument, declared);
     if (!value.layout) return std::nullopt;
     // torch.mm and its kin take operands and a result of one dtype; any of them may declare it
     // (a graph input or an op's output does not).
-    if (!value.dtype.empty() && !product.dtype.empty() && value.dtype != product.dtype) return std::nullopt;
+    if (!value.dtype.empty() && !product.dtype.empty() && value.dtype != product.dtype)
+      return std::nullopt;
     if (!value.dtype.empty()) product.dtype = std::move(value.dtype);
     if (keyword) {
       product.out = std::move(*value.layout);
@@ -168,13 +179,15 @@ std::optional<MatrixProduct> product_of(std::string_view statement,
 }
 
 // A statement "name = <right>": what `name` now is.
-void declare(std::string_view name, std::string_view right, std::map<std::string, Declared, std::less<>>& declared) {
+void declare(std::string_view name, std::string_view right,
+             std::map<std::string, Declared, std::less<>>& declared) {
   Declared value;
   std::optional<std::vector<std::string_view>> arguments = call_of(right, "empty_strided_cuda");
   if (!arguments) arguments = call_of(right, "empty_strided_cpu");
   if (arguments) {
     // empty_strided_cuda(sizes, strides, torch.<dtype>), and _cpu in a CPU graph's wrapper
-    if (arguments->size() == 3 && (*arguments)[2].substr(0, 6) == "torch." && is_identifier((*arguments)[2].substr(6))) {
+    if (arguments->size() == 3 && (*arguments)[2].substr(0, 6) == "torch." &&
+        is_identifier((*arguments)[2].substr(6))) {
       value = {layout_of((*arguments)[0], (*arguments)[1]), std::string((*arguments)[2].substr(6))};
     }
   } else {
@@ -191,9 +204,12 @@ void declare_grouped(const std::vector<std::string_view>& arguments,
   std::optional<std::vector<std::string_view>> names = tuple_items(arguments[0]);
   std::optional<std::vector<std::string_view>> sizes = tuple_items(arguments[1]);
   std::optional<std::vector<std::string_view>> strides = tuple_items(arguments[2]);
-  if (!names || !sizes || !strides || sizes->size() != names->size() || strides->size() != names->size()) return;
+  if (!names || !sizes || !strides || sizes->size() != names->size() ||
+      strides->size() != names->size())
+    return;
   for (size_t i = 0; i < names->size(); ++i) {
-    if (is_identifier((*names)[i])) declared[std::string((*names)[i])].layout = layout_of((*sizes)[i], (*strides)[i]);
+    if (is_identifier((*names)[i]))
+      declared[std::string((*names)[i])].layout = layout_of((*sizes)[i], (*strides)[i]);
   }
 }
 
@@ -201,8 +217,11 @@ void declare_grouped(const std::vector<std::string_view>& arguments,
 
 bool calls_cublas(std::string_view wrapper) {
   constexpr std::string_view kPrefix = "extern_kernels.";
-  for (size_t at = wrapper.find(kPrefix); at != std::string_view::npos; at = wrapper.find(kPrefix, at + 1)) {
-    if (at > 0 && (std::isalnum(static_cast<unsigned char>(wrapper[at - 1])) != 0 || wrapper[at - 1] == '_')) continue;
+  for (size_t at = wrapper.find(kPrefix); at != std::string_view::npos;
+       at = wrapper.find(kPrefix, at + 1)) {
+    if (at > 0 &&
+        (std::isalnum(static_cast<unsigned char>(wrapper[at - 1])) != 0 || wrapper[at - 1] == '_'))
+      continue;
     const size_t name_begin = at + kPrefix.size();
     const size_t open = wrapper.find('(', name_begin);
     if (open == std::string_view::npos) return false;
@@ -223,13 +242,15 @@ std::vector<MatrixProduct> matrix_products(std::string_view wrapper) {
     line_begin = line_end + 1;
     // "buf1 = buf0; del buf0  # reuse": the first statement of the line is the one that binds.
     statement = trim(statement.substr(0, std::min(statement.find('#'), statement.find(';'))));
-    if (std::optional<std::vector<std::string_view>> arguments = call_of(statement, "assert_size_stride")) {
+    if (std::optional<std::vector<std::string_view>> arguments =
+            call_of(statement, "assert_size_stride")) {
       // assert_size_stride(name, sizes, strides[, 'the op that made it']): its layout, checked by
       // torch when the graph runs; the name keeps any dtype it had.
       if ((arguments->size() == 3 || arguments->size() == 4) && is_identifier((*arguments)[0])) {
         declared[std::string((*arguments)[0])].layout = layout_of((*arguments)[1], (*arguments)[2]);
       }
-    } else if (std::optional<std::vector<std::string_view>> grouped = call_of(statement, "assert_size_stride_grouped")) {
+    } else if (std::optional<std::vector<std::string_view>> grouped =
+                   call_of(statement, "assert_size_stride_grouped")) {
       // torch 2.15: assert_size_stride_grouped((names), (sizes of each), (strides of each)[, 'op'])
       declare_grouped(*grouped, declared);
     } else if (statement.substr(0, 15) == "extern_kernels.") {
@@ -237,8 +258,8 @@ std::vector<MatrixProduct> matrix_products(std::string_view wrapper) {
       if (product && std::find(products.begin(), products.end(), *product) == products.end()) {
         products.push_back(std::move(*product));
       }
-    } else if (const size_t equals = statement.find(" = "); equals != std::string_view::npos &&
-               is_identifier(statement.substr(0, equals))) {
+    } else if (const size_t equals = statement.find(" = ");
+               equals != std::string_view::npos && is_identifier(statement.substr(0, equals))) {
       declare(statement.substr(0, equals), trim(statement.substr(equals + 3)), declared);
     }
   }

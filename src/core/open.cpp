@@ -64,7 +64,8 @@ Result<OpenedFile> open_file(std::string_view file,
       }
       Result<mega_cache::MegaCache> fallback = mega_cache::parse(opened.package->mega_cache);
       if (!fallback.ok()) {
-        return Status::Corruption(0, "in the package's Mega-Cache artifacts: " + fallback.status().to_string());
+        return Status::Corruption(
+            0, "in the package's Mega-Cache artifacts: " + fallback.status().to_string());
       }
       opened.direct = std::move(fallback).value();
       return opened;
@@ -91,14 +92,17 @@ Result<OpenedFile> open_file(std::string_view file,
   return opened;
 }
 
-Result<size_t> verify_file(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys) {
+Result<size_t> verify_file(std::string_view file,
+                           const std::vector<bundle::PublicKey>& trusted_keys) {
   Result<OpenedFile> opened = open_file(file, trusted_keys);
   if (!opened.ok()) return opened.status();
   if (opened->artifacts() == nullptr) return size_t{0};
   Result<std::vector<PlannedFile>> plan = plan_populate(*opened->artifacts());
   if (!plan.ok()) return plan.status();
   const precompile::Package* package = opened->package ? &*opened->package : nullptr;
-  return plan->size() + (package ? package->kernels.size() + package->triton_modules.size() + package->cuda_jit.size() : 0);
+  return plan->size() + (package ? package->kernels.size() + package->triton_modules.size() +
+                                       package->cuda_jit.size()
+                                 : 0);
 }
 
 Result<PopulateReport> populate_file(const OpenedFile& opened, const std::string& cache_dir,

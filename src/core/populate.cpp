@@ -90,7 +90,8 @@ Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, const Populat
   const std::string_view type = artifact.type;
   const std::string& key = artifact.key;
   if (type == kInductor || type == kAotAutograd || type == kPrecompile) {
-    if (std::string problem = segment_problem(key); !problem.empty()) return refuse(artifact, problem);
+    if (std::string problem = segment_problem(key); !problem.empty())
+      return refuse(artifact, problem);
   }
   if (type == kInductor) {
     const std::string_view shard = python_slice_1_3(key);
@@ -122,14 +123,17 @@ Result<PlannedFile> plan_one(const mega_cache::Artifact& artifact, const Populat
                        artifact.type) != options.caller_populated_types.end()) {
     file.caller_populates = true;
   } else {
-    const std::vector<std::string_view> built_in = {kInductor, kAutotune, kAotAutograd, kPgo, kPrecompile};
+    const std::vector<std::string_view> built_in = {kInductor, kAutotune, kAotAutograd, kPgo,
+                                                    kPrecompile};
     std::string known;
     for (std::string_view name : built_in) known += (known.empty() ? "" : ", ") + std::string(name);
     for (const std::string& extra : options.caller_populated_types) {
-      if (std::find(built_in.begin(), built_in.end(), extra) == built_in.end()) known += ", " + extra;
+      if (std::find(built_in.begin(), built_in.end(), extra) == built_in.end())
+        known += ", " + extra;
     }
     return Status::InvalidArgument(
-        "unknown artifact type '" + artifact.type + "' (known here: " + known + "); torch refuses "
+        "unknown artifact type '" + artifact.type + "' (known here: " + known +
+        "); torch refuses "
         "a blob with a type that no CacheArtifactFactory.register call in this process "
         "registered, and so does megacache: import the module that registers it before loading");
   }
@@ -155,7 +159,8 @@ Result<std::vector<PlannedFile>> plan_populate(const mega_cache::MegaCache& cach
   for (const mega_cache::TypeGroup& group : cache.groups) {
     if (!group.dropped_by_torch) continue;
     for (const mega_cache::Artifact& artifact : group.artifacts) {
-      if (Result<PlannedFile> file = plan_one(artifact, options, pgo_key); !file.ok()) return file.status();
+      if (Result<PlannedFile> file = plan_one(artifact, options, pgo_key); !file.ok())
+        return file.status();
     }
   }
   std::vector<PlannedFile> plan;
@@ -175,8 +180,9 @@ Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::s
 Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::string& cache_dir,
                                 const PopulateOptions& options, util::FileSystem& fs) {
   if (cache_dir.empty()) {
-    return Status::InvalidArgument("the cache dir is empty; pass the torch cache dir "
-                                   "(TORCHINDUCTOR_CACHE_DIR)");
+    return Status::InvalidArgument(
+        "the cache dir is empty; pass the torch cache dir "
+        "(TORCHINDUCTOR_CACHE_DIR)");
   }
   Result<std::vector<PlannedFile>> plan = plan_populate(cache, options);
   if (!plan.ok()) {
@@ -206,7 +212,8 @@ Result<PopulateReport> populate(const mega_cache::MegaCache& cache, const std::s
       if (Status made = fs.create_directories(cache_dir, dir); !made.ok()) return made;
       last_made_dir = dir;
     }
-    const std::string target = content_named ? in_dir(util::torch_sha256_name(artifact.content)) : path;
+    const std::string target =
+        content_named ? in_dir(util::torch_sha256_name(artifact.content)) : path;
     if (Status written = fs.write_atomic(cache_dir, target, artifact.content); !written.ok()) {
       return written;
     }

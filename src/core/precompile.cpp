@@ -1,10 +1,10 @@
 #include "megacache/precompile.h"
 
+#include <link.h>
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
 #include <fstream>
-#include <link.h>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -50,8 +50,11 @@ std::vector<Bypass> PrecompileContext::bypasses_locked(const DynamoEntry& entry)
     for (const std::string& id : entry.codes[i].backend_ids) {
       if (!backends_.count(id)) {
         // torch stops at the first missing backend of a code, as do we.
-        bypassed.push_back({i, id, "backend " + id + " was not recorded (its compile did not produce a "
-                                   "bundled AOTAutograd artifact), so this frame compiles again on load"});
+        bypassed.push_back(
+            {i, id,
+             "backend " + id +
+                 " was not recorded (its compile did not produce a "
+                 "bundled AOTAutograd artifact), so this frame compiles again on load"});
         break;
       }
     }
@@ -69,7 +72,8 @@ std::vector<FunctionPackage> PrecompileContext::stitch(const std::vector<std::st
       const bool bypassed = std::any_of(package.bypassed.begin(), package.bypassed.end(),
                                         [i](const Bypass& b) { return b.code == i; });
       if (bypassed) continue;  // its found backends are not needed either
-      for (const std::string& id : entry.codes[i].backend_ids) package.backends[id] = backends_.at(id);
+      for (const std::string& id : entry.codes[i].backend_ids)
+        package.backends[id] = backends_.at(id);
     }
     packages.push_back(std::move(package));
   }
@@ -87,7 +91,8 @@ Status PrecompileContext::edit_artifact(
     std::string_view id, const std::function<Result<std::string>(std::string_view)>& edit) {
   std::lock_guard lock(mutex_);
   auto it = backends_.find(std::string(id));
-  if (it == backends_.end()) return Status::NotFound("no backend artifact '" + std::string(id) + "'");
+  if (it == backends_.end())
+    return Status::NotFound("no backend artifact '" + std::string(id) + "'");
   Result<std::string> edited = edit(it->second);
   if (!edited.ok()) return edited.status();
   it->second = std::move(edited).value();
@@ -116,10 +121,11 @@ std::string without_dynamo_cache_entries(const std::string& blob) {
 
 Package PrecompileContext::package(bundle::Fingerprint fingerprint, std::vector<KernelFile> kernels,
                                    std::string mega_cache, const std::vector<std::string>& only,
-                                   std::vector<KernelFile> triton_modules, std::vector<KernelFile> cuda_jit) const {
-  return Package{std::move(fingerprint),    stitch(only),
-                 std::move(kernels),        std::move(triton_modules),
-                 std::move(cuda_jit),       without_dynamo_cache_entries(mega_cache)};
+                                   std::vector<KernelFile> triton_modules,
+                                   std::vector<KernelFile> cuda_jit) const {
+  return Package{std::move(fingerprint), stitch(only),
+                 std::move(kernels),     std::move(triton_modules),
+                 std::move(cuda_jit),    without_dynamo_cache_entries(mega_cache)};
 }
 
 std::string PrecompileContext::serialize(bundle::Fingerprint fingerprint,
@@ -134,7 +140,8 @@ std::string PrecompileContext::debug_info_json() const {
   nlohmann::ordered_json dynamo = nlohmann::ordered_json::array();
   for (const auto& [key, entry] : entries_) {
     std::set<std::string> ids;
-    for (const Code& code : entry.codes) ids.insert(code.backend_ids.begin(), code.backend_ids.end());
+    for (const Code& code : entry.codes)
+      ids.insert(code.backend_ids.begin(), code.backend_ids.end());
     nlohmann::ordered_json bypassed = nlohmann::ordered_json::array();
     for (const Bypass& b : bypasses_locked(entry)) {
       bypassed.push_back({{"backend_id", b.backend_id}, {"reason", b.reason}});
@@ -202,7 +209,8 @@ std::vector<std::string> loaded_libraries() {
 
 }  // namespace
 
-Result<std::vector<KernelFile>> read_loaded_triton_modules(const std::vector<std::string>& triton_cache_dirs) {
+Result<std::vector<KernelFile>> read_loaded_triton_modules(
+    const std::vector<std::string>& triton_cache_dirs) {
   namespace fs = std::filesystem;
   std::vector<fs::path> roots;
   for (const std::string& dir : triton_cache_dirs) {
@@ -275,22 +283,27 @@ std::string cuda_driver_version() {
   for (std::string word; words >> word;) {
     const bool version = !word.empty() && std::isdigit(static_cast<unsigned char>(word.front())) &&
                          word.find('.') != std::string::npos &&
-                         std::all_of(word.begin(), word.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.'; });
+                         std::all_of(word.begin(), word.end(), [](char c) {
+                           return std::isdigit(static_cast<unsigned char>(c)) || c == '.';
+                         });
     if (version) return word;
   }
   return {};
 }
 
-Result<Package> read_package(std::string_view file, const std::vector<bundle::PublicKey>& trusted_keys) {
+Result<Package> read_package(std::string_view file,
+                             const std::vector<bundle::PublicKey>& trusted_keys) {
   Result<bundle::Bundle> bundle = bundle::parse(file);
   if (!bundle.ok()) return bundle.status();
   if (Status trust = bundle::check_trust(*bundle, trusted_keys); !trust.ok()) return trust;
   return read_package(*bundle);
 }
 
-Result<Package> read_package_at(const std::string& path, const std::vector<bundle::PublicKey>& trusted_keys) {
+Result<Package> read_package_at(const std::string& path,
+                                const std::vector<bundle::PublicKey>& trusted_keys) {
   if (path.empty() || path.find('\0') != std::string::npos) {
-    return Status::InvalidArgument("the package path '" + util::printable(path) + "' is empty or holds a NUL character");
+    return Status::InvalidArgument("the package path '" + util::printable(path) +
+                                   "' is empty or holds a NUL character");
   }
   std::error_code error;
   if (std::filesystem::is_directory(path, error)) return read_unpacked(path, trusted_keys);
@@ -300,11 +313,13 @@ Result<Package> read_package_at(const std::string& path, const std::vector<bundl
 }
 
 std::string store_name(const FunctionIdentity& function, const bundle::Fingerprint& fingerprint) {
-  std::string hashed = source_key(function.qualname, function.first_line) + '\n' + function.source_sha256 + '\n';
+  std::string hashed =
+      source_key(function.qualname, function.first_line) + '\n' + function.source_sha256 + '\n';
   for (const auto& [name, value] : fingerprint) hashed += name + '=' + value + '\n';
   std::string readable;
   for (char c : function.qualname.substr(0, 60)) {
-    const bool keep = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+    const bool keep =
+        std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
     readable += keep ? c : '_';
   }
   return "precompile-" + (readable.empty() ? std::string("fn") : readable) + "-" +
@@ -346,7 +361,8 @@ Status check_package(const Package& package, const LoadCheck& check) {
   if (!package.kernels.empty()) required.insert(required.end(), {"cpu_arch", "cpu_flags", "cxx"});
   // Triton's own key for a module covers its source, build options and platform, not the
   // Triton and CUDA it was built with or the OS it links against.
-  if (!package.triton_modules.empty()) required.insert(required.end(), {"triton", "cuda", "os", "cpu_arch"});
+  if (!package.triton_modules.empty())
+    required.insert(required.end(), {"triton", "cuda", "os", "cpu_arch"});
   // A JIT cache entry is the driver's build for one GPU; its driver is checked where it is
   // installed (populate_package), since the rest of the package does not depend on it.
   if (!package.cuda_jit.empty()) required.insert(required.end(), {"gpu", "gpu_capability"});
@@ -379,11 +395,10 @@ Status check_package(const Package& package, const LoadCheck& check) {
     }
     if (!check.ignore_source_changes && !built.source_sha256.empty() &&
         !want.source_sha256.empty() && built.source_sha256 != want.source_sha256) {
-      return Status::Mismatch("source of " + describe_function(want) +
-                              " changed since the package was built (sha256 " +
-                              built.source_sha256.substr(0, 12) + ", now " +
-                              want.source_sha256.substr(0, 12) +
-                              "); compile again, or pass ignore_source_changes=True");
+      return Status::Mismatch(
+          "source of " + describe_function(want) + " changed since the package was built (sha256 " +
+          built.source_sha256.substr(0, 12) + ", now " + want.source_sha256.substr(0, 12) +
+          "); compile again, or pass ignore_source_changes=True");
     }
     selected.push_back(found);
   } else {
@@ -416,8 +431,8 @@ namespace {
 // entries) into that program's cache dir. A file already there is left alone: the owner may have
 // built and loaded it in this process. A dir that cannot be written (a read-only HOME beside a
 // writable TRITON_CACHE_DIR) is passed over: its owner builds what it needs itself.
-void install_carried_files(util::FileSystem& files, const std::string& dir, const std::vector<KernelFile>& carried,
-                           PopulateReport& report) {
+void install_carried_files(util::FileSystem& files, const std::string& dir,
+                           const std::vector<KernelFile>& carried, PopulateReport& report) {
   for (const KernelFile& f : carried) {
     if (files.file_info(dir, f.path)) {
       ++report.files_unchanged;
@@ -436,7 +451,8 @@ void install_carried_files(util::FileSystem& files, const std::string& dir, cons
 Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,
                                         const std::vector<std::string>& triton_cache_dirs,
                                         const CudaJitTarget& cuda_jit) {
-  return populate_package(package, cache_dir, triton_cache_dirs, cuda_jit, util::FileSystem::real());
+  return populate_package(package, cache_dir, triton_cache_dirs, cuda_jit,
+                          util::FileSystem::real());
 }
 
 Result<PopulateReport> populate_package(const Package& package, const std::string& cache_dir,
@@ -450,12 +466,14 @@ Result<PopulateReport> populate_package(const Package& package, const std::strin
   }
   for (const KernelFile& m : package.triton_modules) {
     if (!is_triton_module_path(m.path)) {
-      return Status::InvalidArgument("Triton module path '" + m.path + "' is not <Triton key>/<name>.so");
+      return Status::InvalidArgument("Triton module path '" + m.path +
+                                     "' is not <Triton key>/<name>.so");
     }
   }
   for (const KernelFile& e : package.cuda_jit) {
     if (!is_cuda_jit_path(e.path)) {
-      return Status::InvalidArgument("CUDA JIT cache path '" + e.path + "' is not <hex>/<hex>/<hex name>");
+      return Status::InvalidArgument("CUDA JIT cache path '" + e.path +
+                                     "' is not <hex>/<hex>/<hex name>");
     }
   }
   PopulateReport report;
@@ -475,10 +493,13 @@ Result<PopulateReport> populate_package(const Package& package, const std::strin
     if (Status s = files.write_atomic(cache_dir, k.path, k.bytes); !s.ok()) return s;
     ++report.files_written;
   }
-  for (const std::string& triton_dir : std::set<std::string>(triton_cache_dirs.begin(), triton_cache_dirs.end())) {
-    if (!triton_dir.empty()) install_carried_files(files, triton_dir, package.triton_modules, report);
+  for (const std::string& triton_dir :
+       std::set<std::string>(triton_cache_dirs.begin(), triton_cache_dirs.end())) {
+    if (!triton_dir.empty())
+      install_carried_files(files, triton_dir, package.triton_modules, report);
   }
-  if (!cuda_jit.dir.empty() && !cuda_jit.driver.empty() && field(package.fingerprint, "cuda_driver") == cuda_jit.driver) {
+  if (!cuda_jit.dir.empty() && !cuda_jit.driver.empty() &&
+      field(package.fingerprint, "cuda_driver") == cuda_jit.driver) {
     install_carried_files(files, cuda_jit.dir, package.cuda_jit, report);
   }
   return report;

@@ -41,8 +41,9 @@ std::string_view field_value(const Pair& pair, std::string_view name) {
 // The rules a pair keeps, whether it is about to be written or was just read.
 Status check(const Pair& pair) {
   if (!known_apis().count(pair.api)) {
-    return Status::InvalidArgument("api '" + util::printable(pair.api) +
-                                   "' is not torch.compiler.precompile or torch.compiler.precompile.capture");
+    return Status::InvalidArgument(
+        "api '" + util::printable(pair.api) +
+        "' is not torch.compiler.precompile or torch.compiler.precompile.capture");
   }
   if (pair.python_code.empty() || !util::is_valid_utf8(pair.python_code)) {
     return Status::InvalidArgument("the python_code half is empty or not UTF-8");
@@ -51,7 +52,8 @@ Status check(const Pair& pair) {
   std::set<std::string_view> names;
   for (const auto& [name, value] : pair.cache_fields) {
     if (name.empty() || !util::is_valid_utf8(name) || !util::is_valid_utf8(value)) {
-      return Status::InvalidArgument("a cache field name is empty, or a name or value is not UTF-8");
+      return Status::InvalidArgument(
+          "a cache field name is empty, or a name or value is not UTF-8");
     }
     if (!names.insert(name).second) {
       return Status::InvalidArgument("cache field '" + util::printable(name) + "' is given twice");
@@ -65,10 +67,10 @@ Status check(const Pair& pair) {
   }
   const std::string code_sha256 = util::sha256_hex(pair.python_code);
   if (field_value(pair, "code_hash") != code_sha256) {
-    return Status::InvalidArgument(
-        "the cache's code_hash " + util::printable(std::string(field_value(pair, "code_hash"))) +
-        " is not the sha256 of the python_code (" + code_sha256 +
-        "): the two halves come from different precompile calls");
+    return Status::InvalidArgument("the cache's code_hash " +
+                                   util::printable(std::string(field_value(pair, "code_hash"))) +
+                                   " is not the sha256 of the python_code (" + code_sha256 +
+                                   "): the two halves come from different precompile calls");
   }
   return Status::OK();
 }
@@ -111,15 +113,18 @@ Result<Pair> read_pair(const bundle::Bundle& bundle) {
   if (bundle.entries.size() != 3 || bundle.entries[1].type != kCodeType ||
       bundle.entries[1].key != kCodeKey || bundle.entries[2].type != kCacheType ||
       bundle.entries[2].key != kCacheKey) {
-    return Status::Corruption(0, "an aot pair holds exactly its manifest, python_code and cache, in that order");
+    return Status::Corruption(
+        0, "an aot pair holds exactly its manifest, python_code and cache, in that order");
   }
   if (bundle.entries[0].raw_size > kMaxManifestBytes) {
-    return Status::Corruption(0, "aot pair manifest claims " + std::to_string(bundle.entries[0].raw_size) +
+    return Status::Corruption(0, "aot pair manifest claims " +
+                                     std::to_string(bundle.entries[0].raw_size) +
                                      " bytes, more than " + std::to_string(kMaxManifestBytes));
   }
   Result<std::string> manifest_text = bundle.read(0);
   if (!manifest_text.ok()) return manifest_text.status();
-  const ordered_json manifest = ordered_json::parse(*manifest_text, nullptr, /*allow_exceptions=*/false);
+  const ordered_json manifest =
+      ordered_json::parse(*manifest_text, nullptr, /*allow_exceptions=*/false);
   if (manifest.is_discarded() || !manifest.is_object()) return manifest_error("not a JSON object");
   Status error = Status::OK();
   Pair pair;
@@ -128,7 +133,9 @@ Result<Pair> read_pair(const bundle::Bundle& bundle) {
   const std::string code_sha256 = text_field(manifest, "python_code_sha256", error);
   const std::string cache_sha256 = text_field(manifest, "cache_sha256", error);
   if (!error.ok()) return error;
-  if (format != kFormatName) return manifest_error("format is '" + util::printable(format) + "', not " + std::string(kFormatName));
+  if (format != kFormatName)
+    return manifest_error("format is '" + util::printable(format) + "', not " +
+                          std::string(kFormatName));
   if (!manifest.contains("version") || !manifest.at("version").is_number_unsigned() ||
       manifest.at("version").get<uint64_t>() != kManifestVersion) {
     return manifest_error("version is not 1; a newer megacache wrote it");
@@ -137,7 +144,8 @@ Result<Pair> read_pair(const bundle::Bundle& bundle) {
     return manifest_error("field 'cache_fields' is missing or not an object");
   }
   for (const auto& [name, value] : manifest.at("cache_fields").items()) {
-    if (!value.is_string()) return manifest_error("cache field '" + util::printable(name) + "' is not a string");
+    if (!value.is_string())
+      return manifest_error("cache field '" + util::printable(name) + "' is not a string");
     pair.cache_fields.emplace_back(name, value.get<std::string>());
   }
   Result<std::string> code = bundle.read(1);
@@ -147,7 +155,8 @@ Result<Pair> read_pair(const bundle::Bundle& bundle) {
   pair.python_code = std::move(code).value();
   pair.cache = std::move(cache).value();
   if (util::sha256_hex(pair.python_code) != code_sha256) {
-    return Status::InvalidArgument("the python_code is not the one the manifest names (sha256 differs)");
+    return Status::InvalidArgument(
+        "the python_code is not the one the manifest names (sha256 differs)");
   }
   if (util::sha256_hex(pair.cache) != cache_sha256) {
     return Status::InvalidArgument("the cache is not the one the manifest names (sha256 differs)");

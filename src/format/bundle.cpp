@@ -58,12 +58,14 @@ std::string describe(const Entry& entry) { return entry.type + " artifact '" + e
 
 // zstd contexts cost a large allocation each; one per thread is reused across calls.
 ZSTD_CCtx* compression_context() {
-  static thread_local std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> context(ZSTD_createCCtx(), ZSTD_freeCCtx);
+  static thread_local std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> context(ZSTD_createCCtx(),
+                                                                                 ZSTD_freeCCtx);
   return context.get();
 }
 
 ZSTD_DCtx* decompression_context() {
-  static thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> context(ZSTD_createDCtx(), ZSTD_freeDCtx);
+  static thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> context(ZSTD_createDCtx(),
+                                                                                 ZSTD_freeDCtx);
   return context.get();
 }
 
@@ -74,7 +76,8 @@ bool sodium_ready() {
 
 // Where a payload starts in the bundle file: the offset a refused claim is reported at.
 uint64_t payload_offset(const Bundle& bundle, const Entry& entry) {
-  return static_cast<uint64_t>(bundle.payloads.data() - bundle.header_and_index.data()) + entry.offset;
+  return static_cast<uint64_t>(bundle.payloads.data() - bundle.header_and_index.data()) +
+         entry.offset;
 }
 
 constexpr uint32_t kZstdMagic = 0xFD2FB528;
@@ -88,8 +91,7 @@ constexpr uint64_t kZstdMaxBlockBytes = 128 * 1024;
 // The frame must fill `frame` exactly. Errors: Corruption at the malformed block.
 Result<uint64_t> decodable_bytes(std::string_view frame, uint64_t at, const Entry& entry) {
   auto byte = [&](size_t i) { return static_cast<uint32_t>(static_cast<uint8_t>(frame[i])); };
-  if (frame.size() < 5 ||
-      (byte(0) | byte(1) << 8 | byte(2) << 16 | byte(3) << 24) != kZstdMagic) {
+  if (frame.size() < 5 || (byte(0) | byte(1) << 8 | byte(2) << 16 | byte(3) << 24) != kZstdMagic) {
     return Status::Corruption(at, describe(entry) + ": payload is not a zstd frame");
   }
   const uint32_t descriptor = byte(4);
@@ -99,7 +101,8 @@ Result<uint64_t> decodable_bytes(std::string_view frame, uint64_t at, const Entr
   constexpr size_t kContentSizeBytes[] = {0, 2, 4, 8};
   const size_t content_size_bytes =
       (descriptor >> 6) == 0 && single_segment ? 1 : kContentSizeBytes[descriptor >> 6];
-  size_t position = 5 + (single_segment ? 0 : 1) + kDictionaryIdBytes[descriptor & 3] + content_size_bytes;
+  size_t position =
+      5 + (single_segment ? 0 : 1) + kDictionaryIdBytes[descriptor & 3] + content_size_bytes;
   uint64_t decodable = 0;
   for (bool last = false; !last;) {
     const uint64_t block_at = at + position;
@@ -126,8 +129,9 @@ Result<uint64_t> decodable_bytes(std::string_view frame, uint64_t at, const Entr
   if (has_checksum) position += 4;
   if (position != frame.size()) {
     return Status::Corruption(at + std::min(position, frame.size()),
-                              describe(entry) + ": zstd frame ends at byte " + std::to_string(position) +
-                                  " of its " + std::to_string(frame.size()) + " stored bytes");
+                              describe(entry) + ": zstd frame ends at byte " +
+                                  std::to_string(position) + " of its " +
+                                  std::to_string(frame.size()) + " stored bytes");
   }
   return decodable;
 }
@@ -149,7 +153,8 @@ Status check_claim(const Entry& entry, std::string_view stored, uint64_t at) {
   if (declared != entry.raw_size) {
     return Status::Corruption(
         at, describe(entry) + ": zstd frame declares " +
-                (declared == ZSTD_CONTENTSIZE_UNKNOWN ? std::string("no size") : std::to_string(declared) + " bytes") +
+                (declared == ZSTD_CONTENTSIZE_UNKNOWN ? std::string("no size")
+                                                      : std::to_string(declared) + " bytes") +
                 ", the index claims " + std::to_string(entry.raw_size));
   }
   Result<uint64_t> decodable = decodable_bytes(stored, at, entry);
@@ -179,13 +184,15 @@ Status decompress_claimed(const Entry& entry, std::string_view stored, uint64_t 
   const std::string claim = std::to_string(entry.raw_size) + " bytes it claims";
   if (ZSTD_isError(left)) {
     if (ZSTD_getErrorCode(left) == ZSTD_error_dstSize_tooSmall) {
-      return Status::Corruption(at, describe(entry) + ": zstd payload decodes to more than the " + claim);
+      return Status::Corruption(
+          at, describe(entry) + ": zstd payload decodes to more than the " + claim);
     }
     return Status::Corruption(at, describe(entry) + ": zstd payload does not decompress (" +
                                       ZSTD_getErrorName(left) + ")");
   }
   if (left != 0 && output.pos == output.size) {
-    return Status::Corruption(at, describe(entry) + ": zstd payload decodes to more than the " + claim);
+    return Status::Corruption(at,
+                              describe(entry) + ": zstd payload decodes to more than the " + claim);
   }
   if (left != 0 || output.pos != entry.raw_size || input.pos != input.size) {
     return Status::Corruption(at, describe(entry) + ": zstd payload ends after " +
@@ -204,7 +211,8 @@ Status check_checksum(const Entry& entry, const char* raw, uint64_t at) {
 // Decompresses and checks one stored payload into its place in the arena.
 Status decode_payload(const Bundle& bundle, const Entry& entry, char* out) {
   const uint64_t at = payload_offset(bundle, entry);
-  if (Status status = decompress_claimed(entry, bundle.payloads.substr(entry.offset, entry.stored_size), at, out);
+  if (Status status = decompress_claimed(
+          entry, bundle.payloads.substr(entry.offset, entry.stored_size), at, out);
       !status.ok()) {
     return status;
   }
@@ -222,13 +230,15 @@ constexpr unsigned kMaxDecodeThreads = 8;
 // first failing payload in file order, as a decoding in one thread would report.
 Status decode_payloads(const Bundle& bundle, const std::vector<size_t>& distinct,
                        const std::vector<uint64_t>& arena_start, uint64_t total, char* arena) {
-  const unsigned threads = total < kParallelDecodeBytes
-                               ? 1
-                               : std::min<size_t>({std::max(1u, std::thread::hardware_concurrency()),
-                                                   kMaxDecodeThreads, distinct.size()});
+  const unsigned threads =
+      total < kParallelDecodeBytes
+          ? 1
+          : std::min<size_t>({std::max(1u, std::thread::hardware_concurrency()), kMaxDecodeThreads,
+                              distinct.size()});
   if (threads <= 1) {
     for (size_t i : distinct) {
-      if (Status status = decode_payload(bundle, bundle.entries[i], arena + arena_start[i]); !status.ok()) {
+      if (Status status = decode_payload(bundle, bundle.entries[i], arena + arena_start[i]);
+          !status.ok()) {
         return status;
       }
     }
@@ -264,7 +274,8 @@ Status decode_payloads(const Bundle& bundle, const std::vector<size_t>& distinct
 }
 
 // `claimed_before`: what the payloads decoded with this one have claimed already.
-Status over_budget(const Entry& entry, uint64_t at, uint64_t claimed_before, const DecodeLimits& limits) {
+Status over_budget(const Entry& entry, uint64_t at, uint64_t claimed_before,
+                   const DecodeLimits& limits) {
   return Status::Corruption(at, describe(entry) + " claims " + std::to_string(entry.raw_size) +
                                     " bytes, which after " + std::to_string(claimed_before) +
                                     " claimed before it exceeds the decode budget of " +
@@ -277,7 +288,8 @@ namespace {
 
 // What a signature covers: the header and the index, then, when the signature covers the
 // payloads (flag bit 1), the sha256 of the payload area's bytes as stored.
-std::string signed_bytes(std::string_view header_and_index, std::string_view payloads, bool covers_payloads) {
+std::string signed_bytes(std::string_view header_and_index, std::string_view payloads,
+                         bool covers_payloads) {
   std::string message(header_and_index);
   if (covers_payloads) {
     const util::Sha256Digest digest = util::sha256(payloads);
@@ -346,9 +358,9 @@ std::string write(const mega_cache::MegaCache& cache, const Fingerprint& fingerp
     }
     if (!shared) {
       compressed.resize(ZSTD_compressBound(artifact->content.size()));
-      const size_t size = ZSTD_compressCCtx(context, compressed.data(), compressed.size(),
-                                            artifact->content.data(), artifact->content.size(),
-                                            options.zstd_level);
+      const size_t size =
+          ZSTD_compressCCtx(context, compressed.data(), compressed.size(), artifact->content.data(),
+                            artifact->content.size(), options.zstd_level);
       const bool use_zstd = !ZSTD_isError(size) && size < artifact->content.size();
       entry.compression = use_zstd ? Compression::kZstd : Compression::kNone;
       entry.offset = payloads.size();
@@ -384,9 +396,11 @@ std::string write(const mega_cache::MegaCache& cache, const Fingerprint& fingerp
   if (options.signing_key) {
     std::array<uint8_t, 64> value{};
     if (!sodium_ready()) std::abort();
-    const std::string message = signed_bytes(std::string_view(out.data(), index_end), payloads, true);
-    crypto_sign_detached(value.data(), nullptr, reinterpret_cast<const unsigned char*>(message.data()),
-                         message.size(), options.signing_key->secret.data());
+    const std::string message =
+        signed_bytes(std::string_view(out.data(), index_end), payloads, true);
+    crypto_sign_detached(value.data(), nullptr,
+                         reinterpret_cast<const unsigned char*>(message.data()), message.size(),
+                         options.signing_key->secret.data());
     signature.append(reinterpret_cast<const char*>(options.signing_key->public_key.data()), 32);
     signature.append(reinterpret_cast<const char*>(value.data()), 64);
   }
@@ -411,12 +425,14 @@ Result<Bundle> parse(std::string_view file) {
     return error;
   }
   if (bundle.version != kVersion) {
-    return Status::Corruption(kMagic.size(), "bundle format version " + std::to_string(bundle.version) +
+    return Status::Corruption(kMagic.size(), "bundle format version " +
+                                                 std::to_string(bundle.version) +
                                                  " is not supported (this megacache reads 1)");
   }
   if ((flags & kFlagSignatureCoversPayloads) && !(flags & kFlagSigned)) {
-    return Status::Corruption(kMagic.size() + 4, "flag bit 1 (the signature covers the payloads) "
-                                                 "is set on an unsigned bundle");
+    return Status::Corruption(kMagic.size() + 4,
+                              "flag bit 1 (the signature covers the payloads) "
+                              "is set on an unsigned bundle");
   }
   if ((flags & ~kKnownFlags) != 0) {
     return Status::Corruption(kMagic.size() + 4, "unknown flags " + std::to_string(flags));
@@ -461,8 +477,8 @@ Result<Bundle> parse(std::string_view file) {
       return error;
     }
     if (compression > static_cast<uint8_t>(Compression::kZstd)) {
-      return Status::Corruption(at, describe(entry) + " has unknown compression " +
-                                        std::to_string(compression));
+      return Status::Corruption(
+          at, describe(entry) + " has unknown compression " + std::to_string(compression));
     }
     if (entry.raw_size > kMaxArtifactBytes) {
       return Status::Corruption(at, describe(entry) + " claims " + std::to_string(entry.raw_size) +
@@ -511,8 +527,8 @@ Result<Bundle> parse(std::string_view file) {
   uint64_t stored_checksum = 0;
   if (!reader.read_uint(stored_checksum, kTrailerBytes, "trailing checksum", error)) return error;
   if (!reader.finished()) {
-    return Status::Corruption(reader.position(),
-                              std::to_string(reader.remaining()) + " unexpected bytes after the end");
+    return Status::Corruption(
+        reader.position(), std::to_string(reader.remaining()) + " unexpected bytes after the end");
   }
   if (stored_checksum != util::xxh3_64(bundle.header_and_index)) {
     return Status::Corruption(trailer_at, "header and index checksum mismatch");
@@ -556,9 +572,9 @@ SignatureCheck check_signature(const Bundle& bundle) {
   if (!sodium_ready()) return SignatureCheck::kInvalid;
   const std::string message =
       signed_bytes(bundle.header_and_index, bundle.payloads, bundle.signature->covers_payloads);
-  const int result = crypto_sign_verify_detached(bundle.signature->value.data(),
-                                                 reinterpret_cast<const unsigned char*>(message.data()),
-                                                 message.size(), bundle.signature->public_key.data());
+  const int result = crypto_sign_verify_detached(
+      bundle.signature->value.data(), reinterpret_cast<const unsigned char*>(message.data()),
+      message.size(), bundle.signature->public_key.data());
   return result == 0 ? SignatureCheck::kValid : SignatureCheck::kInvalid;
 }
 
@@ -571,26 +587,30 @@ bool signed_by_one_of(const Bundle& bundle, const std::vector<PublicKey>& keys) 
 }  // namespace
 
 bool is_trusted(const Bundle& bundle, const std::vector<PublicKey>& trusted_keys) {
-  return check_signature(bundle) == SignatureCheck::kValid && signed_by_one_of(bundle, trusted_keys);
+  return check_signature(bundle) == SignatureCheck::kValid &&
+         signed_by_one_of(bundle, trusted_keys);
 }
 
 Status check_trust(const Bundle& bundle, const std::vector<PublicKey>& trusted_keys) {
   const SignatureCheck check = check_signature(bundle);
   if (check == SignatureCheck::kInvalid) {
-    return Status::InvalidArgument("the bundle's signature does not verify: it was changed after "
-                                   "signing, or signed by someone else than key " +
-                                   util::hex(std::string_view(
-                                       reinterpret_cast<const char*>(bundle.signature->public_key.data()), 32)));
+    return Status::InvalidArgument(
+        "the bundle's signature does not verify: it was changed after "
+        "signing, or signed by someone else than key " +
+        util::hex(std::string_view(
+            reinterpret_cast<const char*>(bundle.signature->public_key.data()), 32)));
   }
   if (trusted_keys.empty()) return Status::OK();
   if (check == SignatureCheck::kUnsigned) {
-    return Status::InvalidArgument("the bundle is unsigned, and trusted keys are configured "
-                                   "(MEGACACHE_TRUSTED_KEYS); sign it with 'megacache convert --sign'");
+    return Status::InvalidArgument(
+        "the bundle is unsigned, and trusted keys are configured "
+        "(MEGACACHE_TRUSTED_KEYS); sign it with 'megacache convert --sign'");
   }
   if (!signed_by_one_of(bundle, trusted_keys)) {
     return Status::InvalidArgument(
         "the bundle is signed by key " +
-        util::hex(std::string_view(reinterpret_cast<const char*>(bundle.signature->public_key.data()), 32)) +
+        util::hex(std::string_view(
+            reinterpret_cast<const char*>(bundle.signature->public_key.data()), 32)) +
         ", which is not among the trusted keys");
   }
   if (!bundle.signature->covers_payloads) {
@@ -606,8 +626,10 @@ namespace {
 
 template <size_t N>
 bool parse_hex(std::string_view text, std::array<uint8_t, N>& out) {
-  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
-  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.remove_suffix(1);
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front())))
+    text.remove_prefix(1);
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back())))
+    text.remove_suffix(1);
   if (text.size() != 2 * N) return false;
   auto digit = [](char c) -> int {
     if (c >= '0' && c <= '9') return c - '0';
@@ -629,7 +651,8 @@ bool parse_hex(std::string_view text, std::array<uint8_t, N>& out) {
 Result<PublicKey> parse_public_key(std::string_view hex) {
   PublicKey key;
   if (!parse_hex(hex, key)) {
-    return Status::InvalidArgument("a public key is 64 hex digits (the .pub file megacache keygen writes)");
+    return Status::InvalidArgument(
+        "a public key is 64 hex digits (the .pub file megacache keygen writes)");
   }
   return key;
 }
@@ -637,7 +660,8 @@ Result<PublicKey> parse_public_key(std::string_view hex) {
 Result<SigningKey> parse_signing_key(std::string_view hex) {
   SigningKey key;
   if (!parse_hex(hex, key.secret)) {
-    return Status::InvalidArgument("a signing key is 128 hex digits (the file megacache keygen writes)");
+    return Status::InvalidArgument(
+        "a signing key is 128 hex digits (the file megacache keygen writes)");
   }
   // An Ed25519 secret key in libsodium's layout ends with its public key.
   std::memcpy(key.public_key.data(), key.secret.data() + 32, 32);
@@ -649,7 +673,8 @@ std::vector<FingerprintMismatch> compare_fingerprints(const Fingerprint& built,
   std::vector<FingerprintMismatch> out;
   for (const auto& [name, value] : built) {
     for (const auto& [current_name, current_value] : current) {
-      if (name == current_name && value != current_value) out.push_back({name, value, current_value});
+      if (name == current_name && value != current_value)
+        out.push_back({name, value, current_value});
     }
   }
   return out;
@@ -664,7 +689,8 @@ std::string cpu_flags_digest() {
   while (std::getline(cpuinfo, line)) {
     if (line.rfind("flags", 0) == 0 || line.rfind("Features", 0) == 0) {
       const size_t colon = line.find(':');
-      return util::sha256_hex(colon == std::string::npos ? line : line.substr(colon + 1)).substr(0, 16);
+      return util::sha256_hex(colon == std::string::npos ? line : line.substr(colon + 1))
+          .substr(0, 16);
     }
   }
   return {};
@@ -676,7 +702,8 @@ Fingerprint host_fingerprint() {
   Fingerprint out;
   if (::uname(&host) == 0) {
     out.emplace_back("cpu_arch", host.machine);
-    if (std::string flags = cpu_flags_digest(); !flags.empty()) out.emplace_back("cpu_flags", flags);
+    if (std::string flags = cpu_flags_digest(); !flags.empty())
+      out.emplace_back("cpu_flags", flags);
     out.emplace_back("os", std::string(host.sysname));
   }
   out.emplace_back("megacache", MEGACACHE_VERSION);
@@ -693,9 +720,11 @@ Result<Decoded> decode(const Bundle& bundle, const DecodeLimits& limits) {
   for (size_t i = 0; i < bundle.entries.size(); ++i) {
     const Entry& entry = bundle.entries[i];
     const uint64_t at = payload_offset(bundle, entry);
-    if (i > 0 && bundle.entries[i - 1].group == entry.group && bundle.entries[i - 1].type != entry.type) {
-      return Status::Corruption(at, describe(entry) + " shares group " + std::to_string(entry.group) +
-                                        " with type " + bundle.entries[i - 1].type);
+    if (i > 0 && bundle.entries[i - 1].group == entry.group &&
+        bundle.entries[i - 1].type != entry.type) {
+      return Status::Corruption(at, describe(entry) + " shares group " +
+                                        std::to_string(entry.group) + " with type " +
+                                        bundle.entries[i - 1].type);
     }
     const auto [it, first] = first_user.try_emplace({entry.offset, entry.raw_size}, i);
     if (!first) {
@@ -704,13 +733,15 @@ Result<Decoded> decode(const Bundle& bundle, const DecodeLimits& limits) {
         return Status::Corruption(at, describe(entry) + ": payload checksum mismatch");
       }
       if (shared.stored_size != entry.stored_size || shared.compression != entry.compression) {
-        return Status::Corruption(at, describe(entry) + " shares the payload of " + describe(shared) +
+        return Status::Corruption(at, describe(entry) + " shares the payload of " +
+                                          describe(shared) +
                                           " but not its stored size and compression");
       }
       arena_start[i] = arena_start[it->second];
       continue;
     }
-    if (Status claim = check_claim(entry, bundle.payloads.substr(entry.offset, entry.stored_size), at);
+    if (Status claim =
+            check_claim(entry, bundle.payloads.substr(entry.offset, entry.stored_size), at);
         !claim.ok()) {
       return claim;
     }
@@ -730,8 +761,9 @@ Result<Decoded> decode(const Bundle& bundle, const DecodeLimits& limits) {
     const Entry& entry = bundle.entries[i];
     if (entry.stored_size == 0) continue;  // an empty payload holds no bytes
     if (stored_last != nullptr && entry.offset < stored_end) {
-      return Status::Corruption(payload_offset(bundle, entry),
-                                describe(entry) + " overlaps the payload of " + describe(*stored_last));
+      return Status::Corruption(
+          payload_offset(bundle, entry),
+          describe(entry) + " overlaps the payload of " + describe(*stored_last));
     }
     stored_end = entry.offset + entry.stored_size;
     stored_last = &entry;
@@ -746,7 +778,8 @@ Result<Decoded> decode(const Bundle& bundle, const DecodeLimits& limits) {
   }
   std::vector<size_t> distinct;  // one entry per stored payload, in file order
   for (const auto& [place, i] : first_user) distinct.push_back(i);
-  if (Status status = decode_payloads(bundle, distinct, arena_start, total, decoded.storage.get()); !status.ok()) {
+  if (Status status = decode_payloads(bundle, distinct, arena_start, total, decoded.storage.get());
+      !status.ok()) {
     return status;
   }
   mega_cache::MegaCache& cache = decoded.cache;

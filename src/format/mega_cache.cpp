@@ -37,8 +37,8 @@ Status verify_crc(std::string_view blob, uint32_t& stored) {
   const uint32_t computed = util::crc32(blob.substr(kCrcBytes));
   if (stored != computed) {
     char message[96];
-    std::snprintf(message, sizeof message, "crc32 mismatch: stored 0x%08x, computed 0x%08x",
-                  stored, computed);
+    std::snprintf(message, sizeof message, "crc32 mismatch: stored 0x%08x, computed 0x%08x", stored,
+                  computed);
     return Status::Corruption(0, message);
   }
   return Status::OK();
@@ -91,8 +91,8 @@ Result<MegaCache> parse_v2_8(std::string_view blob) {
   uint64_t version = 0;
   reader.read_u64(version, "encoding version", error);  // length checked by the caller
   if (version != kEncodingVersion) {
-    return Status::Corruption(kCrcBytes, "unsupported encoding version " +
-                                             std::to_string(version) + " (expected 1)");
+    return Status::Corruption(
+        kCrcBytes, "unsupported encoding version " + std::to_string(version) + " (expected 1)");
   }
   while (!reader.finished()) {
     TypeGroup group;
@@ -136,8 +136,8 @@ Result<MegaCache> parse_v2_7(std::string_view blob) {
       return error;
     }
     if (type_value >= kV27Types.size()) {
-      return Status::Corruption(at, "unknown torch 2.7 artifact type " + std::to_string(type_value) +
-                                        " (known: 0-3)");
+      return Status::Corruption(
+          at, "unknown torch 2.7 artifact type " + std::to_string(type_value) + " (known: 0-3)");
     }
     artifact.type = kV27Types[type_value];
     if (!read_plain_string(reader, artifact.key, "artifact key", error) ||
@@ -207,7 +207,8 @@ FileFormat sniff(std::string_view bytes) {
 Result<MegaCache> parse(std::string_view blob) {
   if (blob.size() > kMaxBlobBytes) {
     return Status::Corruption(0, "blob of " + std::to_string(blob.size()) +
-                                     " bytes exceeds the limit of " + std::to_string(kMaxBlobBytes));
+                                     " bytes exceeds the limit of " +
+                                     std::to_string(kMaxBlobBytes));
   }
   if (blob.size() < 12) {
     return Status::Corruption(0, "only " + std::to_string(blob.size()) +
@@ -306,9 +307,14 @@ std::string write_standalone(const StandaloneArtifact& artifact) {
     out.append(bytes);
   };
   switch (artifact.kind) {
-    case StandaloneKind::kCacheCompiledArtifact: put_bytes(kCacheHeader); break;
-    case StandaloneKind::kAOTCompiledArtifact: put_bytes(kAotHeader); break;
-    case StandaloneKind::kHeaderless2_8: break;
+    case StandaloneKind::kCacheCompiledArtifact:
+      put_bytes(kCacheHeader);
+      break;
+    case StandaloneKind::kAOTCompiledArtifact:
+      put_bytes(kAotHeader);
+      break;
+    case StandaloneKind::kHeaderless2_8:
+      break;
   }
   put_bytes(artifact.torch_key);
   if (artifact.kind != StandaloneKind::kAOTCompiledArtifact) {
@@ -346,12 +352,14 @@ Result<StandaloneArtifact> parse_standalone(std::string_view file) {
     artifact.kind = StandaloneKind::kHeaderless2_8;
     artifact.torch_key = first;
   } else {
-    return Status::Corruption(kCrcBytes, "unknown header: expected CacheCompiledArtifact, "
-                                         "AOTCompiledArtifact or a 32-byte torch_key");
+    return Status::Corruption(kCrcBytes,
+                              "unknown header: expected CacheCompiledArtifact, "
+                              "AOTCompiledArtifact or a 32-byte torch_key");
   }
   if (artifact.torch_key.size() != kTorchKeyBytes) {
-    return Status::Corruption(kCrcBytes, "torch_key has " + std::to_string(artifact.torch_key.size()) +
-                                             " bytes (expected 32)");
+    return Status::Corruption(
+        kCrcBytes,
+        "torch_key has " + std::to_string(artifact.torch_key.size()) + " bytes (expected 32)");
   }
   if (artifact.kind != StandaloneKind::kAOTCompiledArtifact &&
       !read_b64_string(reader, artifact.aot_autograd_key, "aot_autograd key", error)) {

@@ -1,14 +1,14 @@
 // Package codecs: binary (inside a bundle container) and unpacked (a directory).
 // Grammar and layout: docs/package-format.md.
-#include <algorithm>
-#include <filesystem>
-#include <nlohmann/json.hpp>
-#include <random>
-#include <map>
-#include <optional>
-#include <set>
 #include <sodium.h>
 #include <unistd.h>
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+#include <set>
 
 #include "megacache/mega_cache.h"
 #include "megacache/package.h"
@@ -36,8 +36,10 @@ constexpr std::string_view kFormatName = "megacache-package";
 constexpr int kManifestVersion = 1;
 
 ordered_json identity_json(const FunctionIdentity& f) {
-  return {{"qualname", f.qualname},   {"module", f.module},
-          {"first_line", f.first_line}, {"signature", f.signature},
+  return {{"qualname", f.qualname},
+          {"module", f.module},
+          {"first_line", f.first_line},
+          {"signature", f.signature},
           {"source_sha256", f.source_sha256}};
 }
 
@@ -58,9 +60,9 @@ ordered_json function_json(const FunctionPackage& function) {
   for (const Bypass& b : function.bypassed) {
     bypassed.push_back({{"code", b.code}, {"backend_id", b.backend_id}, {"reason", b.reason}});
   }
-  return {{"source_key", entry.key()},    {"function", identity_json(entry.function)},
+  return {{"source_key", entry.key()},        {"function", identity_json(entry.function)},
           {"device_type", entry.device_type}, {"codes", codes},
-          {"inlined_sources", sources},   {"bypassed", bypassed}};
+          {"inlined_sources", sources},       {"bypassed", bypassed}};
 }
 
 ordered_json manifest_json(const Package& package) {
@@ -168,9 +170,8 @@ Result<Package> parse_manifest(std::string_view text, const std::string& where) 
     const std::string key = r.text(f, "source_key");
     const ordered_json* id = r.field(f, "function", ordered_json::value_t::object);
     if (id) {
-      entry.function = {r.text(*id, "qualname"), r.text(*id, "module"),
-                        r.number(*id, "first_line"), r.text(*id, "signature"),
-                        r.text(*id, "source_sha256")};
+      entry.function = {r.text(*id, "qualname"), r.text(*id, "module"), r.number(*id, "first_line"),
+                        r.text(*id, "signature"), r.text(*id, "source_sha256")};
     }
     entry.device_type = r.text(f, "device_type");
     for (const ordered_json& c : r.array(f, "codes")) {
@@ -181,7 +182,8 @@ Result<Package> parse_manifest(std::string_view text, const std::string& where) 
                                        r.number(s, "last_line"), r.text(s, "sha256")});
     }
     for (const ordered_json& b : r.array(f, "bypassed")) {
-      function.bypassed.push_back({r.number(b, "code"), r.text(b, "backend_id"), r.text(b, "reason")});
+      function.bypassed.push_back(
+          {r.number(b, "code"), r.text(b, "backend_id"), r.text(b, "reason")});
     }
     if (!r.ok()) return r.status("function '" + key + "'");
     if (key != entry.key()) {
@@ -190,21 +192,23 @@ Result<Package> parse_manifest(std::string_view text, const std::string& where) 
     }
     for (const Bypass& b : function.bypassed) {
       if (b.code >= entry.codes.size()) {
-        return Status::Corruption(0, where + ": bypass of code " + std::to_string(b.code) +
-                                         " in " + entry.function.qualname + ", which has " +
+        return Status::Corruption(0, where + ": bypass of code " + std::to_string(b.code) + " in " +
+                                         entry.function.qualname + ", which has " +
                                          std::to_string(entry.codes.size()) + " codes");
       }
     }
     package.functions.push_back(std::move(function));
   }
-  for (std::string& path : r.texts(json, "kernels")) package.kernels.push_back({std::move(path), {}});
+  for (std::string& path : r.texts(json, "kernels"))
+    package.kernels.push_back({std::move(path), {}});
   if (json.contains("triton_modules")) {
     for (std::string& path : r.texts(json, "triton_modules")) {
       package.triton_modules.push_back({std::move(path), {}});
     }
   }
   if (json.contains("cuda_jit")) {
-    for (std::string& path : r.texts(json, "cuda_jit")) package.cuda_jit.push_back({std::move(path), {}});
+    for (std::string& path : r.texts(json, "cuda_jit"))
+      package.cuda_jit.push_back({std::move(path), {}});
   }
   if (!r.ok()) return r.status("manifest");
   for (const KernelFile& m : package.triton_modules) {
@@ -227,7 +231,8 @@ Status check_complete(const Package& package, const std::string& where) {
   std::set<std::string> keys;
   for (const FunctionPackage& f : package.functions) {
     if (!keys.insert(f.entry.key()).second) {
-      return Status::Corruption(0, where + ": function " + f.entry.function.qualname + " appears twice");
+      return Status::Corruption(
+          0, where + ": function " + f.entry.function.qualname + " appears twice");
     }
     std::set<uint32_t> bypassed;
     for (const Bypass& b : f.bypassed) bypassed.insert(b.code);
@@ -246,12 +251,13 @@ Status check_complete(const Package& package, const std::string& where) {
 
 // Gives each listed file its bytes from `found` (artifact key -> bytes in the decoded bundle).
 // Every listed file must be there once, and nothing may be there that is not listed.
-Status attach_files(std::vector<KernelFile>& listed_files, const std::map<std::string, std::string_view>& found,
-                    std::string_view what) {
+Status attach_files(std::vector<KernelFile>& listed_files,
+                    const std::map<std::string, std::string_view>& found, std::string_view what) {
   std::set<std::string> listed;
   for (KernelFile& k : listed_files) {
     auto it = found.find(k.path);
-    if (it == found.end()) return Status::InvalidArgument(std::string(what) + " " + k.path + " is missing");
+    if (it == found.end())
+      return Status::InvalidArgument(std::string(what) + " " + k.path + " is missing");
     if (!listed.insert(k.path).second) {
       return Status::Corruption(0, std::string(what) + " " + k.path + " is listed twice");
     }
@@ -277,7 +283,8 @@ std::vector<FunctionPackage*> users_of_backend(Package& package, std::string_vie
   std::vector<FunctionPackage*> users;
   for (FunctionPackage& f : package.functions) {
     for (const Code& code : f.entry.codes) {
-      if (std::find(code.backend_ids.begin(), code.backend_ids.end(), id) != code.backend_ids.end()) {
+      if (std::find(code.backend_ids.begin(), code.backend_ids.end(), id) !=
+          code.backend_ids.end()) {
         users.push_back(&f);
         break;
       }
@@ -324,7 +331,8 @@ bool is_triton_module_path(std::string_view path) {
   auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); };
   const bool key_ok = (key.size() == 52 && std::all_of(key.begin(), key.end(), base32)) ||
                       (key.size() == 64 && std::all_of(key.begin(), key.end(), hex));
-  return key_ok && name.size() > 3 && name.front() != '.' && name.ends_with(".so") && is_safe_name(name);
+  return key_ok && name.size() > 3 && name.front() != '.' && name.ends_with(".so") &&
+         is_safe_name(name);
 }
 
 bool is_cuda_jit_path(std::string_view path) {
@@ -363,7 +371,8 @@ std::string write_package(const Package& package, const bundle::WriteOptions& op
     cache.groups.back().artifacts.push_back({std::string(type), std::move(key), content});
   };
   add(kManifestType, std::string(kManifestKey), manifest);
-  for (const FunctionPackage& f : package.functions) add(kDynamoType, f.entry.key(), f.entry.pickle);
+  for (const FunctionPackage& f : package.functions)
+    add(kDynamoType, f.entry.key(), f.entry.pickle);
   std::set<std::string_view> written;  // a backend two functions share, a kernel listed twice
   for (const FunctionPackage& f : package.functions) {
     for (const auto& [id, pickle] : f.backends) {
@@ -379,7 +388,8 @@ std::string write_package(const Package& package, const bundle::WriteOptions& op
   for (const KernelFile& e : package.cuda_jit) {
     if (written.insert(e.path).second) add(kCudaJitType, e.path, e.bytes);
   }
-  if (!package.mega_cache.empty()) add(kMegaCacheType, std::string(kMegaCacheKey), package.mega_cache);
+  if (!package.mega_cache.empty())
+    add(kMegaCacheType, std::string(kMegaCacheKey), package.mega_cache);
   return bundle::write(cache, package.fingerprint, options);
 }
 
@@ -397,7 +407,8 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
   Result<bundle::Decoded> decoded = bundle::decode(bundle);
   if (!decoded.ok()) return decoded.status();
   const mega_cache::MegaCache& cache = decoded->cache;
-  Result<Package> parsed = parse_manifest(cache.groups.front().artifacts.front().content, "package manifest");
+  Result<Package> parsed =
+      parse_manifest(cache.groups.front().artifacts.front().content, "package manifest");
   if (!parsed.ok()) return parsed.status();
   Package package = std::move(parsed).value();
   package.fingerprint = bundle.fingerprint;
@@ -410,7 +421,8 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
     for (const mega_cache::Artifact& a : group.artifacts) {
       const std::string what = a.type + " artifact '" + a.key + "'";
       if (a.type == kManifestType) {
-        if (&group != &cache.groups.front()) return Status::Corruption(0, "a second package manifest");
+        if (&group != &cache.groups.front())
+          return Status::Corruption(0, "a second package manifest");
       } else if (a.type == kDynamoType) {
         FunctionPackage* f = find_mutable(package, a.key);
         if (!f) return Status::InvalidArgument(what + " is not in the manifest");
@@ -418,7 +430,8 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
         with_entry.insert(a.key);
       } else if (a.type == kBackendType) {
         const std::vector<FunctionPackage*> users = users_of_backend(package, a.key);
-        if (users.empty()) return Status::InvalidArgument(what + " is named by no function in the manifest");
+        if (users.empty())
+          return Status::InvalidArgument(what + " is named by no function in the manifest");
         for (FunctionPackage* f : users) f->backends[a.key].assign(a.content);
       } else if (a.type == kKernelType) {
         if (!is_kernel_path(a.key)) {
@@ -427,12 +440,14 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
         kernels[a.key] = a.content;
       } else if (a.type == kTritonModuleType) {
         if (!is_triton_module_path(a.key)) {
-          return Status::InvalidArgument(what + " is not a Triton module path <Triton key>/<name>.so");
+          return Status::InvalidArgument(what +
+                                         " is not a Triton module path <Triton key>/<name>.so");
         }
         triton_modules[a.key] = a.content;
       } else if (a.type == kCudaJitType) {
         if (!is_cuda_jit_path(a.key)) {
-          return Status::InvalidArgument(what + " is not a CUDA JIT cache path <hex>/<hex>/<hex name>");
+          return Status::InvalidArgument(what +
+                                         " is not a CUDA JIT cache path <hex>/<hex>/<hex name>");
         }
         cuda_jit[a.key] = a.content;
       } else if (a.type == kMegaCacheType && a.key == kMegaCacheKey) {
@@ -444,12 +459,15 @@ Result<Package> read_package(const bundle::Bundle& bundle) {
   }
   for (const FunctionPackage& f : package.functions) {
     if (!with_entry.count(f.entry.key())) {
-      return Status::InvalidArgument("the Dynamo entry of " + f.entry.function.qualname + " is missing");
+      return Status::InvalidArgument("the Dynamo entry of " + f.entry.function.qualname +
+                                     " is missing");
     }
   }
   if (Status s = attach_files(package.kernels, kernels, "kernel"); !s.ok()) return s;
-  if (Status s = attach_files(package.triton_modules, triton_modules, "Triton module"); !s.ok()) return s;
-  if (Status s = attach_files(package.cuda_jit, cuda_jit, "CUDA JIT cache entry"); !s.ok()) return s;
+  if (Status s = attach_files(package.triton_modules, triton_modules, "Triton module"); !s.ok())
+    return s;
+  if (Status s = attach_files(package.cuda_jit, cuda_jit, "CUDA JIT cache entry"); !s.ok())
+    return s;
   if (Status complete = check_complete(package, "package"); !complete.ok()) return complete;
   return package;
 }
@@ -486,7 +504,8 @@ std::string hex_of(const std::array<uint8_t, N>& bytes) {
 // Writes the files of one package beneath `root`, recording each file's sha256.
 class UnpackedWriter {
  public:
-  UnpackedWriter(std::string root, util::FileSystem& files) : files_(files), root_(std::move(root)) {}
+  UnpackedWriter(std::string root, util::FileSystem& files)
+      : files_(files), root_(std::move(root)) {}
 
   Status write(const std::string& path, std::string_view bytes) {
     const size_t slash = path.find_last_of('/');
@@ -503,8 +522,9 @@ class UnpackedWriter {
     if (sodium_init() < 0) return Status::IOError("libsodium failed to initialise");
     const std::string text = signed_text(sha256_of_);
     std::array<uint8_t, crypto_sign_BYTES> signature{};
-    crypto_sign_detached(signature.data(), nullptr, reinterpret_cast<const unsigned char*>(text.data()),
-                         text.size(), key.secret.data());
+    crypto_sign_detached(signature.data(), nullptr,
+                         reinterpret_cast<const unsigned char*>(text.data()), text.size(),
+                         key.secret.data());
     ordered_json listed = ordered_json::object();
     for (const auto& [path, sha256] : sha256_of_) listed[path] = sha256;
     const ordered_json document = {{"format", kSignatureFormat},
@@ -530,19 +550,22 @@ class UnpackedReader {
   // Reads signature.json and applies the trust policy of bundle::check_trust: a signature
   // that does not verify is always refused; with trusted keys, only a trusted signer passes.
   Status check_trust(const std::vector<bundle::PublicKey>& trusted_keys) {
-    Result<std::string> text = files_.read_file(root_, std::string(kSignatureFile), kMaxSignatureFileBytes);
+    Result<std::string> text =
+        files_.read_file(root_, std::string(kSignatureFile), kMaxSignatureFileBytes);
     if (!text.ok() && text.status().code() != Status::Code::kNotFound) return text.status();
     if (!text.ok()) {
       if (trusted_keys.empty()) return Status::OK();
       return Status::InvalidArgument(
-          root_ + " is an unsigned package directory, and trusted keys are configured "
+          root_ +
+          " is an unsigned package directory, and trusted keys are configured "
           "(MEGACACHE_TRUSTED_KEYS); save it signed (sign_with=) or use the binary format");
     }
     const std::string where = root_ + "/" + std::string(kSignatureFile);
     const ordered_json document = ordered_json::parse(*text, nullptr, false);
     if (!document.is_object() || document.value("format", "") != kSignatureFormat ||
-        document.value("version", 0) != 1 || !document.contains("files") || !document["files"].is_object() ||
-        !document["public_key"].is_string() || !document["signature"].is_string()) {
+        document.value("version", 0) != 1 || !document.contains("files") ||
+        !document["files"].is_object() || !document["public_key"].is_string() ||
+        !document["signature"].is_string()) {
       return Status::Corruption(0, where + ": not a version 1 " + std::string(kSignatureFormat) +
                                        " with format, version, public_key, signature and files");
     }
@@ -553,20 +576,25 @@ class UnpackedReader {
       }
       sha256_of[path] = sha256.get<std::string>();
     }
-    Result<bundle::PublicKey> key = bundle::parse_public_key(document["public_key"].get<std::string>());
+    Result<bundle::PublicKey> key =
+        bundle::parse_public_key(document["public_key"].get<std::string>());
     const std::string signature_hex = document["signature"].get<std::string>();
     std::array<uint8_t, crypto_sign_BYTES> signature{};
     if (!key.ok() || signature_hex.size() != 2 * signature.size() ||
-        sodium_hex2bin(signature.data(), signature.size(), signature_hex.data(), signature_hex.size(),
-                       nullptr, nullptr, nullptr) != 0) {
-      return Status::Corruption(0, where + ": public_key or signature is not hex of the right length");
+        sodium_hex2bin(signature.data(), signature.size(), signature_hex.data(),
+                       signature_hex.size(), nullptr, nullptr, nullptr) != 0) {
+      return Status::Corruption(0,
+                                where + ": public_key or signature is not hex of the right length");
     }
     const std::string text_signed = signed_text(sha256_of);
     if (sodium_init() < 0 ||
-        crypto_sign_verify_detached(signature.data(), reinterpret_cast<const unsigned char*>(text_signed.data()),
+        crypto_sign_verify_detached(signature.data(),
+                                    reinterpret_cast<const unsigned char*>(text_signed.data()),
                                     text_signed.size(), key->data()) != 0) {
-      return Status::InvalidArgument(where + ": the signature does not verify: the file list was changed "
-                                     "after signing, or signed by someone else than key " + hex_of(*key));
+      return Status::InvalidArgument(where +
+                                     ": the signature does not verify: the file list was changed "
+                                     "after signing, or signed by someone else than key " +
+                                     hex_of(*key));
     }
     if (!trusted_keys.empty() &&
         std::find(trusted_keys.begin(), trusted_keys.end(), *key) == trusted_keys.end()) {
@@ -579,12 +607,14 @@ class UnpackedReader {
 
   Result<std::string> read(const std::string& path) {
     if (signed_ && !signed_->count(path)) {
-      return Status::InvalidArgument(root_ + "/" + path + " is not among the files its signature covers");
+      return Status::InvalidArgument(root_ + "/" + path +
+                                     " is not among the files its signature covers");
     }
     Result<std::string> bytes = files_.read_file(root_, path, bundle::kMaxArtifactBytes);
     if (!bytes.ok()) return bytes.status();
     if (signed_ && util::sha256_hex(*bytes) != signed_->at(path)) {
-      return Status::InvalidArgument(root_ + "/" + path + " was changed after the package was signed");
+      return Status::InvalidArgument(root_ + "/" + path +
+                                     " was changed after the package was signed");
     }
     return bytes;
   }
@@ -608,12 +638,13 @@ std::string unique_suffix() {
 
 }  // namespace
 
-Status write_unpacked(const Package& package, const std::string& dir, const bundle::SigningKey* signing_key) {
+Status write_unpacked(const Package& package, const std::string& dir,
+                      const bundle::SigningKey* signing_key) {
   return write_unpacked(package, dir, signing_key, util::FileSystem::real());
 }
 
-Status write_unpacked(const Package& package, const std::string& dir, const bundle::SigningKey* signing_key,
-                      util::FileSystem& files) {
+Status write_unpacked(const Package& package, const std::string& dir,
+                      const bundle::SigningKey* signing_key, util::FileSystem& files) {
   if (dir.find('\0') != std::string::npos) {
     return Status::InvalidArgument("the path '" + util::printable(dir) + "' holds a NUL character");
   }
@@ -630,7 +661,8 @@ Status write_unpacked(const Package& package, const std::string& dir, const bund
     return Status::IOError("cannot create " + building.string() + ": " + error.message());
   }
   UnpackedWriter writer(building.string(), files);
-  if (Status s = writer.write(std::string(kManifestFile), manifest_json(package).dump(2) + "\n"); !s.ok()) {
+  if (Status s = writer.write(std::string(kManifestFile), manifest_json(package).dump(2) + "\n");
+      !s.ok()) {
     return fail(s);
   }
   ordered_json fingerprint = ordered_json::object();
@@ -640,14 +672,18 @@ Status write_unpacked(const Package& package, const std::string& dir, const bund
   }
   for (const FunctionPackage& f : package.functions) {
     const std::string function_dir = "functions/" + f.entry.key();
-    if (Status s = writer.write(function_dir + "/dynamo.pkl", f.entry.pickle); !s.ok()) return fail(s);
+    if (Status s = writer.write(function_dir + "/dynamo.pkl", f.entry.pickle); !s.ok())
+      return fail(s);
     for (const auto& [id, pickle] : f.backends) {
-      if (!is_safe_name(id)) return fail(Status::InvalidArgument("backend id '" + id + "' is not a safe file name"));
-      if (Status s = writer.write(function_dir + "/backends/" + id + ".pkl", pickle); !s.ok()) return fail(s);
+      if (!is_safe_name(id))
+        return fail(Status::InvalidArgument("backend id '" + id + "' is not a safe file name"));
+      if (Status s = writer.write(function_dir + "/backends/" + id + ".pkl", pickle); !s.ok())
+        return fail(s);
     }
   }
   for (const KernelFile& k : package.kernels) {
-    if (!is_kernel_path(k.path)) return fail(Status::InvalidArgument("kernel path '" + k.path + "' is unsafe"));
+    if (!is_kernel_path(k.path))
+      return fail(Status::InvalidArgument("kernel path '" + k.path + "' is unsafe"));
     if (Status s = writer.write("kernels/" + k.path, k.bytes); !s.ok()) return fail(s);
   }
   for (const KernelFile& m : package.triton_modules) {
@@ -663,7 +699,8 @@ Status write_unpacked(const Package& package, const std::string& dir, const bund
     if (Status s = writer.write("cuda_jit/" + e.path, e.bytes); !s.ok()) return fail(s);
   }
   if (!package.mega_cache.empty()) {
-    if (Status s = writer.write(std::string(kMegaCacheFile), package.mega_cache); !s.ok()) return fail(s);
+    if (Status s = writer.write(std::string(kMegaCacheFile), package.mega_cache); !s.ok())
+      return fail(s);
   }
   if (signing_key != nullptr) {
     if (Status s = writer.sign(*signing_key); !s.ok()) return fail(s);
@@ -673,7 +710,8 @@ Status write_unpacked(const Package& package, const std::string& dir, const bund
   const bool had_old = fs::exists(fs::symlink_status(target, error));
   if (had_old) {
     fs::rename(target, old, error);
-    if (error) return fail(Status::IOError("cannot move aside " + target.string() + ": " + error.message()));
+    if (error)
+      return fail(Status::IOError("cannot move aside " + target.string() + ": " + error.message()));
   }
   fs::rename(building, target, error);
   if (error) {
@@ -684,7 +722,8 @@ Status write_unpacked(const Package& package, const std::string& dir, const bund
   return Status::OK();
 }
 
-Result<Package> read_unpacked(const std::string& dir, const std::vector<bundle::PublicKey>& trusted_keys) {
+Result<Package> read_unpacked(const std::string& dir,
+                              const std::vector<bundle::PublicKey>& trusted_keys) {
   UnpackedReader files(dir);
   if (Status trust = files.check_trust(trusted_keys); !trust.ok()) return trust;
   const std::string where = dir + "/";
@@ -702,8 +741,8 @@ Result<Package> read_unpacked(const std::string& dir, const std::vector<bundle::
   }
   for (const auto& [name, value] : fingerprint.items()) {
     if (!value.is_string()) {
-      return Status::Corruption(0, where + std::string(kFingerprintFile) + ": field '" + name +
-                                       "' is not a string");
+      return Status::Corruption(
+          0, where + std::string(kFingerprintFile) + ": field '" + name + "' is not a string");
     }
     package.fingerprint.emplace_back(name, value.get<std::string>());
   }
@@ -717,7 +756,8 @@ Result<Package> read_unpacked(const std::string& dir, const std::vector<bundle::
     for (const Code& code : f.entry.codes) {
       for (const std::string& id : code.backend_ids) {
         if (f.backends.count(id)) continue;
-        if (!is_safe_name(id)) return Status::InvalidArgument("backend id '" + id + "' is not a safe file name");
+        if (!is_safe_name(id))
+          return Status::InvalidArgument("backend id '" + id + "' is not a safe file name");
         const std::string path = function_dir + "/backends/" + id + ".pkl";
         if (!files.exists(path)) continue;  // a bypassed code's backend
         Result<std::string> backend = files.read(path);
@@ -727,7 +767,8 @@ Result<Package> read_unpacked(const std::string& dir, const std::vector<bundle::
     }
   }
   for (KernelFile& k : package.kernels) {
-    if (!is_kernel_path(k.path)) return Status::InvalidArgument("kernel path '" + k.path + "' is unsafe");
+    if (!is_kernel_path(k.path))
+      return Status::InvalidArgument("kernel path '" + k.path + "' is unsafe");
     Result<std::string> bytes = files.read("kernels/" + k.path);
     if (!bytes.ok()) return bytes.status();
     k.bytes = std::move(bytes).value();

@@ -74,9 +74,12 @@ NB_MODULE(_core, m) {
   // One base for every error megacache raises of its own; each keeps the built-in base it
   // had (a damaged input is a ValueError) so existing handlers still catch it.
   nb::handle base = nb::exception<MegacacheError>(m, "MegacacheError", PyExc_Exception);
-  nb::exception<CorruptionError>(m, "CorruptionError", nb::make_tuple(base, nb::handle(PyExc_ValueError)));
-  nb::exception<InvalidInputError>(m, "InvalidInputError", nb::make_tuple(base, nb::handle(PyExc_ValueError)));
-  nb::exception<PackageMismatchError>(m, "PackageMismatchError", nb::make_tuple(base, nb::handle(PyExc_RuntimeError)));
+  nb::exception<CorruptionError>(m, "CorruptionError",
+                                 nb::make_tuple(base, nb::handle(PyExc_ValueError)));
+  nb::exception<InvalidInputError>(m, "InvalidInputError",
+                                   nb::make_tuple(base, nb::handle(PyExc_ValueError)));
+  nb::exception<PackageMismatchError>(m, "PackageMismatchError",
+                                      nb::make_tuple(base, nb::handle(PyExc_RuntimeError)));
 
   m.def("host_fingerprint", &megacache::bundle::host_fingerprint,
         "cpu_arch, os and the megacache version, as bundles record them.");

@@ -33,7 +33,8 @@ inline std::string_view view(const nb::bytes& data) { return {data.c_str(), data
 // `open(file, keys)` (open_file, open_artifacts) with the trusted keys given as
 // MEGACACHE_TRUSTED_KEYS text.
 template <typename Open>
-Result<OpenedFile> open_with_keys(std::string_view file, const std::string& trusted_keys, Open open) {
+Result<OpenedFile> open_with_keys(std::string_view file, const std::string& trusted_keys,
+                                  Open open) {
   Result<std::vector<bundle::PublicKey>> keys = parse_trusted_keys(trusted_keys);
   if (!keys.ok()) return keys.status();
   return open(file, *keys);
@@ -43,7 +44,7 @@ Result<OpenedFile> open_with_keys(std::string_view file, const std::string& trus
 Result<std::optional<bundle::SigningKey>> signing_key_of(const std::string& hex);
 
 // Each adds one part of the core to the module (one file each, named after the part).
-void init_files(nb::module_& m);     // Mega-Cache blobs, standalone files, bundles, AOT pairs, manager
+void init_files(nb::module_& m);  // Mega-Cache blobs, standalone files, bundles, AOT pairs, manager
 void init_stores(nb::module_& m);    // stores and single-flight claims
 void init_packages(nb::module_& m);  // precompile packages and their PrecompileContext
 

@@ -26,9 +26,10 @@ using namespace nb::literals;
 // formats) and the artifacts of `caller_populated_types` as (type, key, content), which the
 // caller hands to torch. `pgo_cache_key` is called (with the GIL) only if a PGO key needs
 // torch's rewrite.
-std::tuple<TypeKeys, Fields, std::vector<std::tuple<std::string, std::string, nb::bytes>>> load_into(
-    const nb::bytes& data, const std::string& cache_dir, std::optional<nb::callable> pgo_cache_key,
-    const std::string& trusted_keys, std::vector<std::string> caller_populated_types) {
+std::tuple<TypeKeys, Fields, std::vector<std::tuple<std::string, std::string, nb::bytes>>>
+load_into(const nb::bytes& data, const std::string& cache_dir,
+          std::optional<nb::callable> pgo_cache_key, const std::string& trusted_keys,
+          std::vector<std::string> caller_populated_types) {
   megacache::PopulateOptions options;
   options.caller_populated_types = std::move(caller_populated_types);
   if (pgo_cache_key) {
@@ -42,7 +43,8 @@ std::tuple<TypeKeys, Fields, std::vector<std::tuple<std::string, std::string, nb
   {
     nb::gil_scoped_release release;
     report = [&]() -> megacache::Result<megacache::PopulateReport> {
-      megacache::Result<megacache::OpenedFile> opened = open_with_keys(view(data), trusted_keys, megacache::open_artifacts);
+      megacache::Result<megacache::OpenedFile> opened =
+          open_with_keys(view(data), trusted_keys, megacache::open_artifacts);
       if (!opened.ok()) return opened.status();
       if (opened->bundle) fingerprint = opened->bundle->fingerprint;
       return megacache::populate_file(*opened, cache_dir, options);
@@ -65,7 +67,8 @@ nb::bytes bundle_of(const nb::bytes& data, const Fields& fingerprint, int zstd_l
   {
     nb::gil_scoped_release release;
     status = [&]() -> megacache::Status {
-      megacache::Result<std::optional<megacache::bundle::SigningKey>> key = signing_key_of(signing_key);
+      megacache::Result<std::optional<megacache::bundle::SigningKey>> key =
+          signing_key_of(signing_key);
       if (!key.ok()) return key.status();
       megacache::Result<megacache::OpenedFile> opened = megacache::open_artifacts(view(data), {});
       if (!opened.ok()) return opened.status();
@@ -80,15 +83,18 @@ nb::bytes bundle_of(const nb::bytes& data, const Fields& fingerprint, int zstd_l
 }
 
 // The bundle of a torch.compiler.precompile pair (aot::write_pair), optionally signed.
-nb::bytes aot_pair_bytes(const std::string& api, const nb::bytes& python_code, const nb::bytes& cache,
-                         const Fields& cache_fields, const Fields& fingerprint, int zstd_level,
+nb::bytes aot_pair_bytes(const std::string& api, const nb::bytes& python_code,
+                         const nb::bytes& cache, const Fields& cache_fields,
+                         const Fields& fingerprint, int zstd_level,
                          const std::string& signing_key) {
-  megacache::aot::Pair pair{api, std::string(view(python_code)), std::string(view(cache)), cache_fields, {}};
+  megacache::aot::Pair pair{
+      api, std::string(view(python_code)), std::string(view(cache)), cache_fields, {}};
   megacache::Result<std::string> out = megacache::Status::OK();
   {
     nb::gil_scoped_release release;
     out = [&]() -> megacache::Result<std::string> {
-      megacache::Result<std::optional<megacache::bundle::SigningKey>> key = signing_key_of(signing_key);
+      megacache::Result<std::optional<megacache::bundle::SigningKey>> key =
+          signing_key_of(signing_key);
       if (!key.ok()) return key.status();
       return megacache::aot::write_pair(pair, fingerprint, {zstd_level, *key ? &**key : nullptr});
     }();
@@ -98,8 +104,8 @@ nb::bytes aot_pair_bytes(const std::string& api, const nb::bytes& python_code, c
 }
 
 // The checked pair in a file's bytes: (api, python_code, cache, cache_fields, fingerprint).
-std::tuple<std::string, nb::bytes, nb::bytes, Fields, Fields> read_aot_pair(const nb::bytes& data,
-                                                                             const std::string& trusted_keys) {
+std::tuple<std::string, nb::bytes, nb::bytes, Fields, Fields> read_aot_pair(
+    const nb::bytes& data, const std::string& trusted_keys) {
   megacache::Result<megacache::OpenedFile> opened = megacache::Status::OK();
   {
     nb::gil_scoped_release release;
@@ -107,8 +113,9 @@ std::tuple<std::string, nb::bytes, nb::bytes, Fields, Fields> read_aot_pair(cons
   }
   if (!opened.ok()) raise(opened.status());
   if (!opened->pair) {
-    raise(megacache::Status::InvalidArgument(
-        "this file is not a torch.compiler.precompile pair; save one with megacache.save_precompiled"));
+    raise(
+        megacache::Status::InvalidArgument("this file is not a torch.compiler.precompile pair; "
+                                           "save one with megacache.save_precompiled"));
   }
   const megacache::aot::Pair& pair = *opened->pair;
   return {pair.api, nb::bytes(pair.python_code.data(), pair.python_code.size()),
@@ -139,7 +146,8 @@ nb::bytes mega_cache_of(const nb::bytes& file, const std::string& trusted_keys) 
   {
     nb::gil_scoped_release release;
     status = [&]() -> megacache::Status {
-      megacache::Result<megacache::OpenedFile> opened = open_with_keys(view(file), trusted_keys, megacache::open_artifacts);
+      megacache::Result<megacache::OpenedFile> opened =
+          open_with_keys(view(file), trusted_keys, megacache::open_artifacts);
       if (!opened.ok()) return opened.status();
       if (opened->bundle) {
         converted = megacache::mega_cache::write_groups(*opened->artifacts());
@@ -219,7 +227,8 @@ void init_files(nb::module_& m) {
                               parsed->aot_autograd_key,
                               nb::bytes(parsed->payload.data(), parsed->payload.size()));
       },
-      "file"_a, "(kind, torch_key, aot_autograd_key, payload) of a standalone_compile binary file; "
+      "file"_a,
+      "(kind, torch_key, aot_autograd_key, payload) of a standalone_compile binary file; "
       "kind 0 CacheCompiledArtifact, 1 AOTCompiledArtifact, 2 headerless 2.8.");
   m.def("write_file_atomic", &write_file_atomic, "path"_a, "data"_a,
         "Write a file through a temp file and rename; readers never see a part.");
@@ -237,7 +246,9 @@ void init_files(nb::module_& m) {
             const megacache::Status status = self.record_blob(view(blob));
             if (!status.ok()) raise(status);
           },
-          "blob"_a, "Record what torch would load from a Mega-Cache blob; CorruptionError if it does not parse.")
+          "blob"_a,
+          "Record what torch would load from a Mega-Cache blob; CorruptionError if it does not "
+          "parse.")
       .def("need_serialize", &megacache::ArtifactManager::need_serialize)
       .def("serialize",
            [](megacache::ArtifactManager& self) -> std::optional<nb::bytes> {

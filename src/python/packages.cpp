@@ -36,7 +36,8 @@ struct PyPackage {
     megacache::Result<pc::Package> read = megacache::Status::OK();
     {
       nb::gil_scoped_release release;
-      read = with_trusted_keys(trusted_keys, [&](const auto& keys) { return pc::read_package(view(data), keys); });
+      read = with_trusted_keys(
+          trusted_keys, [&](const auto& keys) { return pc::read_package(view(data), keys); });
     }
     if (!read.ok()) raise(read.status());
     return PyPackage{std::move(read).value()};
@@ -47,7 +48,8 @@ struct PyPackage {
     megacache::Result<pc::Package> read = megacache::Status::OK();
     {
       nb::gil_scoped_release release;
-      read = with_trusted_keys(trusted_keys, [&](const auto& keys) { return pc::read_package_at(path, keys); });
+      read = with_trusted_keys(trusted_keys,
+                               [&](const auto& keys) { return pc::read_package_at(path, keys); });
     }
     if (!read.ok()) raise(read.status());
     return PyPackage{std::move(read).value()};
@@ -55,14 +57,17 @@ struct PyPackage {
 
   // `read(keys)` with the keys of MEGACACHE_TRUSTED_KEYS text.
   template <typename Read>
-  static megacache::Result<pc::Package> with_trusted_keys(const std::string& trusted_keys, Read read) {
-    megacache::Result<std::vector<megacache::bundle::PublicKey>> keys = megacache::parse_trusted_keys(trusted_keys);
+  static megacache::Result<pc::Package> with_trusted_keys(const std::string& trusted_keys,
+                                                          Read read) {
+    megacache::Result<std::vector<megacache::bundle::PublicKey>> keys =
+        megacache::parse_trusted_keys(trusted_keys);
     if (!keys.ok()) return keys.status();
     return read(*keys);
   }
 
   nb::bytes to_bytes(const std::string& signing_key, int zstd_level) const {
-    megacache::Result<std::optional<megacache::bundle::SigningKey>> key = signing_key_of(signing_key);
+    megacache::Result<std::optional<megacache::bundle::SigningKey>> key =
+        signing_key_of(signing_key);
     if (!key.ok()) raise(key.status());
     std::string out;
     {
@@ -73,7 +78,8 @@ struct PyPackage {
   }
 
   void write_unpacked(const std::string& dir, const std::string& signing_key) const {
-    megacache::Result<std::optional<megacache::bundle::SigningKey>> key = signing_key_of(signing_key);
+    megacache::Result<std::optional<megacache::bundle::SigningKey>> key =
+        signing_key_of(signing_key);
     if (!key.ok()) raise(key.status());
     megacache::Status status;
     {
@@ -100,12 +106,15 @@ struct PyPackage {
     if (!status.ok()) raise(status);
   }
 
-  std::pair<size_t, size_t> populate(const std::string& cache_dir, const std::vector<std::string>& triton_cache_dirs,
-                                     const std::string& cuda_jit_dir, const std::string& cuda_driver) const {
+  std::pair<size_t, size_t> populate(const std::string& cache_dir,
+                                     const std::vector<std::string>& triton_cache_dirs,
+                                     const std::string& cuda_jit_dir,
+                                     const std::string& cuda_driver) const {
     megacache::Result<megacache::PopulateReport> report = megacache::Status::OK();
     {
       nb::gil_scoped_release release;
-      report = pc::populate_package(package, cache_dir, triton_cache_dirs, {cuda_jit_dir, cuda_driver});
+      report =
+          pc::populate_package(package, cache_dir, triton_cache_dirs, {cuda_jit_dir, cuda_driver});
     }
     if (!report.ok()) raise(report.status());
     return {report->files_written, report->files_unchanged};
@@ -120,7 +129,8 @@ struct PyPackage {
   // What the torch adapter needs to rebuild torch's PrecompileCacheEntry.
   nb::dict function(const std::string& key) const {
     const pc::FunctionPackage* f = package.find(key);
-    if (!f) raise(megacache::Status::NotFound("the package has no function with source key " + key));
+    if (!f)
+      raise(megacache::Status::NotFound("the package has no function with source key " + key));
     nb::dict out;
     out["qualname"] = f->entry.function.qualname;
     out["module"] = f->entry.function.module;
@@ -128,28 +138,33 @@ struct PyPackage {
     out["device_type"] = f->entry.device_type;
     out["dynamo"] = nb::bytes(f->entry.pickle.data(), f->entry.pickle.size());
     nb::dict backends;
-    for (const auto& [id, pickle] : f->backends) backends[id.c_str()] = nb::bytes(pickle.data(), pickle.size());
+    for (const auto& [id, pickle] : f->backends)
+      backends[id.c_str()] = nb::bytes(pickle.data(), pickle.size());
     out["backends"] = backends;
     nb::list bypassed;
-    for (const pc::Bypass& b : f->bypassed) bypassed.append(nb::make_tuple(b.code, b.backend_id, b.reason));
+    for (const pc::Bypass& b : f->bypassed)
+      bypassed.append(nb::make_tuple(b.code, b.backend_id, b.reason));
     out["bypassed"] = bypassed;
     out["codes"] = f->entry.codes.size();
     return out;
   }
 
-  nb::bytes mega_cache() const { return nb::bytes(package.mega_cache.data(), package.mega_cache.size()); }
+  nb::bytes mega_cache() const {
+    return nb::bytes(package.mega_cache.data(), package.mega_cache.size());
+  }
 };
 
-void record_dynamo_entry(pc::PrecompileContext& self, const nb::dict& function,
-                         const std::string& device_type,
-                         const std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>>& codes,
-                         const std::vector<std::tuple<std::string, uint32_t, uint32_t, std::string>>& sources,
-                         const nb::bytes& pickle) {
+void record_dynamo_entry(
+    pc::PrecompileContext& self, const nb::dict& function, const std::string& device_type,
+    const std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>>& codes,
+    const std::vector<std::tuple<std::string, uint32_t, uint32_t, std::string>>& sources,
+    const nb::bytes& pickle) {
   pc::DynamoEntry entry;
   entry.function = identity_of(function);
   entry.device_type = device_type;
   for (const auto& [names, ids] : codes) entry.codes.push_back({names, ids});
-  for (const auto& [module, first, last, sha] : sources) entry.inlined_sources.push_back({module, first, last, sha});
+  for (const auto& [module, first, last, sha] : sources)
+    entry.inlined_sources.push_back({module, first, last, sha});
   entry.pickle.assign(view(pickle));
   self.record_dynamo_entry(std::move(entry));
 }
@@ -167,9 +182,11 @@ void init_packages(nb::module_& m) {
       [](const nb::dict& function, const Fields& fingerprint) {
         return pc::store_name(identity_of(function), fingerprint);
       },
-      "function"_a, "fingerprint"_a, "The store name of one function's package in this environment.");
-  m.def("cuda_device_indices", [](const std::string& text) { return pc::cuda_device_indices(text); },
-        "text"_a, "The CUDA device indices Inductor's generated code in text names.");
+      "function"_a, "fingerprint"_a,
+      "The store name of one function's package in this environment.");
+  m.def(
+      "cuda_device_indices", [](const std::string& text) { return pc::cuda_device_indices(text); },
+      "text"_a, "The CUDA device indices Inductor's generated code in text names.");
   m.def(
       "remap_cuda_device",
       [](const std::string& text, int from, int to) {
@@ -189,15 +206,19 @@ void init_packages(nb::module_& m) {
       .def_ro("operands", &pc::MatrixProduct::operands)
       .def_ro("out", &pc::MatrixProduct::out)
       .def(nb::self == nb::self);
-  m.def("calls_cublas", [](const std::string& source) { return pc::calls_cublas(source); }, "source"_a,
-        "Whether Inductor's wrapper calls cuBLAS (extern_kernels.mm, addmm, bmm, baddbmm, _int_mm).");
+  m.def(
+      "calls_cublas", [](const std::string& source) { return pc::calls_cublas(source); },
+      "source"_a,
+      "Whether Inductor's wrapper calls cuBLAS (extern_kernels.mm, addmm, bmm, baddbmm, _int_mm).");
   m.def(
       "matrix_products",
       [](const std::string& source) {
         nb::gil_scoped_release release;  // read on the warm-up's thread while torch installs
         return pc::matrix_products(source);
       },
-      "source"_a, "The distinct matrix products Inductor's wrapper hands to cuBLAS with every layout spelled out.");
+      "source"_a,
+      "The distinct matrix products Inductor's wrapper hands to cuBLAS with every layout spelled "
+      "out.");
   m.def(
       "triton_kernel_sources",
       [](const std::string& source) {
@@ -216,7 +237,8 @@ void init_packages(nb::module_& m) {
         if (!identity.ok()) raise(identity.status());
         return std::move(identity).value();
       },
-      "root"_a, "The identity (hex sha256 of paths, modes, sizes and mtimes) of the files beneath root.");
+      "root"_a,
+      "The identity (hex sha256 of paths, modes, sizes and mtimes) of the files beneath root.");
   m.def("mega_cache_store_name", &pc::mega_cache_store_name, "fingerprint"_a,
         "The store name of the Mega-Cache bundle automatic mode keeps for this environment.");
 
@@ -230,7 +252,8 @@ void init_packages(nb::module_& m) {
            "ignore_source_changes"_a = false, "module_source"_a = nb::none(),
            "Raise PackageMismatchError if the package does not fit here (see check_package).")
       .def("populate", &PyPackage::populate, "cache_dir"_a,
-           "triton_cache_dirs"_a = std::vector<std::string>(), "cuda_jit_dir"_a = "", "cuda_driver"_a = "",
+           "triton_cache_dirs"_a = std::vector<std::string>(), "cuda_jit_dir"_a = "",
+           "cuda_driver"_a = "",
            "Write the kernels and Mega-Cache artifacts into cache_dir, the Triton modules into "
            "each Triton cache dir, and the CUDA JIT cache entries into cuda_jit_dir where the "
            "package was made with cuda_driver; returns (files written, files already there).")
@@ -248,7 +271,8 @@ void init_packages(nb::module_& m) {
       .def_prop_ro("triton_module_paths",
                    [](const PyPackage& self) {
                      std::vector<std::string> paths;
-                     for (const pc::KernelFile& m : self.package.triton_modules) paths.push_back(m.path);
+                     for (const pc::KernelFile& m : self.package.triton_modules)
+                       paths.push_back(m.path);
                      return paths;
                    })
       .def_prop_ro("cuda_jit_paths",
@@ -257,13 +281,17 @@ void init_packages(nb::module_& m) {
                      for (const pc::KernelFile& e : self.package.cuda_jit) paths.push_back(e.path);
                      return paths;
                    })
-      .def("bypassed", [](const PyPackage& self) {
-        std::vector<std::tuple<std::string, uint32_t, std::string>> out;
-        for (const pc::FunctionPackage& f : self.package.functions) {
-          for (const pc::Bypass& b : f.bypassed) out.emplace_back(f.entry.function.qualname, b.code, b.reason);
-        }
-        return out;
-      }, "(qualname, code index, reason) of every code that will compile again on load.");
+      .def(
+          "bypassed",
+          [](const PyPackage& self) {
+            std::vector<std::tuple<std::string, uint32_t, std::string>> out;
+            for (const pc::FunctionPackage& f : self.package.functions) {
+              for (const pc::Bypass& b : f.bypassed)
+                out.emplace_back(f.entry.function.qualname, b.code, b.reason);
+            }
+            return out;
+          },
+          "(qualname, code index, reason) of every code that will compile again on load.");
 
   nb::class_<pc::PrecompileContext>(m, "PrecompileContext")
       .def(nb::init<>())
@@ -286,17 +314,19 @@ void init_packages(nb::module_& m) {
       .def(
           "edit_artifact",
           [](pc::PrecompileContext& self, const std::string& id, nb::callable edit) {
-            megacache::Status status = self.edit_artifact(id, [&](std::string_view old) -> megacache::Result<std::string> {
-              nb::bytes edited = nb::cast<nb::bytes>(edit(nb::bytes(old.data(), old.size())));
-              return std::string(view(edited));
-            });
+            megacache::Status status =
+                self.edit_artifact(id, [&](std::string_view old) -> megacache::Result<std::string> {
+                  nb::bytes edited = nb::cast<nb::bytes>(edit(nb::bytes(old.data(), old.size())));
+                  return std::string(view(edited));
+                });
             if (!status.ok()) raise(status);
           },
           "backend_id"_a, "edit"_a, "Replace a backend's pickle with edit(old_bytes).")
       .def(
           "package",
-          [](const pc::PrecompileContext& self, const Fields& fingerprint, const std::string& cache_dir,
-             const nb::bytes& mega_cache, const std::vector<std::string>& only,
+          [](const pc::PrecompileContext& self, const Fields& fingerprint,
+             const std::string& cache_dir, const nb::bytes& mega_cache,
+             const std::vector<std::string>& only,
              const std::vector<std::string>& triton_cache_dirs, const std::string& cuda_jit_dir,
              int64_t cuda_jit_since) {
             std::string blob(view(mega_cache));
@@ -309,9 +339,11 @@ void init_packages(nb::module_& m) {
               if (kernels.ok()) modules = pc::read_loaded_triton_modules(triton_cache_dirs);
               if (kernels.ok() && modules.ok()) {
                 std::vector<pc::KernelFile> jit;
-                if (!cuda_jit_dir.empty()) jit = pc::read_cuda_jit_entries(cuda_jit_dir, cuda_jit_since);
-                out = PyPackage{self.package(fingerprint, std::move(kernels).value(), std::move(blob), only,
-                                             std::move(modules).value(), std::move(jit))};
+                if (!cuda_jit_dir.empty())
+                  jit = pc::read_cuda_jit_entries(cuda_jit_dir, cuda_jit_since);
+                out =
+                    PyPackage{self.package(fingerprint, std::move(kernels).value(), std::move(blob),
+                                           only, std::move(modules).value(), std::move(jit))};
               }
             }
             if (!kernels.ok()) raise(kernels.status());
@@ -319,7 +351,8 @@ void init_packages(nb::module_& m) {
             return std::move(*out);
           },
           "fingerprint"_a, "cache_dir"_a, "mega_cache"_a, "only"_a = std::vector<std::string>(),
-          "triton_cache_dirs"_a = std::vector<std::string>(), "cuda_jit_dir"_a = "", "cuda_jit_since"_a = 0,
+          "triton_cache_dirs"_a = std::vector<std::string>(), "cuda_jit_dir"_a = "",
+          "cuda_jit_since"_a = 0,
           "Stitch the entries (only these source keys, if given) with their backends, the compiled "
           "kernels of the torch cache dir, the Triton modules this process loaded from the Triton "
           "cache dirs, the CUDA JIT cache entries written since cuda_jit_since (seconds) and a "

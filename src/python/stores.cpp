@@ -63,7 +63,8 @@ class PyStore {
   }
   std::vector<std::tuple<std::string, uint64_t, int64_t>> list() {
     std::vector<std::tuple<std::string, uint64_t, int64_t>> out;
-    for (const auto& entry : store_->list()) out.emplace_back(entry.name, entry.size, entry.last_used_unix);
+    for (const auto& entry : store_->list())
+      out.emplace_back(entry.name, entry.size, entry.last_used_unix);
     return out;
   }
   uint64_t gc(uint64_t max_bytes) {
@@ -73,7 +74,7 @@ class PyStore {
   }
   std::vector<std::pair<std::string, uint64_t>> stats() {
     const megacache::store::Stats s = store_->stats();
-    return {{"hits", s.hits},         {"misses", s.misses}, {"puts", s.puts},
+    return {{"hits", s.hits},         {"misses", s.misses},       {"puts", s.puts},
             {"bytes_in", s.bytes_in}, {"bytes_out", s.bytes_out}, {"errors", s.errors},
             {"timeouts", s.timeouts}};
   }
@@ -90,7 +91,8 @@ class PyStore {
     }
     std::pair<std::optional<nb::bytes>, std::optional<PyClaim>> out;
     if (claimed.value) out.first = nb::bytes(claimed.value->data(), claimed.value->size());
-    if (claimed.claim) out.second = PyClaim{std::shared_ptr<megacache::store::Lock>(std::move(claimed.claim))};
+    if (claimed.claim)
+      out.second = PyClaim{std::shared_ptr<megacache::store::Lock>(std::move(claimed.claim))};
     return out;
   }
 
@@ -106,7 +108,8 @@ void init_stores(nb::module_& m) {
   nb::class_<PyStore>(m, "Store")
       .def(nb::init<const std::string&>(), "url"_a = "")
       .def_prop_ro("url", &PyStore::url)
-      .def("get", &PyStore::get, "name"_a, "The value, or None on a miss (remote errors are misses).")
+      .def("get", &PyStore::get, "name"_a,
+           "The value, or None on a miss (remote errors are misses).")
       .def("put", &PyStore::put, "name"_a, "value"_a)
       .def("contains", &PyStore::contains, "name"_a)
       .def("remove", &PyStore::remove, "name"_a)

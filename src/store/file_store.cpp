@@ -89,7 +89,8 @@ class FileStore final : public Store {
     if (Status valid = check_name(name); !valid.ok()) return valid;
     if (value.size() > max_value_bytes_) {
       return Status::InvalidArgument(url_ + ": '" + name + "' is " + std::to_string(value.size()) +
-                                     " bytes, more than max_value_bytes (" + std::to_string(max_value_bytes_) + ")");
+                                     " bytes, more than max_value_bytes (" +
+                                     std::to_string(max_value_bytes_) + ")");
     }
     const std::string hash = hash_hex(value);
     const std::string object = object_path(hash);
@@ -101,7 +102,8 @@ class FileStore final : public Store {
       files_.touch(root_, object);  // keep it out of the unreferenced-object grace window
     }
     if (Status s = files_.create_directories(root_, kRefs); !s.ok()) return s;
-    if (Status s = files_.write_atomic(root_, ref_path(name), hash + " " + std::to_string(value.size()) + "\n");
+    if (Status s = files_.write_atomic(root_, ref_path(name),
+                                       hash + " " + std::to_string(value.size()) + "\n");
         !s.ok()) {
       return s;
     }
@@ -123,15 +125,18 @@ class FileStore final : public Store {
     for (const std::string& name : files_.list_directory(root_, kRefs)) {
       if (!check_name(name).ok()) continue;  // temp files
       const std::optional<Ref> ref = read_ref(name);
-      const std::optional<util::FileSystem::FileInfo> info = files_.file_info(root_, ref_path(name));
+      const std::optional<util::FileSystem::FileInfo> info =
+          files_.file_info(root_, ref_path(name));
       if (ref && info) out.push_back({name, ref->size, info->modified_unix});
     }
-    std::sort(out.begin(), out.end(), [](const EntryInfo& a, const EntryInfo& b) { return a.name < b.name; });
+    std::sort(out.begin(), out.end(),
+              [](const EntryInfo& a, const EntryInfo& b) { return a.name < b.name; });
     return out;
   }
 
-  std::unique_ptr<Lock> lock(const std::string& name, std::chrono::milliseconds wait,
-                             std::chrono::milliseconds /*ttl: the kernel releases a dead holder's flock*/) override {
+  std::unique_ptr<Lock> lock(
+      const std::string& name, std::chrono::milliseconds wait,
+      std::chrono::milliseconds /*ttl: the kernel releases a dead holder's flock*/) override {
     if (!check_name(name).ok() || !files_.create_directories(root_, kLocks).ok()) return nullptr;
     Result<int> opened = files_.open_for_update(root_, std::string(kLocks) + "/" + name);
     if (!opened.ok()) {
@@ -154,8 +159,9 @@ class FileStore final : public Store {
   Result<uint64_t> gc(uint64_t max_bytes) override {
     // Least recently used refs go first, until the referenced objects fit.
     std::vector<EntryInfo> entries = list();
-    std::sort(entries.begin(), entries.end(),
-              [](const EntryInfo& a, const EntryInfo& b) { return a.last_used_unix < b.last_used_unix; });
+    std::sort(entries.begin(), entries.end(), [](const EntryInfo& a, const EntryInfo& b) {
+      return a.last_used_unix < b.last_used_unix;
+    });
     std::map<std::string, uint64_t> referenced;  // object hash -> size
     std::map<std::string, std::string> hash_of;  // name -> hash
     for (const EntryInfo& entry : entries) {
@@ -215,7 +221,8 @@ class FileStore final : public Store {
   // once per occurrence on stderr like the Redis backend's failures. It is not counted as an
   // error here: counting writes the stats file, which may be the very thing refused.
   void log_refusal(const Status& status) const {
-    std::fprintf(stderr, "megacache: %s: %s; treating it as a miss\n", url_.c_str(), status.message().c_str());
+    std::fprintf(stderr, "megacache: %s: %s; treating it as a miss\n", url_.c_str(),
+                 status.message().c_str());
   }
 
   static std::string hash_hex(std::string_view value) {
@@ -223,7 +230,9 @@ class FileStore final : public Store {
     return util::hex(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()));
   }
 
-  static std::string parent(const std::string& path) { return path.substr(0, path.find_last_of('/')); }
+  static std::string parent(const std::string& path) {
+    return path.substr(0, path.find_last_of('/'));
+  }
 
   // Paths beneath the root.
   static std::string object_path(const std::string& hash) {
@@ -242,13 +251,15 @@ class FileStore final : public Store {
     if (space != 32 || text->size() < 35 || text->back() != '\n') return std::nullopt;
     Ref ref{text->substr(0, 32), 0};
     const std::string size = text->substr(33, text->size() - 34);
-    if (size.empty() || size.size() > 19 || size.find_first_not_of("0123456789") != std::string::npos) {
+    if (size.empty() || size.size() > 19 ||
+        size.find_first_not_of("0123456789") != std::string::npos) {
       return std::nullopt;
     }
     ref.size = std::stoull(size);
     if (ref.size > max_value_bytes_) {
       log_refusal(Status::InvalidArgument("the ref of '" + name + "' claims " + size +
-                                          " bytes, more than max_value_bytes (" + std::to_string(max_value_bytes_) + ")"));
+                                          " bytes, more than max_value_bytes (" +
+                                          std::to_string(max_value_bytes_) + ")"));
       return std::nullopt;
     }
     return ref;
@@ -269,7 +280,7 @@ class FileStore final : public Store {
     }
     const int fd = *opened;
     ::flock(fd, LOCK_EX);
-    uint64_t* fields[kStatsFields] = {&out.hits,     &out.misses, &out.puts,    &out.bytes_in,
+    uint64_t* fields[kStatsFields] = {&out.hits,      &out.misses, &out.puts,    &out.bytes_in,
                                       &out.bytes_out, &out.errors, &out.timeouts};
     char buffer[8 * kStatsFields] = {};
     if (!zero && ::pread(fd, buffer, sizeof buffer, 0) == static_cast<ssize_t>(sizeof buffer)) {
@@ -305,12 +316,14 @@ class FileStore final : public Store {
 Result<std::unique_ptr<Store>> open_file_store(const std::string& url, const std::string& root,
                                                const UrlOptions& options, util::FileSystem& files) {
   if (root.empty() || root.front() != '/') {
-    return Status::InvalidArgument("file store URL '" + url + "' needs an absolute path: file:///path");
+    return Status::InvalidArgument("file store URL '" + url +
+                                   "' needs an absolute path: file:///path");
   }
   uint64_t max_size = 0;
   if (const std::optional<std::string> text = options.get("max_size")) {
     Result<uint64_t> parsed = parse_size(*text);
-    if (!parsed.ok()) return Status::InvalidArgument(url + ": max_size: " + parsed.status().message());
+    if (!parsed.ok())
+      return Status::InvalidArgument(url + ": max_size: " + parsed.status().message());
     max_size = *parsed;
   }
   uint64_t max_value_bytes = kDefaultMaxValueBytes;

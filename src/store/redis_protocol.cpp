@@ -45,7 +45,8 @@ class ReplyParser {
       case '*':
         return parse_array(pos, depth, line, out);
       default:
-        return invalid("unknown reply type byte " + std::to_string(static_cast<unsigned char>(type)));
+        return invalid("unknown reply type byte " +
+                       std::to_string(static_cast<unsigned char>(type)));
     }
   }
 
@@ -54,7 +55,8 @@ class ReplyParser {
  private:
   ParseState parse_bulk(size_t& pos, std::string_view header, Reply* out) {
     int64_t length = 0;
-    if (!parse_integer(header, length) || length < -1) return invalid("a bulk length is not a length");
+    if (!parse_integer(header, length) || length < -1)
+      return invalid("a bulk length is not a length");
     if (length == -1) {
       if (out) out->type = Reply::Type::kNil;
       return ParseState::kComplete;
@@ -82,7 +84,8 @@ class ReplyParser {
 
   ParseState parse_array(size_t& pos, int depth, std::string_view header, Reply* out) {
     int64_t count = 0;
-    if (!parse_integer(header, count) || count < -1) return invalid("an array length is not a length");
+    if (!parse_integer(header, count) || count < -1)
+      return invalid("an array length is not a length");
     if (count == -1) {
       if (out) out->type = Reply::Type::kNil;
       return ParseState::kComplete;
@@ -98,7 +101,8 @@ class ReplyParser {
       out->elements.resize(static_cast<size_t>(count));  // bounded by max_elements, and complete
     }
     for (int64_t i = 0; i < count; ++i) {
-      const ParseState state = parse(pos, depth + 1, out ? &out->elements[static_cast<size_t>(i)] : nullptr);
+      const ParseState state =
+          parse(pos, depth + 1, out ? &out->elements[static_cast<size_t>(i)] : nullptr);
       if (state != ParseState::kComplete) return state;
     }
     return ParseState::kComplete;
@@ -107,7 +111,8 @@ class ReplyParser {
   // The text from `pos` to the next CRLF, which must end within the reply's limit; `pos`
   // moves past the CRLF.
   ParseState read_line(size_t& pos, std::string_view& line) {
-    const size_t window_end = static_cast<size_t>(std::min<uint64_t>(bytes_.size(), limits_.max_bytes));
+    const size_t window_end =
+        static_cast<size_t>(std::min<uint64_t>(bytes_.size(), limits_.max_bytes));
     for (size_t i = pos; i < window_end; ++i) {
       if (bytes_[i] == '\n') return invalid("a reply line holds a bare LF");
       if (bytes_[i] != '\r') continue;
@@ -128,7 +133,8 @@ class ReplyParser {
   }
 
   ParseState too_long() {
-    return invalid("the reply runs past the " + std::to_string(limits_.max_bytes) + " bytes it may hold");
+    return invalid("the reply runs past the " + std::to_string(limits_.max_bytes) +
+                   " bytes it may hold");
   }
 
   ParseState invalid(std::string why) {
@@ -158,8 +164,9 @@ class ReplyParser {
 };
 
 bool is_lower_hex(std::string_view text, size_t length) {
-  return text.size() == length &&
-         std::all_of(text.begin(), text.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+  return text.size() == length && std::all_of(text.begin(), text.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
 }
 
 // Canonical decimal: what std::to_string writes, so one value has one spelling.
@@ -229,16 +236,22 @@ Result<Ref> parse_ref(std::string_view text, uint64_t max_value_bytes) {
     text.remove_prefix(space + 1);
     if (count == 4) return Status::Corruption(0, "the ref has more than four fields");
   }
-  if (count != 4) return Status::Corruption(0, "the ref has " + std::to_string(count) + " fields, not four");
+  if (count != 4)
+    return Status::Corruption(0, "the ref has " + std::to_string(count) + " fields, not four");
   Ref ref;
-  if (!is_lower_hex(fields[0], 32)) return Status::Corruption(0, "the ref's id is not 32 hex digits");
-  if (!parse_decimal(fields[1], ref.chunks)) return Status::Corruption(0, "the ref's chunk count is not a number");
-  if (!parse_decimal(fields[2], ref.size)) return Status::Corruption(0, "the ref's size is not a number");
-  if (!is_lower_hex(fields[3], 32)) return Status::Corruption(0, "the ref's checksum is not 32 hex digits");
+  if (!is_lower_hex(fields[0], 32))
+    return Status::Corruption(0, "the ref's id is not 32 hex digits");
+  if (!parse_decimal(fields[1], ref.chunks))
+    return Status::Corruption(0, "the ref's chunk count is not a number");
+  if (!parse_decimal(fields[2], ref.size))
+    return Status::Corruption(0, "the ref's size is not a number");
+  if (!is_lower_hex(fields[3], 32))
+    return Status::Corruption(0, "the ref's checksum is not 32 hex digits");
   ref.id.assign(fields[0]);
   ref.checksum.assign(fields[3]);
   if (ref.size > max_value_bytes) {
-    return Status::Corruption(0, "the ref claims " + std::to_string(ref.size) + " bytes, over max_value_bytes (" +
+    return Status::Corruption(0, "the ref claims " + std::to_string(ref.size) +
+                                     " bytes, over max_value_bytes (" +
                                      std::to_string(max_value_bytes) + ")");
   }
   if (ref.chunks > kMaxChunks) {
@@ -248,8 +261,9 @@ Result<Ref> parse_ref(std::string_view text, uint64_t max_value_bytes) {
   // If any chunk size gives this count, the smallest one that could, ceil(size / chunks),
   // gives it too; so one division decides. It also rules out empty chunks (chunks > size)
   // and bytes without chunks.
-  const bool consistent = ref.chunks == 0 ? ref.size == 0
-                                          : chunk_count(ref.size, chunk_count(ref.size, ref.chunks)) == ref.chunks;
+  const bool consistent =
+      ref.chunks == 0 ? ref.size == 0
+                      : chunk_count(ref.size, chunk_count(ref.size, ref.chunks)) == ref.chunks;
   if (!consistent) {
     return Status::Corruption(0, "no chunk size cuts " + std::to_string(ref.size) + " bytes into " +
                                      std::to_string(ref.chunks) + " chunks");
@@ -258,7 +272,8 @@ Result<Ref> parse_ref(std::string_view text, uint64_t max_value_bytes) {
 }
 
 std::string format_ref(const Ref& ref) {
-  return ref.id + " " + std::to_string(ref.chunks) + " " + std::to_string(ref.size) + " " + ref.checksum;
+  return ref.id + " " + std::to_string(ref.chunks) + " " + std::to_string(ref.size) + " " +
+         ref.checksum;
 }
 
 std::string value_checksum(std::string_view value) {
@@ -278,16 +293,19 @@ ReplyLimits ChunkAssembler::next_limits() const {
 
 ChunkAssembler::Verdict ChunkAssembler::add(Reply&& reply) {
   const uint64_t index = next_index_++;
-  if (index >= ref_.chunks) return lose(Verdict::kInvalid, "more chunk replies than the ref's chunks");
+  if (index >= ref_.chunks)
+    return lose(Verdict::kInvalid, "more chunk replies than the ref's chunks");
   if (reply.type == Reply::Type::kNil) {
-    return lose(Verdict::kMissing, "chunk " + std::to_string(index) + " is gone (expired or replaced)");
+    return lose(Verdict::kMissing,
+                "chunk " + std::to_string(index) + " is gone (expired or replaced)");
   }
   if (reply.type == Reply::Type::kError) {
     // The server's own words (WRONGTYPE when someone stored another type at the chunk's key),
     // cut short: an error reply may be as long as the chunk it stands for.
     constexpr size_t kMaxQuotedBytes = 200;
-    return lose(Verdict::kInvalid, "chunk " + std::to_string(index) + " is an error reply (" +
-                                       util::printable(std::string_view(reply.text).substr(0, kMaxQuotedBytes)) + ")");
+    return lose(Verdict::kInvalid,
+                "chunk " + std::to_string(index) + " is an error reply (" +
+                    util::printable(std::string_view(reply.text).substr(0, kMaxQuotedBytes)) + ")");
   }
   if (reply.type != Reply::Type::kString) {
     return lose(Verdict::kInvalid, "chunk " + std::to_string(index) + " is not a string");
@@ -300,13 +318,14 @@ ChunkAssembler::Verdict ChunkAssembler::add(Reply&& reply) {
     first_chunk_bytes_ = length;
     // The first chunk's length is the writer's chunk size, unless it is the only chunk.
     if (!last && chunk_count(ref_.size, length) != ref_.chunks) {
-      return lose(Verdict::kInvalid, "a first chunk of " + std::to_string(length) + " bytes does not cut " +
-                                         std::to_string(ref_.size) + " bytes into " +
-                                         std::to_string(ref_.chunks) + " chunks");
+      return lose(Verdict::kInvalid, "a first chunk of " + std::to_string(length) +
+                                         " bytes does not cut " + std::to_string(ref_.size) +
+                                         " bytes into " + std::to_string(ref_.chunks) + " chunks");
     }
   } else if (last ? length > first_chunk_bytes_ : length != first_chunk_bytes_) {
-    return lose(Verdict::kInvalid, "chunk " + std::to_string(index) + " has " + std::to_string(length) +
-                                       " bytes where the first has " + std::to_string(first_chunk_bytes_));
+    return lose(Verdict::kInvalid, "chunk " + std::to_string(index) + " has " +
+                                       std::to_string(length) + " bytes where the first has " +
+                                       std::to_string(first_chunk_bytes_));
   }
   if (loss_ != Verdict::kAccepted) return loss_;
   // The ref's size passed max_value_bytes and a first chunk arrived: only now is the whole
@@ -317,7 +336,8 @@ ChunkAssembler::Verdict ChunkAssembler::add(Reply&& reply) {
     if (index == 0) value_.reserve(ref_.size);
     value_.append(reply.text);
   } catch (const std::bad_alloc&) {
-    return lose(Verdict::kInvalid, "no memory for a value of " + std::to_string(ref_.size) + " bytes");
+    return lose(Verdict::kInvalid,
+                "no memory for a value of " + std::to_string(ref_.size) + " bytes");
   }
   return Verdict::kAccepted;
 }
@@ -335,10 +355,11 @@ Result<std::string> ChunkAssembler::finish() {
   if (loss_ == Verdict::kMissing) return Status::NotFound(error_);
   if (loss_ == Verdict::kInvalid) return Status::Corruption(0, error_);
   if (next_index_ != ref_.chunks || received_ != ref_.size) {
-    return Status::Corruption(0, "the chunks hold " + std::to_string(received_) + " bytes, not the ref's " +
-                                     std::to_string(ref_.size));
+    return Status::Corruption(0, "the chunks hold " + std::to_string(received_) +
+                                     " bytes, not the ref's " + std::to_string(ref_.size));
   }
-  if (value_checksum(value_) != ref_.checksum) return Status::Corruption(0, "the value's checksum does not match its ref");
+  if (value_checksum(value_) != ref_.checksum)
+    return Status::Corruption(0, "the value's checksum does not match its ref");
   return std::move(value_);
 }
 

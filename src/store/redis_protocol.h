@@ -28,8 +28,8 @@ struct Reply {
 // What one reply may hold. A reply that could not fit is refused as soon as its headers say
 // so, before the bytes they announce are buffered.
 struct ReplyLimits {
-  uint64_t max_bytes = 0;     // the whole reply as sent, headers and line ends included
-  uint64_t max_elements = 0;  // array elements, nested ones counted
+  uint64_t max_bytes = 0;                // the whole reply as sent, headers and line ends included
+  uint64_t max_elements = 0;             // array elements, nested ones counted
   uint64_t max_bulk_bytes = UINT64_MAX;  // one bulk string's payload, where that is tighter
 };
 
@@ -61,7 +61,7 @@ inline constexpr uint64_t kMaxChunks = uint64_t{1} << 20;
 // megacache:v1:ref:<name> holds "<id> <chunks> <size> <checksum>": the value's chunks are
 // megacache:v1:chunk:<id>:<0..chunks-1>, together `size` bytes whose hex XXH3-128 is `checksum`.
 struct Ref {
-  std::string id;        // 32 lowercase hex digits, random per put
+  std::string id;  // 32 lowercase hex digits, random per put
   uint64_t chunks = 0;
   uint64_t size = 0;
   std::string checksum;  // 32 lowercase hex digits

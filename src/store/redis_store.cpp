@@ -47,7 +47,8 @@ constexpr int kFailuresBeforeDisabling = 3;
 constexpr const char* kPrefix = "megacache:v1:";
 // Deletes the lock only if it still holds our token: never release another holder's lock.
 constexpr const char* kReleaseScript =
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 "
+    "end";
 // Refs, statuses, integers, nil and error messages: a ref is under a hundred bytes.
 constexpr ReplyLimits kSmallReply{1024, 0};
 // A SCAN page: a cursor and the keys found. COUNT 1000 is a hint the server may exceed, so
@@ -78,7 +79,8 @@ std::string random_token() {
 }
 
 timeval to_timeval(std::chrono::milliseconds ms) {
-  return timeval{static_cast<time_t>(ms.count() / 1000), static_cast<suseconds_t>((ms.count() % 1000) * 1000)};
+  return timeval{static_cast<time_t>(ms.count() / 1000),
+                 static_cast<suseconds_t>((ms.count() % 1000) * 1000)};
 }
 
 // Server-sent text for the log: a hostile server must not write terminal escapes into it.
@@ -96,11 +98,16 @@ std::string describe(const Reply& reply) {
       const std::string_view text = std::string_view(reply.text).substr(0, kMaxLoggedReplyBytes);
       return "an error (" + printable(text) + (reply.text.size() > text.size() ? "...)" : ")");
     }
-    case Reply::Type::kString: return "a string";
-    case Reply::Type::kStatus: return "a status (" + printable(reply.text.substr(0, kMaxLoggedReplyBytes)) + ")";
-    case Reply::Type::kInteger: return "an integer";
-    case Reply::Type::kNil: return "nil";
-    case Reply::Type::kArray: return "an array";
+    case Reply::Type::kString:
+      return "a string";
+    case Reply::Type::kStatus:
+      return "a status (" + printable(reply.text.substr(0, kMaxLoggedReplyBytes)) + ")";
+    case Reply::Type::kInteger:
+      return "an integer";
+    case Reply::Type::kNil:
+      return "nil";
+    case Reply::Type::kArray:
+      return "an array";
   }
   return "an unknown reply";
 }
@@ -119,8 +126,13 @@ class Connection {
   using LimitsFor = std::function<ReplyLimits(size_t index)>;
   using OnReply = std::function<void(size_t index, Reply&& reply)>;
 
-  Connection(std::string url, std::string host, int port, int db, std::chrono::milliseconds connect_timeout)
-      : url_(std::move(url)), host_(std::move(host)), port_(port), db_(db), connect_timeout_(connect_timeout) {}
+  Connection(std::string url, std::string host, int port, int db,
+             std::chrono::milliseconds connect_timeout)
+      : url_(std::move(url)),
+        host_(std::move(host)),
+        port_(port),
+        db_(db),
+        connect_timeout_(connect_timeout) {}
   ~Connection() { drop(); }
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -138,8 +150,8 @@ class Connection {
   // that is in step (WRONGTYPE when someone stored another type at one of our keys, OOM when
   // the server is full), so it goes to `on_reply` like any reply, and the caller reports it
   // with report_bad_data and makes it a miss or a failed write.
-  bool exchange(Deadline deadline, std::string_view request, size_t replies, const LimitsFor& limits_for,
-                const OnReply& on_reply) {
+  bool exchange(Deadline deadline, std::string_view request, size_t replies,
+                const LimitsFor& limits_for, const OnReply& on_reply) {
     if (disabled() || !connect(deadline)) return false;
     if (!transfer(deadline, request, replies, limits_for, on_reply)) return false;
     failures_ = 0;
@@ -147,12 +159,13 @@ class Connection {
   }
 
   // All replies, each within `limits`; nullopt on failure (as exchange).
-  std::optional<std::vector<Reply>> exchange_all(Deadline deadline, std::string_view request, size_t replies,
-                                                 ReplyLimits limits = kSmallReply) {
+  std::optional<std::vector<Reply>> exchange_all(Deadline deadline, std::string_view request,
+                                                 size_t replies, ReplyLimits limits = kSmallReply) {
     std::vector<Reply> out;
     out.reserve(replies);
-    const bool ok = exchange(deadline, request, replies, [&](size_t) { return limits; },
-                             [&](size_t, Reply&& reply) { out.push_back(std::move(reply)); });
+    const bool ok = exchange(
+        deadline, request, replies, [&](size_t) { return limits; },
+        [&](size_t, Reply&& reply) { out.push_back(std::move(reply)); });
     if (!ok) return std::nullopt;
     return out;
   }
@@ -182,7 +195,8 @@ class Connection {
     if (context_) return true;
     const std::chrono::milliseconds left = time_left(deadline);
     if (left.count() == 0) return fail("no time left to connect within timeout_ms", true);
-    context_ = redisConnectWithTimeout(host_.c_str(), port_, to_timeval(std::min(connect_timeout_, left)));
+    context_ =
+        redisConnectWithTimeout(host_.c_str(), port_, to_timeval(std::min(connect_timeout_, left)));
     if (context_ == nullptr || context_->err) {
       const bool timeout = errno == EINPROGRESS || errno == ETIMEDOUT;
       return fail(context_ ? context_->errstr : "cannot allocate a hiredis context", timeout);
@@ -197,8 +211,9 @@ class Connection {
       std::string select;
       redis::append_command(select, {"SELECT", std::to_string(db_)});
       std::optional<Reply> answer;
-      const bool ok = transfer(deadline, select, 1, [](size_t) { return kSmallReply; },
-                               [&](size_t, Reply&& reply) { answer = std::move(reply); });
+      const bool ok = transfer(
+          deadline, select, 1, [](size_t) { return kSmallReply; },
+          [&](size_t, Reply&& reply) { answer = std::move(reply); });
       if (!ok) return false;
       // Unlike the error replies of our other commands, a refused SELECT (a database the
       // server does not have) says that the URL cannot work at all: it counts as a failure.
@@ -209,8 +224,8 @@ class Connection {
     return true;
   }
 
-  bool transfer(Deadline deadline, std::string_view request, size_t replies, const LimitsFor& limits_for,
-                const OnReply& on_reply) {
+  bool transfer(Deadline deadline, std::string_view request, size_t replies,
+                const LimitsFor& limits_for, const OnReply& on_reply) {
     const int fd = context_->fd;
     size_t written = 0;
     std::string input;  // received and not yet a whole reply
@@ -221,14 +236,17 @@ class Connection {
       const std::chrono::milliseconds left = time_left(deadline);
       if (left.count() == 0) {
         return fail("no complete reply within timeout_ms (" + std::to_string(next) + " of " +
-                        std::to_string(replies) + " replies)", true);
+                        std::to_string(replies) + " replies)",
+                    true);
       }
       pollfd ready{fd, static_cast<short>(POLLIN | (written < request.size() ? POLLOUT : 0)), 0};
-      const int count = ::poll(&ready, 1, static_cast<int>(std::min<int64_t>(left.count(), INT_MAX)));
+      const int count =
+          ::poll(&ready, 1, static_cast<int>(std::min<int64_t>(left.count(), INT_MAX)));
       if (count < 0 && errno != EINTR) return fail(std::strerror(errno), false);
       if (count <= 0) continue;  // the top of the loop decides whether time is up
       if (ready.revents & POLLOUT) {
-        const ssize_t sent = ::send(fd, request.data() + written, request.size() - written, MSG_NOSIGNAL);
+        const ssize_t sent =
+            ::send(fd, request.data() + written, request.size() - written, MSG_NOSIGNAL);
         if (sent > 0) {
           written += static_cast<size_t>(sent);
         } else if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -248,12 +266,13 @@ class Connection {
       size_t parsed_bytes = 0;
       while (next < replies) {
         Reply reply;
-        const redis::ParseResult parsed =
-            redis::parse_reply(std::string_view(input).substr(parsed_bytes), limits_for(next), reply);
+        const redis::ParseResult parsed = redis::parse_reply(
+            std::string_view(input).substr(parsed_bytes), limits_for(next), reply);
         if (parsed.state == redis::ParseState::kIncomplete) break;
         // Cut off here: what follows a reply that breaks its limit is not read, so memory
         // stays bounded by what was asked, not by what the server sends.
-        if (parsed.state == redis::ParseState::kInvalid) return fail("bad reply: " + parsed.error, false);
+        if (parsed.state == redis::ParseState::kInvalid)
+          return fail("bad reply: " + parsed.error, false);
         parsed_bytes += parsed.consumed;
         on_reply(next++, std::move(reply));  // error replies too: see exchange
       }
@@ -272,7 +291,8 @@ class Connection {
     ++(timeout ? counters_.timeouts : counters_.errors);
     ++failures_;
     log(std::string(timeout ? "timeout: " : "") + what,
-        disabled() ? "treating it as a miss and turning this store off for the process" : "treating it as a miss");
+        disabled() ? "treating it as a miss and turning this store off for the process"
+                   : "treating it as a miss");
     drop();  // a broken connection is not reused
     return false;
   }
@@ -299,15 +319,20 @@ class RedisLock final : public Lock {
  public:
   RedisLock(std::shared_ptr<Connection> connection, std::string key, std::string token,
             std::chrono::milliseconds timeout)
-      : connection_(std::move(connection)), key_(std::move(key)), token_(std::move(token)), timeout_(timeout) {}
+      : connection_(std::move(connection)),
+        key_(std::move(key)),
+        token_(std::move(token)),
+        timeout_(timeout) {}
   ~RedisLock() override {
     std::string request;
     redis::append_command(request, {"EVAL", kReleaseScript, "1", key_, token_});
-    std::optional<std::vector<Reply>> reply = connection_->exchange_all(Clock::now() + timeout_, request, 1);
+    std::optional<std::vector<Reply>> reply =
+        connection_->exchange_all(Clock::now() + timeout_, request, 1);
     // 1: released; 0: it had expired, and may be another holder's now.
     if (reply && reply->front().type != Reply::Type::kInteger) {
-      connection_->report_bad_data("releasing " + key_ + ": EVAL answered " + describe(reply->front()),
-                                   "the lock ends when its ttl does");
+      connection_->report_bad_data(
+          "releasing " + key_ + ": EVAL answered " + describe(reply->front()),
+          "the lock ends when its ttl does");
     }
   }
 
@@ -351,33 +376,43 @@ class RedisStore final : public Store {
     // Readers refuse what is over their max_value_bytes, so it is not written either.
     if (value.size() > options_.max_value_bytes) {
       return Status::InvalidArgument(url_ + ": '" + name + "' is " + std::to_string(value.size()) +
-                                     " bytes, over max_value_bytes (" + std::to_string(options_.max_value_bytes) + ")");
+                                     " bytes, over max_value_bytes (" +
+                                     std::to_string(options_.max_value_bytes) + ")");
     }
     const uint64_t chunks = redis::chunk_count(value.size(), options_.chunk_size);
     if (chunks > redis::kMaxChunks) {
-      return Status::InvalidArgument(url_ + ": '" + name + "' would take " + std::to_string(chunks) +
-                                     " chunks, over " + std::to_string(redis::kMaxChunks) + "; raise chunk_size");
+      return Status::InvalidArgument(url_ + ": '" + name + "' would take " +
+                                     std::to_string(chunks) + " chunks, over " +
+                                     std::to_string(redis::kMaxChunks) + "; raise chunk_size");
     }
     const RefLookup previous = read_ref(name, deadline);
-    if (!previous.answered) return Status::IOError(url_ + ": could not store '" + name + "' (see the log above)");
+    if (!previous.answered)
+      return Status::IOError(url_ + ": could not store '" + name + "' (see the log above)");
     const redis::Ref ref{random_token(), chunks, value.size(), redis::value_checksum(value)};
     std::string request;
-    request.reserve(value.size() + (chunks + 1) * 160);  // the value and each SET's keys and headers
+    request.reserve(value.size() +
+                    (chunks + 1) * 160);  // the value and each SET's keys and headers
     for (uint64_t i = 0; i < chunks; ++i) {
-      append_with_ttl(request, {"SET", chunk_key(ref.id, i), value.substr(i * options_.chunk_size, options_.chunk_size)});
+      append_with_ttl(request, {"SET", chunk_key(ref.id, i),
+                                value.substr(i * options_.chunk_size, options_.chunk_size)});
     }
     append_with_ttl(request, {"SET", ref_key(name), redis::format_ref(ref)});
-    std::optional<Reply> first_refusal;  // the first reply that is not OK (OOM from a full server...)
+    std::optional<Reply>
+        first_refusal;  // the first reply that is not OK (OOM from a full server...)
     const bool sent = connection_->exchange(
         deadline, request, chunks + 1, [](size_t) { return kSmallReply; },
         [&](size_t i, Reply&& reply) {
-          if (reply.type != Reply::Type::kStatus && !first_refusal) first_refusal = std::move(reply);
-          report_progress(std::min<uint64_t>(value.size(), (i + 1) * options_.chunk_size), value.size());
+          if (reply.type != Reply::Type::kStatus && !first_refusal)
+            first_refusal = std::move(reply);
+          report_progress(std::min<uint64_t>(value.size(), (i + 1) * options_.chunk_size),
+                          value.size());
         });
     if (sent && first_refusal) {
-      connection_->report_bad_data("storing '" + name + "': SET answered " + describe(*first_refusal), "not stored");
+      connection_->report_bad_data(
+          "storing '" + name + "': SET answered " + describe(*first_refusal), "not stored");
     }
-    if (!sent || first_refusal) return Status::IOError(url_ + ": could not store '" + name + "' (see the log above)");
+    if (!sent || first_refusal)
+      return Status::IOError(url_ + ": could not store '" + name + "' (see the log above)");
     if (previous.ref) delete_chunks(*previous.ref, deadline);
     ++counters().puts;
     counters().bytes_out += value.size();
@@ -398,8 +433,8 @@ class RedisStore final : public Store {
     std::optional<std::vector<Reply>> deleted;
     if (lookup.answered) deleted = connection_->exchange_all(deadline, request, 1);
     if (deleted && deleted->front().type == Reply::Type::kError) {
-      connection_->report_bad_data("removing '" + name + "': DEL answered " + describe(deleted->front()),
-                                   "not removed");
+      connection_->report_bad_data(
+          "removing '" + name + "': DEL answered " + describe(deleted->front()), "not removed");
     }
     if (!deleted || deleted->front().type == Reply::Type::kError) {
       return Status::IOError(url_ + ": could not remove '" + name + "' (see the log above)");
@@ -426,17 +461,18 @@ class RedisStore final : public Store {
       // Checked between pages, never inside one: a page cut short by our own bound would
       // count as a failure of the server's.
       if (Clock::now() >= stop_paging_at) {
-        connection_->report_own_bound("the listing is still not done after " + std::to_string(pages) +
-                                          " SCAN pages and " + std::to_string(kListTimeoutFactor) +
-                                          " x timeout_ms; the server may never end it",
-                                      "listing only the entries found so far");
+        connection_->report_own_bound(
+            "the listing is still not done after " + std::to_string(pages) + " SCAN pages and " +
+                std::to_string(kListTimeoutFactor) + " x timeout_ms; the server may never end it",
+            "listing only the entries found so far");
         break;
       }
       // One deadline per page: listing a large store takes many, each bounded.
       const Deadline deadline = Clock::now() + options_.timeout;
       std::string scan;
       redis::append_command(scan, {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"});
-      std::optional<std::vector<Reply>> page = connection_->exchange_all(deadline, scan, 1, kScanReply);
+      std::optional<std::vector<Reply>> page =
+          connection_->exchange_all(deadline, scan, 1, kScanReply);
       if (!page) break;
       ++pages;
       const Reply& reply = page->front();
@@ -464,7 +500,8 @@ class RedisStore final : public Store {
       }
       std::string gets;
       for (const std::string& name : names) redis::append_command(gets, {"GET", ref_key(name)});
-      std::optional<std::vector<Reply>> refs = connection_->exchange_all(deadline, gets, names.size());
+      std::optional<std::vector<Reply>> refs =
+          connection_->exchange_all(deadline, gets, names.size());
       if (!refs) break;
       for (size_t i = 0; i < names.size(); ++i) {
         if (std::optional<redis::Ref> ref = interpret_ref(names[i], std::move((*refs)[i]))) {
@@ -472,8 +509,9 @@ class RedisStore final : public Store {
         }
       }
       if (full) {
-        connection_->report_bad_data("SCAN named more than " + std::to_string(kMaxListedEntries) + " entries",
-                                     "listing only the first of them");
+        connection_->report_bad_data(
+            "SCAN named more than " + std::to_string(kMaxListedEntries) + " entries",
+            "listing only the first of them");
         break;
       }
     } while (cursor != "0");
@@ -489,7 +527,8 @@ class RedisStore final : public Store {
     const std::string token = random_token();
     const Deadline wait_until = Clock::now() + wait;
     std::string request;
-    redis::append_command(request, {"SET", key, token, "NX", "PX", std::to_string(std::max<int64_t>(1, ttl.count()))});
+    redis::append_command(request, {"SET", key, token, "NX", "PX",
+                                    std::to_string(std::max<int64_t>(1, ttl.count()))});
     while (!connection_->disabled()) {
       std::optional<std::vector<Reply>> reply =
           connection_->exchange_all(Clock::now() + options_.timeout, request, 1);
@@ -507,14 +546,16 @@ class RedisStore final : public Store {
       }
       const auto now = Clock::now();
       if (now >= wait_until) return nullptr;
-      std::this_thread::sleep_for(std::min<Clock::duration>(std::chrono::milliseconds(10), wait_until - now));
+      std::this_thread::sleep_for(
+          std::min<Clock::duration>(std::chrono::milliseconds(10), wait_until - now));
     }
     return nullptr;
   }
 
   Result<uint64_t> gc(uint64_t) override {
-    return Status::InvalidArgument(url_ + ": Redis evicts by itself; configure maxmemory and "
-                                          "maxmemory-policy allkeys-lru on the server");
+    return Status::InvalidArgument(url_ +
+                                   ": Redis evicts by itself; configure maxmemory and "
+                                   "maxmemory-policy allkeys-lru on the server");
   }
 
   Stats stats() override { return counters(); }
@@ -528,7 +569,9 @@ class RedisStore final : public Store {
 
   Stats& counters() { return connection_->counters(); }
 
-  static std::string ref_key(const std::string& name) { return std::string(kPrefix) + "ref:" + name; }
+  static std::string ref_key(const std::string& name) {
+    return std::string(kPrefix) + "ref:" + name;
+  }
   static std::string chunk_key(const std::string& id, uint64_t i) {
     return std::string(kPrefix) + "chunk:" + id + ":" + std::to_string(i);
   }
@@ -562,7 +605,8 @@ class RedisStore final : public Store {
   std::optional<redis::Ref> interpret_ref(const std::string& name, Reply&& reply) {
     if (reply.type == Reply::Type::kNil) return std::nullopt;
     if (reply.type != Reply::Type::kString) {
-      connection_->report_bad_data("GET " + ref_key(name) + " answered " + describe(reply) + ", not a ref");
+      connection_->report_bad_data("GET " + ref_key(name) + " answered " + describe(reply) +
+                                   ", not a ref");
       return std::nullopt;
     }
     Result<redis::Ref> ref = redis::parse_ref(reply.text, options_.max_value_bytes);
@@ -573,11 +617,13 @@ class RedisStore final : public Store {
     return std::move(ref).value();
   }
 
-  std::optional<std::string> read_value(const std::string& name, const redis::Ref& ref, Deadline deadline) {
+  std::optional<std::string> read_value(const std::string& name, const redis::Ref& ref,
+                                        Deadline deadline) {
     redis::ChunkAssembler assembler(ref);
     if (ref.chunks > 0) {
       std::string request;
-      for (uint64_t i = 0; i < ref.chunks; ++i) redis::append_command(request, {"GET", chunk_key(ref.id, i)});
+      for (uint64_t i = 0; i < ref.chunks; ++i)
+        redis::append_command(request, {"GET", chunk_key(ref.id, i)});
       const bool ok = connection_->exchange(
           deadline, request, ref.chunks, [&](size_t) { return assembler.next_limits(); },
           [&](size_t, Reply&& reply) {
@@ -615,12 +661,14 @@ class RedisStore final : public Store {
     }
     // An old value's chunks left behind cost memory until their ttl or eviction, nothing
     // more: a refused DEL is logged, and the put or remove stands.
-    std::optional<std::vector<Reply>> replies = connection_->exchange_all(deadline, request, commands);
+    std::optional<std::vector<Reply>> replies =
+        connection_->exchange_all(deadline, request, commands);
     if (!replies) return;
     for (const Reply& reply : *replies) {
       if (reply.type == Reply::Type::kError) {
-        connection_->report_bad_data("deleting the old chunks of " + ref.id + ": DEL answered " + describe(reply),
-                                     "leaving them to expire or be evicted");
+        connection_->report_bad_data(
+            "deleting the old chunks of " + ref.id + ": DEL answered " + describe(reply),
+            "leaving them to expire or be evicted");
         return;
       }
     }
@@ -636,7 +684,8 @@ Result<uint64_t> option_number(const std::string& url, const UrlOptions& options
   const std::optional<std::string> text = options.get(name);
   if (!text) return fallback;
   Result<uint64_t> value = parse_size(*text);
-  if (!value.ok()) return Status::InvalidArgument(url + ": " + name + ": " + value.status().message());
+  if (!value.ok())
+    return Status::InvalidArgument(url + ": " + name + ": " + value.status().message());
   return *value;
 }
 
@@ -660,11 +709,13 @@ Result<std::unique_ptr<Store>> open_redis_store(const std::string& url, const st
   // A zero deadline would turn every request into a timeout; a day is past any sane one and
   // keeps deadline arithmetic far from overflow.
   constexpr uint64_t kMaxTimeoutMs = 24 * 3600 * 1000;
-  if (*timeout_ms == 0 || *connect_ms == 0 || *timeout_ms > kMaxTimeoutMs || *connect_ms > kMaxTimeoutMs) {
+  if (*timeout_ms == 0 || *connect_ms == 0 || *timeout_ms > kMaxTimeoutMs ||
+      *connect_ms > kMaxTimeoutMs) {
     return Status::InvalidArgument(url + ": timeout_ms and connect_timeout_ms must be 1 to " +
                                    std::to_string(kMaxTimeoutMs));
   }
-  auto connection = std::make_shared<Connection>(url, host, port, db, std::chrono::milliseconds(*connect_ms));
+  auto connection =
+      std::make_shared<Connection>(url, host, port, db, std::chrono::milliseconds(*connect_ms));
   RedisOptions redis_options{*ttl, *chunk, *max_value, std::chrono::milliseconds(*timeout_ms)};
   return std::unique_ptr<Store>(new RedisStore(url, std::move(connection), redis_options));
 }

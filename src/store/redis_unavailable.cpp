@@ -3,9 +3,10 @@
 
 namespace megacache::store {
 
-Result<std::unique_ptr<Store>> open_redis_store(const std::string& url, const std::string&, int, int,
-                                                const UrlOptions&) {
-  return Status::InvalidArgument("'" + url + "': this megacache was built without hiredis; "
+Result<std::unique_ptr<Store>> open_redis_store(const std::string& url, const std::string&, int,
+                                                int, const UrlOptions&) {
+  return Status::InvalidArgument("'" + url +
+                                 "': this megacache was built without hiredis; "
                                  "install libhiredis-dev and rebuild to use Redis stores");
 }
 

@@ -15,8 +15,9 @@ UrlOptions parse_query(std::string_view query) {
     const size_t amp = query.find('&');
     const std::string_view pair = query.substr(0, amp);
     const size_t eq = pair.find('=');
-    options.values.emplace_back(std::string(pair.substr(0, eq)),
-                                eq == std::string_view::npos ? "" : std::string(pair.substr(eq + 1)));
+    options.values.emplace_back(
+        std::string(pair.substr(0, eq)),
+        eq == std::string_view::npos ? "" : std::string(pair.substr(eq + 1)));
     query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
   }
   return options;
@@ -26,7 +27,8 @@ Result<std::unique_ptr<Store>> open_one(const std::string& url) {
   const size_t question = url.find('?');
   const std::string base = url.substr(0, question);
   const UrlOptions options =
-      parse_query(question == std::string::npos ? std::string_view() : std::string_view(url).substr(question + 1));
+      parse_query(question == std::string::npos ? std::string_view()
+                                                : std::string_view(url).substr(question + 1));
   if (base.rfind("file://", 0) == 0) {
     return open_file_store(url, base.substr(7), options);
   }
@@ -47,7 +49,8 @@ Result<std::unique_ptr<Store>> open_one(const std::string& url) {
     int port = 6379;
     if (const size_t colon = rest.rfind(':'); colon != std::string::npos) {
       const std::string text = rest.substr(colon + 1);
-      if (text.empty() || text.size() > 5 || text.find_first_not_of("0123456789") != std::string::npos) {
+      if (text.empty() || text.size() > 5 ||
+          text.find_first_not_of("0123456789") != std::string::npos) {
         return Status::InvalidArgument("redis URL '" + url + "': the port must be a number");
       }
       port = std::stoi(text);
@@ -68,16 +71,18 @@ Result<std::unique_ptr<Store>> open(const std::string& url) {
   for (size_t i = 0; i < url.size(); ++i) {
     const unsigned char c = static_cast<unsigned char>(url[i]);
     if (c < 0x20 || c == 0x7f) {
-      return Status::InvalidArgument("store URL '" + util::printable(url) + "' holds control character " +
-                                     std::to_string(c) + " at offset " + std::to_string(i) +
-                                     "; URLs and paths may not hold NUL or other control characters");
+      return Status::InvalidArgument(
+          "store URL '" + util::printable(url) + "' holds control character " + std::to_string(c) +
+          " at offset " + std::to_string(i) +
+          "; URLs and paths may not hold NUL or other control characters");
     }
   }
   std::vector<std::unique_ptr<Store>> stores;
   size_t start = 0;
   while (start <= url.size()) {
     const size_t comma = url.find(',', start);
-    const std::string one = url.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const std::string one =
+        url.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     if (!one.empty()) {
       Result<std::unique_ptr<Store>> store = open_one(one);
       if (!store.ok()) return store.status();
@@ -95,14 +100,16 @@ Result<std::unique_ptr<Store>> open(const std::string& url) {
 
 std::string default_url() {
   if (const char* url = std::getenv("MEGACACHE_STORE"); url && *url) return url;
-  if (const char* dir = std::getenv("MEGACACHE_DIR"); dir && *dir) return std::string("file://") + dir;
+  if (const char* dir = std::getenv("MEGACACHE_DIR"); dir && *dir)
+    return std::string("file://") + dir;
   const char* home = std::getenv("HOME");
   return std::string("file://") + (home && *home ? home : "/tmp") + "/.cache/megacache";
 }
 
 Status check_name(std::string_view name) {
   if (name.empty() || name.size() > 200) {
-    return Status::InvalidArgument("store name '" + std::string(name) + "' must be 1 to 200 characters");
+    return Status::InvalidArgument("store name '" + std::string(name) +
+                                   "' must be 1 to 200 characters");
   }
   if (name.front() == '.') {
     return Status::InvalidArgument("store name '" + std::string(name) + "' may not start with '.'");
@@ -149,21 +156,35 @@ Result<uint64_t> parse_size(std::string_view text) {
   if (text.empty()) return Status::InvalidArgument("empty size");
   uint64_t multiplier = 1;
   switch (text.back()) {
-    case 'k': case 'K': multiplier = uint64_t{1} << 10; break;
-    case 'm': case 'M': multiplier = uint64_t{1} << 20; break;
-    case 'g': case 'G': multiplier = uint64_t{1} << 30; break;
-    case 't': case 'T': multiplier = uint64_t{1} << 40; break;
-    default: break;
+    case 'k':
+    case 'K':
+      multiplier = uint64_t{1} << 10;
+      break;
+    case 'm':
+    case 'M':
+      multiplier = uint64_t{1} << 20;
+      break;
+    case 'g':
+    case 'G':
+      multiplier = uint64_t{1} << 30;
+      break;
+    case 't':
+    case 'T':
+      multiplier = uint64_t{1} << 40;
+      break;
+    default:
+      break;
   }
   const std::string_view digits = multiplier == 1 ? text : text.substr(0, text.size() - 1);
   if (digits.empty() || digits.find_first_not_of("0123456789") != std::string_view::npos) {
-    return Status::InvalidArgument("size '" + std::string(text) + "' is not a number with an optional K, M, G or T");
+    return Status::InvalidArgument("size '" + std::string(text) +
+                                   "' is not a number with an optional K, M, G or T");
   }
   // Checked at every step: a size that wrapped around would pass every later bound as some
   // smaller size nobody asked for.
   const auto too_large = [&] {
-    return Status::InvalidArgument("size '" + std::string(text) + "' is over " + std::to_string(UINT64_MAX) +
-                                   " bytes");
+    return Status::InvalidArgument("size '" + std::string(text) + "' is over " +
+                                   std::to_string(UINT64_MAX) + " bytes");
   };
   uint64_t number = 0;
   for (char c : digits) {

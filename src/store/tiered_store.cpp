@@ -8,7 +8,8 @@ namespace {
 
 class TieredStore final : public Store {
  public:
-  TieredStore(std::string url, std::unique_ptr<Store> local, std::vector<std::unique_ptr<Store>> remotes)
+  TieredStore(std::string url, std::unique_ptr<Store> local,
+              std::vector<std::unique_ptr<Store>> remotes)
       : url_(std::move(url)), local_(std::move(local)), remotes_(std::move(remotes)) {}
 
   const std::string& url() const override { return url_; }

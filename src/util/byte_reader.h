@@ -57,11 +57,11 @@ class ByteReader {
     uint64_t length = 0;
     if (!read_uint(length, width, std::string(what) + " length", error)) return false;
     if (length > cap || length > remaining()) {
-      error = Status::Corruption(start, std::string(what) + " length " + std::to_string(length) +
-                                            (length > cap ? " exceeds the limit of " + std::to_string(cap)
-                                                          : " runs past the end (" +
-                                                                std::to_string(remaining()) +
-                                                                " bytes left)"));
+      error = Status::Corruption(
+          start, std::string(what) + " length " + std::to_string(length) +
+                     (length > cap
+                          ? " exceeds the limit of " + std::to_string(cap)
+                          : " runs past the end (" + std::to_string(remaining()) + " bytes left)"));
       pos_ = start;
       return false;
     }

@@ -73,7 +73,8 @@ Status open_error(int dir, const std::string& name, const std::string& where) {
 // The names of `path`, each checked: none empty, ".", ".." or holding a NUL.
 Result<std::vector<std::string>> names_of(const std::string& root, std::string_view path) {
   if (root.empty() || root.find('\0') != std::string::npos) {
-    return Status::InvalidArgument("the directory '" + printable(root) + "' is empty or holds a NUL character");
+    return Status::InvalidArgument("the directory '" + printable(root) +
+                                   "' is empty or holds a NUL character");
   }
   std::vector<std::string> names;
   while (!path.empty()) {
@@ -106,8 +107,8 @@ Status create_root(const std::string& dir) {
 
 // The directory `names[0..count)` beneath `root`, opened one level at a time without following
 // links; missing levels are made when `create`.
-Result<Fd> open_directory(const std::string& root, const std::vector<std::string>& names, size_t count,
-                          bool create) {
+Result<Fd> open_directory(const std::string& root, const std::vector<std::string>& names,
+                          size_t count, bool create) {
   Fd dir(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir.get() < 0) {
     return errno == ENOENT ? Status::NotFound(errno_text("cannot open", root))
@@ -138,7 +139,8 @@ struct Located {
   std::string where;  // root/path, for messages
 };
 
-Result<Located> locate(const std::string& root, std::string_view path, bool create_parents = false) {
+Result<Located> locate(const std::string& root, std::string_view path,
+                       bool create_parents = false) {
   Result<std::vector<std::string>> names = names_of(root, path);
   if (!names.ok()) return names.status();
   if (names->empty()) return Status::InvalidArgument("no file name beneath " + root);
@@ -153,10 +155,12 @@ Result<std::string> read_all(int fd, const std::string& where, uint64_t max_byte
   if (::fstat(fd, &st) != 0) return Status::IOError(errno_text("cannot stat", where));
   if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(where + " is not a regular file");
   auto too_large = [&](uint64_t size) {
-    return Status::InvalidArgument(where + " holds " + std::to_string(size) + " bytes, more than the " +
-                                   std::to_string(max_bytes) + " it may");
+    return Status::InvalidArgument(where + " holds " + std::to_string(size) +
+                                   " bytes, more than the " + std::to_string(max_bytes) +
+                                   " it may");
   };
-  if (static_cast<uint64_t>(st.st_size) > max_bytes) return too_large(static_cast<uint64_t>(st.st_size));
+  if (static_cast<uint64_t>(st.st_size) > max_bytes)
+    return too_large(static_cast<uint64_t>(st.st_size));
   out.reserve(static_cast<size_t>(st.st_size));
   char buffer[1 << 16];
   while (true) {
@@ -182,8 +186,8 @@ std::string temp_name_for(const std::string& name) {
 }
 
 // Writes `content` to a new temp file in `dir` and renames it to `name`.
-Status write_atomic_in(int dir, const std::string& name, std::string_view content, const std::string& where,
-                       unsigned mode = 0666) {
+Status write_atomic_in(int dir, const std::string& name, std::string_view content,
+                       const std::string& where, unsigned mode = 0666) {
   const std::string temp = temp_name_for(name);
   Fd fd(::openat(dir, temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
   if (fd.get() < 0) return Status::IOError(errno_text("cannot create a temp file for", where));
@@ -231,7 +235,8 @@ class PosixFileSystem final : public FileSystem {
     return names;
   }
 
-  bool file_equals(const std::string& root, std::string_view path, std::string_view content) override {
+  bool file_equals(const std::string& root, std::string_view path,
+                   std::string_view content) override {
     Result<Fd> fd = open_file(root, path, O_RDONLY);
     if (!fd.ok()) return false;
     struct stat st;
@@ -248,13 +253,15 @@ class PosixFileSystem final : public FileSystem {
     return equal;
   }
 
-  Result<std::string> read_file(const std::string& root, std::string_view path, uint64_t max_bytes) override {
+  Result<std::string> read_file(const std::string& root, std::string_view path,
+                                uint64_t max_bytes) override {
     Result<Fd> fd = open_file(root, path, O_RDONLY);
     if (!fd.ok()) return fd.status();
     return read_all(fd->get(), joined(root, path), max_bytes);
   }
 
-  Status write_atomic(const std::string& root, std::string_view path, std::string_view content) override {
+  Status write_atomic(const std::string& root, std::string_view path,
+                      std::string_view content) override {
     Result<Located> at = locate(root, path);
     if (!at.ok()) return at.status();
     return write_atomic_in(at->parent.get(), at->name, content, at->where);
@@ -289,10 +296,11 @@ class PosixFileSystem final : public FileSystem {
     Result<Fd> fd = open_file(root, path, O_RDWR | O_CREAT);
     if (!fd.ok()) return fd.status();
     struct stat st;
-    if (::fstat(fd->get(), &st) != 0) return Status::IOError(errno_text("cannot stat", joined(root, path)));
+    if (::fstat(fd->get(), &st) != 0)
+      return Status::IOError(errno_text("cannot stat", joined(root, path)));
     if (!S_ISREG(st.st_mode) || st.st_nlink != 1) {
-      return Status::InvalidArgument(joined(root, path) +
-                                     " is not a regular file with one name (a hard link?); remove it");
+      return Status::InvalidArgument(
+          joined(root, path) + " is not a regular file with one name (a hard link?); remove it");
     }
     return fd->release();
   }
@@ -332,12 +340,16 @@ Result<std::string> read_named_file(const std::string& path) {
 
 Status write_named_file(const std::string& path, std::string_view content, unsigned mode) {
   if (path.empty() || path.find('\0') != std::string::npos) {
-    return Status::InvalidArgument("the path '" + printable(path) + "' is empty or holds a NUL character");
+    return Status::InvalidArgument("the path '" + printable(path) +
+                                   "' is empty or holds a NUL character");
   }
   const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
   const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
-  if (name.empty()) return Status::InvalidArgument("the path '" + path + "' names a directory, not a file");
+  if (name.empty())
+    return Status::InvalidArgument("the path '" + path + "' names a directory, not a file");
   Fd parent(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (parent.get() < 0) return Status::IOError(errno_text("cannot open the directory of", path));
   return write_atomic_in(parent.get(), name, content, path, mode);

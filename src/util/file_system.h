@@ -28,17 +28,21 @@ class FileSystem {
   // (links refused); existing directories are fine. `dir` may be empty.
   virtual Status create_directories(const std::string& root, std::string_view dir) = 0;
   // Names in `dir` (not "." or ".."); empty if it does not exist or is a link.
-  virtual std::vector<std::string> list_directory(const std::string& root, std::string_view dir) = 0;
+  virtual std::vector<std::string> list_directory(const std::string& root,
+                                                  std::string_view dir) = 0;
   // True when `path` is a regular file holding exactly `content`; reads only as far as the
   // first difference and never more than `content.size()` bytes.
-  virtual bool file_equals(const std::string& root, std::string_view path, std::string_view content) = 0;
+  virtual bool file_equals(const std::string& root, std::string_view path,
+                           std::string_view content) = 0;
   // The whole regular file, which may hold at most `max_bytes`: a file anyone else can write
   // is an input, and its size a claim to check before reading it all. Errors: NotFound,
   // InvalidArgument (a link, not a regular file, larger than `max_bytes`), IOError.
-  virtual Result<std::string> read_file(const std::string& root, std::string_view path, uint64_t max_bytes) = 0;
+  virtual Result<std::string> read_file(const std::string& root, std::string_view path,
+                                        uint64_t max_bytes) = 0;
   // Writes a hidden temp file beside `path` and renames it over `path`: readers see the old
   // file or the whole new one, never a part. The parent directory must exist.
-  virtual Status write_atomic(const std::string& root, std::string_view path, std::string_view content) = 0;
+  virtual Status write_atomic(const std::string& root, std::string_view path,
+                              std::string_view content) = 0;
 
   struct FileInfo {
     uint64_t size = 0;

@@ -1,9 +1,9 @@
 #include "util/hash.h"
 
 #include <libdeflate.h>
-#include <cstring>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <cstring>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>

@@ -107,7 +107,8 @@ TEST(AotPair, AnEditedHalfNeverReadsBack) {
       continue;
     }
     EXPECT_EQ(read->python_code, kCode) << "a flipped byte at " << i << " changed the code";
-    EXPECT_EQ(read->cache, sample_pair().cache) << "a flipped byte at " << i << " changed the cache";
+    EXPECT_EQ(read->cache, sample_pair().cache)
+        << "a flipped byte at " << i << " changed the cache";
   }
   EXPECT_GT(refused, (file->size() - payloads) * 9 / 10);
 }
@@ -127,8 +128,10 @@ TEST(AotPair, TrustPolicyAppliesAsToEveryBundle) {
   Result<std::string> signed_file = write_pair(sample_pair(), kFingerprint, {3, &key});
   ASSERT_TRUE(unsigned_file.ok() && signed_file.ok());
   EXPECT_TRUE(open_file(*signed_file, {key.public_key}).ok());
-  EXPECT_EQ(open_file(*unsigned_file, {key.public_key}).status().code(), Status::Code::kInvalidArgument);
-  EXPECT_EQ(open_file(*signed_file, {other.public_key}).status().code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(open_file(*unsigned_file, {key.public_key}).status().code(),
+            Status::Code::kInvalidArgument);
+  EXPECT_EQ(open_file(*signed_file, {other.public_key}).status().code(),
+            Status::Code::kInvalidArgument);
 }
 
 TEST(AotPairGolden, ReadsAndReproducesTheGoldenFile) {
@@ -145,8 +148,9 @@ TEST(AotPairGolden, ReadsAndReproducesTheGoldenFile) {
   ASSERT_TRUE(read.ok()) << read.status().to_string();
   EXPECT_EQ(read->python_code, kCode);
   EXPECT_EQ(read->cache_fields, sample_pair().cache_fields);
-  EXPECT_TRUE(*written == file) << "write_pair no longer reproduces " << path
-                                << "; if the change is deliberate, run with MEGACACHE_REGENERATE_GOLDEN=1";
+  EXPECT_TRUE(*written == file)
+      << "write_pair no longer reproduces " << path
+      << "; if the change is deliberate, run with MEGACACHE_REGENERATE_GOLDEN=1";
 }
 
 }  // namespace

@@ -125,7 +125,8 @@ TEST(Bundle, SignatureVerifiesAndDetectsTampering) {
   ASSERT_FALSE(edited.ok());  // the trailing checksum first
   const size_t index_end = bundle->header_and_index.size();
   const uint64_t fixed = util::xxh3_64(std::string_view(tampered).substr(0, index_end));
-  for (int i = 0; i < 8; ++i) tampered[tampered.size() - 1 - i] = static_cast<char>(fixed >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    tampered[tampered.size() - 1 - i] = static_cast<char>(fixed >> (8 * i));
   Result<Bundle> refixed = parse(tampered);
   ASSERT_TRUE(refixed.ok()) << refixed.status().to_string();
   EXPECT_EQ(check_signature(*refixed), SignatureCheck::kInvalid);
@@ -147,7 +148,8 @@ TEST(Bundle, TheSignatureCoversEveryPayloadByte) {
   // A payload byte changed, header, index and trailer untouched: the file still parses (the
   // trailer covers header and index), and the signature no longer verifies.
   std::string swapped = file;
-  const size_t payload_at = static_cast<size_t>(bundle->payloads.data() - bundle->header_and_index.data());
+  const size_t payload_at =
+      static_cast<size_t>(bundle->payloads.data() - bundle->header_and_index.data());
   swapped[payload_at] = static_cast<char>(swapped[payload_at] ^ 1);
   Result<Bundle> reparsed = parse(swapped);
   ASSERT_TRUE(reparsed.ok()) << reparsed.status().to_string();
@@ -169,8 +171,9 @@ TEST(Bundle, ASignatureThatDoesNotCoverThePayloadsIsNotTrusted) {
     return parse(probe)->header_and_index.size();
   }();
   std::array<uint8_t, 64> old_style{};
-  ASSERT_EQ(crypto_sign_detached(old_style.data(), nullptr, reinterpret_cast<const unsigned char*>(file.data()),
-                                 index_end, key.secret.data()),
+  ASSERT_EQ(crypto_sign_detached(old_style.data(), nullptr,
+                                 reinterpret_cast<const unsigned char*>(file.data()), index_end,
+                                 key.secret.data()),
             0);
   const size_t signature_at = file.size() - 8 - 64;
   std::memcpy(file.data() + signature_at, old_style.data(), 64);
@@ -200,8 +203,8 @@ TEST(Bundle, FramesOfEveryBlockKindDecodeWithinTheirClaims) {
   std::string mixed;
   for (int part = 0; part < 6; ++part) {
     for (int i = 0; i < 200000; ++i) mixed.push_back(static_cast<char>(rng()));  // raw blocks
-    mixed.append(400000, static_cast<char>('a' + part));                        // RLE blocks
-    std::string text;                                                           // compressed
+    mixed.append(400000, static_cast<char>('a' + part));                         // RLE blocks
+    std::string text;                                                            // compressed
     for (int i = 0; text.size() < 300000; ++i) text += std::to_string(i % 1000) + ",";
     mixed += text;
   }
@@ -222,7 +225,8 @@ TEST(Bundle, LargeBundlesDecodeOnSeveralThreadsAsOneThreadWould) {
   std::vector<test::RawArtifact> artifacts;
   for (int i = 0; i < 8; ++i) {
     std::string text;  // compressible, and different in each payload
-    for (int n = 0; text.size() < 150000u * (1 + i % 3); ++n) text += std::to_string(n * (i + 7)) + ",";
+    for (int n = 0; text.size() < 150000u * (1 + i % 3); ++n)
+      text += std::to_string(n * (i + 7)) + ",";
     artifacts.push_back({"f" + std::to_string(i), text});
   }
   const std::string blob = test::make_blob({{"inductor", artifacts}});
@@ -245,7 +249,8 @@ TEST(Bundle, LargeBundlesDecodeOnSeveralThreadsAsOneThreadWould) {
     Result<Decoded> decoded = decode(*damaged_bundle);
     ASSERT_FALSE(decoded.ok());
     EXPECT_EQ(decoded.status().code(), Status::Code::kCorruption);
-    EXPECT_EQ(decoded.status().offset(), payloads_at + bundle->entries[2].offset) << decoded.status().to_string();
+    EXPECT_EQ(decoded.status().offset(), payloads_at + bundle->entries[2].offset)
+        << decoded.status().to_string();
   }
 }
 
@@ -266,7 +271,8 @@ TEST(Bundle, DecodeBudgetIsTheCallersAndCountsSharedPayloadsOnce) {
   const uint64_t third_payload_at =
       static_cast<uint64_t>(bundle->payloads.data() - file.data()) + bundle->entries[2].offset;
   EXPECT_EQ(over.status().offset(), third_payload_at) << over.status().to_string();
-  EXPECT_NE(over.status().message().find("after 5000 claimed before it exceeds the decode budget of 7999"),
+  EXPECT_NE(over.status().message().find(
+                "after 5000 claimed before it exceeds the decode budget of 7999"),
             std::string::npos)
       << over.status().to_string();
 

@@ -54,7 +54,8 @@ TEST(Cli, InspectHumanShowsGroupsAndArtifacts) {
 TEST(Cli, InspectHumanCountsWhatAPackageCarries) {
   const CliResult plain = run({"inspect", fixture("package_v1.mcpkg")});
   ASSERT_EQ(plain.code, 0) << plain.err;
-  EXPECT_NE(plain.out.find("precompile package: 1 function(s), 1 kernel(s)\n"), std::string::npos) << plain.out;
+  EXPECT_NE(plain.out.find("precompile package: 1 function(s), 1 kernel(s)\n"), std::string::npos)
+      << plain.out;
   const CliResult triton = run({"inspect", fixture("package_v1_triton_modules.mcpkg")});
   ASSERT_EQ(triton.code, 0) << triton.err;
   EXPECT_NE(triton.out.find("1 kernel(s), 2 Triton module(s)\n"), std::string::npos) << triton.out;
@@ -67,7 +68,8 @@ TEST(Cli, InspectHumanCountsWhatAPackageCarries) {
 TEST(Cli, VerifyAndPopulate) {
   test::TempDir dir;
   EXPECT_EQ(run({"verify", fixture("mega_dynamic.bin")}).code, 0);
-  const CliResult populated = run({"populate", fixture("mega_dynamic.bin"), "--cache-dir", dir.path(), "--json"});
+  const CliResult populated =
+      run({"populate", fixture("mega_dynamic.bin"), "--cache-dir", dir.path(), "--json"});
   ASSERT_EQ(populated.code, 0) << populated.err;
   EXPECT_EQ(nlohmann::json::parse(populated.out)["files_written"], 2);
   EXPECT_EQ(test::read_tree(dir.path()).size(), 2u);
@@ -76,8 +78,8 @@ TEST(Cli, VerifyAndPopulate) {
 TEST(Cli, InvalidInputExitsOneWithTheReason) {
   test::TempDir dir;
   const std::string hostile = dir.path() + "/hostile.bin";
-  ASSERT_TRUE(test::write_file(hostile, test::make_blob({{"autotune", {{"../../evil", "{}"}}}}))
-                  .ok());
+  ASSERT_TRUE(
+      test::write_file(hostile, test::make_blob({{"autotune", {{"../../evil", "{}"}}}})).ok());
   const CliResult r = run({"verify", hostile});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("'..' segment"), std::string::npos) << r.err;
@@ -128,14 +130,14 @@ TEST(Cli, SignedBundlesAndTrustedKeys) {
 
   const std::string plain = dir.path() + "/plain.mcb";
   ASSERT_EQ(run({"convert", fixture("mega_dynamic.bin"), plain}).code, 0);
-  const CliResult unsigned_run = run({"populate", plain, "--cache-dir", dir.path() + "/c",
-                                      "--trusted-key", key + ".pub"});
+  const CliResult unsigned_run =
+      run({"populate", plain, "--cache-dir", dir.path() + "/c", "--trusted-key", key + ".pub"});
   EXPECT_EQ(unsigned_run.code, 1);
   EXPECT_NE(unsigned_run.err.find("unsigned"), std::string::npos) << unsigned_run.err;
   EXPECT_FALSE(std::filesystem::exists(dir.path() + "/c"));
 
-  const auto report = nlohmann::json::parse(
-      run({"inspect", bundle, "--json", "--trusted-key", key + ".pub"}).out);
+  const auto report =
+      nlohmann::json::parse(run({"inspect", bundle, "--json", "--trusted-key", key + ".pub"}).out);
   EXPECT_EQ(report["bundle"]["signature"]["status"], "valid");
   EXPECT_EQ(report["bundle"]["signature"]["trusted"], true);
 }
@@ -161,10 +163,12 @@ TEST(Cli, PushPullListGcAndStats) {
   EXPECT_EQ(stats["hits"], 1);
   EXPECT_EQ(stats["misses"], 1);
   EXPECT_EQ(stats["puts"], 2);
-  EXPECT_EQ(nlohmann::json::parse(run({"stats", "--store", store, "--zero", "--json"}).out)["hits"], 0);
+  EXPECT_EQ(nlohmann::json::parse(run({"stats", "--store", store, "--zero", "--json"}).out)["hits"],
+            0);
 
   ASSERT_EQ(run({"gc", "--store", store, "--max-size", "300K"}).code, 0);
-  EXPECT_EQ(nlohmann::json::parse(run({"ls", "--store", store, "--json"}).out)["entries"].size(), 1u);
+  EXPECT_EQ(nlohmann::json::parse(run({"ls", "--store", store, "--json"}).out)["entries"].size(),
+            1u);
 
   // Garbage never enters a store.
   const std::string junk = dir.path() + "/junk.bin";

@@ -52,7 +52,8 @@ TEST(Corruption, EveryTruncationOfTheSmallBlobFailsCleanly) {
   ASSERT_TRUE(whole.ok());
   // Cutting exactly between type groups leaves a shorter valid blob; anywhere else is damage.
   std::map<size_t, size_t> groups_before_boundary;
-  for (size_t i = 0; i < whole->groups.size(); ++i) groups_before_boundary[whole->groups[i].offset] = i;
+  for (size_t i = 0; i < whole->groups.size(); ++i)
+    groups_before_boundary[whole->groups[i].offset] = i;
   for (size_t length = 0; length < blob.size(); ++length) {
     const std::string cut = blob.substr(0, length);
     EXPECT_FALSE(parse(cut).ok()) << "length " << length;
@@ -252,7 +253,8 @@ AssembledBundle assemble(const std::vector<ClaimedPayload>& payloads) {
     file += key;
     util::append_uint_be(file, i, 4);  // one group each, so types may differ
     util::append_uint_be(file, static_cast<uint8_t>(p.compression), 1);
-    const auto [offset, stored_size] = p.points_at.value_or(std::pair{area.size(), p.stored.size()});
+    const auto [offset, stored_size] =
+        p.points_at.value_or(std::pair{area.size(), p.stored.size()});
     util::append_uint_be(file, offset, 8);
     util::append_uint_be(file, stored_size, 8);
     util::append_uint_be(file, p.raw_size, 8);
@@ -296,8 +298,11 @@ std::string zstd_block(BlockType type, uint32_t size, bool last, std::string_vie
 // The index claims `claim` bytes and the frame header agrees, but its one RLE block can
 // only decode to 100: what a 111-byte bundle needs to claim a gigabyte.
 ClaimedPayload unbacked_claim(uint64_t claim, const std::string& type = "inductor") {
-  return {Compression::kZstd, zstd_frame_header(claim) + zstd_block(BlockType::kRle, 100, true, "x"),
-          claim, {}, type};
+  return {Compression::kZstd,
+          zstd_frame_header(claim) + zstd_block(BlockType::kRle, 100, true, "x"),
+          claim,
+          {},
+          type};
 }
 
 // A claim that the blocks can back (8192 compressed blocks of at most 128 KiB each), whose
@@ -305,7 +310,8 @@ ClaimedPayload unbacked_claim(uint64_t claim, const std::string& type = "inducto
 ClaimedPayload backed_claim_failing_at_once(uint64_t claim) {
   std::string frame = zstd_frame_header(claim);
   const uint64_t blocks = (claim + (128 << 10) - 1) / (128 << 10);
-  for (uint64_t i = 0; i < blocks; ++i) frame += zstd_block(BlockType::kCompressed, 1, i + 1 == blocks, "\xff");
+  for (uint64_t i = 0; i < blocks; ++i)
+    frame += zstd_block(BlockType::kCompressed, 1, i + 1 == blocks, "\xff");
   return {Compression::kZstd, frame, claim, {}, "inductor"};
 }
 
@@ -317,14 +323,16 @@ struct RealFrame {
 
 RealFrame real_frame() {
   RealFrame out;
-  for (int i = 0; out.raw.size() < 5000; ++i) out.raw += "graph line " + std::to_string(i % 97) + "\n";
+  for (int i = 0; out.raw.size() < 5000; ++i)
+    out.raw += "graph line " + std::to_string(i % 97) + "\n";
   out.raw.resize(5000);
-  const std::string file = bundle::write(
-      *mega_cache::parse(make_blob({{"inductor", {{"fkey", out.raw}}}})), {});
+  const std::string file =
+      bundle::write(*mega_cache::parse(make_blob({{"inductor", {{"fkey", out.raw}}}})), {});
   Result<bundle::Bundle> parsed = bundle::parse(file);
   EXPECT_TRUE(parsed.ok()) << parsed.status().to_string();
   EXPECT_EQ(parsed->entries[0].compression, Compression::kZstd);
-  out.frame = std::string(parsed->payloads.substr(parsed->entries[0].offset, parsed->entries[0].stored_size));
+  out.frame = std::string(
+      parsed->payloads.substr(parsed->entries[0].offset, parsed->entries[0].stored_size));
   return out;
 }
 
@@ -341,7 +349,8 @@ uint64_t status_kib(const char* field) {
   std::ifstream status("/proc/self/status");
   std::string line;
   while (std::getline(status, line)) {
-    if (line.rfind(field, 0) == 0) return std::strtoull(line.c_str() + std::strlen(field), nullptr, 10);
+    if (line.rfind(field, 0) == 0)
+      return std::strtoull(line.c_str() + std::strlen(field), nullptr, 10);
   }
   return 0;
 }
@@ -401,7 +410,8 @@ void expect_refused(const Result<bundle::Decoded>& decoded, uint64_t at, const s
   ASSERT_FALSE(decoded.ok());
   EXPECT_EQ(decoded.status().code(), Status::Code::kCorruption) << decoded.status().to_string();
   EXPECT_EQ(decoded.status().offset(), at) << decoded.status().to_string();
-  EXPECT_NE(decoded.status().message().find(says), std::string::npos) << decoded.status().to_string();
+  EXPECT_NE(decoded.status().message().find(says), std::string::npos)
+      << decoded.status().to_string();
 }
 
 // Decoding `file` is refused at `at` and raises peak memory by less than the budget.
@@ -420,7 +430,8 @@ TEST(HostileBundle, ClaimOf1GiBThatTheFrameCannotBackIsRefusedBeforeAllocating) 
 }
 
 TEST(HostileBundle, ThreeClaimsOf1GiBAreRefusedAtTheFirst) {
-  const AssembledBundle hostile = assemble({unbacked_claim(kGiB), unbacked_claim(kGiB), unbacked_claim(kGiB)});
+  const AssembledBundle hostile =
+      assemble({unbacked_claim(kGiB), unbacked_claim(kGiB), unbacked_claim(kGiB)});
   expect_refused_in_budget(hostile.file, hostile.payload_at[0], "can decode to at most 100");
 }
 
@@ -487,20 +498,25 @@ TEST(HostileBundle, FrameDeclaringAnotherSizeThanTheClaimIsRefused) {
   std::string undeclared;
   append_le(undeclared, 0xFD2FB528, 4);
   undeclared += std::string("\x00\x38", 2) + zstd_block(BlockType::kRaw, 3, true, "abc");
-  const AssembledBundle hostile = assemble({{Compression::kZstd, undeclared, 3, util::xxh3_128("abc")}});
-  expect_refused(bundle::decode(*bundle::parse(hostile.file)), hostile.payload_at[0], "declares no size");
+  const AssembledBundle hostile =
+      assemble({{Compression::kZstd, undeclared, 3, util::xxh3_128("abc")}});
+  expect_refused(bundle::decode(*bundle::parse(hostile.file)), hostile.payload_at[0],
+                 "declares no size");
 }
 
 TEST(HostileBundle, FrameDecodingPastItsClaimIsRefused) {
   // Header and index agree on 100 bytes; the blocks hold 150.
-  const std::string frame = zstd_frame_header(100) + zstd_block(BlockType::kRaw, 100, false, std::string(100, 'a')) +
+  const std::string frame = zstd_frame_header(100) +
+                            zstd_block(BlockType::kRaw, 100, false, std::string(100, 'a')) +
                             zstd_block(BlockType::kRaw, 50, true, std::string(50, 'b'));
-  const AssembledBundle hostile = assemble({{Compression::kZstd, frame, 100, util::xxh3_128(std::string(100, 'a'))}});
-  expect_refused(bundle::decode(*bundle::parse(hostile.file)), hostile.payload_at[0], "decodes to more than the 100 bytes");
+  const AssembledBundle hostile =
+      assemble({{Compression::kZstd, frame, 100, util::xxh3_128(std::string(100, 'a'))}});
+  expect_refused(bundle::decode(*bundle::parse(hostile.file)), hostile.payload_at[0],
+                 "decodes to more than the 100 bytes");
   // The same with zstd's own compressed blocks, declaring less than they hold.
   const RealFrame real = real_frame();
-  const AssembledBundle real_hostile =
-      assemble({{Compression::kZstd, with_declared_size(real.frame, 4000), 4000, util::xxh3_128(real.raw)}});
+  const AssembledBundle real_hostile = assemble(
+      {{Compression::kZstd, with_declared_size(real.frame, 4000), 4000, util::xxh3_128(real.raw)}});
   Result<bundle::Decoded> decoded = bundle::decode(*bundle::parse(real_hostile.file));
   ASSERT_FALSE(decoded.ok());
   EXPECT_EQ(decoded.status().code(), Status::Code::kCorruption);
@@ -509,13 +525,15 @@ TEST(HostileBundle, FrameDecodingPastItsClaimIsRefused) {
 
 TEST(HostileBundle, FrameEndingShortOfItsClaimIsRefused) {
   // Raw blocks regenerate exactly their size: the shortfall shows before allocating.
-  const std::string frame = zstd_frame_header(150) + zstd_block(BlockType::kRaw, 100, true, std::string(100, 'a'));
+  const std::string frame =
+      zstd_frame_header(150) + zstd_block(BlockType::kRaw, 100, true, std::string(100, 'a'));
   const AssembledBundle hostile = assemble({{Compression::kZstd, frame, 150, {}}});
-  expect_refused(bundle::decode(*bundle::parse(hostile.file)), hostile.payload_at[0], "can decode to at most 100");
+  expect_refused(bundle::decode(*bundle::parse(hostile.file)), hostile.payload_at[0],
+                 "can decode to at most 100");
   // Compressed blocks might hold more: the shortfall shows while decompressing.
   const RealFrame real = real_frame();
-  const AssembledBundle real_hostile =
-      assemble({{Compression::kZstd, with_declared_size(real.frame, 6000), 6000, util::xxh3_128(real.raw)}});
+  const AssembledBundle real_hostile = assemble(
+      {{Compression::kZstd, with_declared_size(real.frame, 6000), 6000, util::xxh3_128(real.raw)}});
   Result<bundle::Decoded> decoded = bundle::decode(*bundle::parse(real_hostile.file));
   ASSERT_FALSE(decoded.ok());
   EXPECT_EQ(decoded.status().code(), Status::Code::kCorruption);
@@ -526,13 +544,14 @@ TEST(HostileBundle, FrameRunningPastItsStoredBytesIsRefusedAtTheBlock) {
   const std::string header = zstd_frame_header(100);
   const std::string frame = header + zstd_block(BlockType::kRaw, 100, true, std::string(60, 'a'));
   const AssembledBundle hostile = assemble({{Compression::kZstd, frame, 100, {}}});
-  expect_refused(bundle::decode(*bundle::parse(hostile.file)), hostile.payload_at[0] + header.size(),
-                 "zstd block runs past its");
+  expect_refused(bundle::decode(*bundle::parse(hostile.file)),
+                 hostile.payload_at[0] + header.size(), "zstd block runs past its");
   // And bytes after the frame's last block are not part of any frame.
-  const std::string padded = header + zstd_block(BlockType::kRaw, 100, true, std::string(100, 'a')) + "pad";
+  const std::string padded =
+      header + zstd_block(BlockType::kRaw, 100, true, std::string(100, 'a')) + "pad";
   const AssembledBundle trailing = assemble({{Compression::kZstd, padded, 100, {}}});
-  expect_refused(bundle::decode(*bundle::parse(trailing.file)), trailing.payload_at[0] + padded.size() - 3,
-                 "zstd frame ends at byte");
+  expect_refused(bundle::decode(*bundle::parse(trailing.file)),
+                 trailing.payload_at[0] + padded.size() - 3, "zstd frame ends at byte");
 }
 
 TEST(HostileBundle, UncompressedPayloadMustBeExactlyItsClaim) {
@@ -542,8 +561,9 @@ TEST(HostileBundle, UncompressedPayloadMustBeExactlyItsClaim) {
     ASSERT_FALSE(parsed.ok()) << claim;
     EXPECT_EQ(parsed.status().code(), Status::Code::kCorruption);
     EXPECT_EQ(parsed.status().offset(), hostile.payload_at[0]) << parsed.status().to_string();
-    EXPECT_NE(parsed.status().message().find("stored uncompressed with 10 of " + std::to_string(claim)),
-              std::string::npos)
+    EXPECT_NE(
+        parsed.status().message().find("stored uncompressed with 10 of " + std::to_string(claim)),
+        std::string::npos)
         << parsed.status().to_string();
   }
 }
@@ -554,31 +574,36 @@ TEST(HostileBundle, OverlappingPayloadsCannotMultiplyTheInput) {
   std::mt19937_64 rng(11);
   std::string bytes(256 << 10, '\0');
   for (char& c : bytes) c = static_cast<char>(rng());
-  std::vector<ClaimedPayload> claims = {{Compression::kNone, bytes, bytes.size(), util::xxh3_128(bytes)}};
+  std::vector<ClaimedPayload> claims = {
+      {Compression::kNone, bytes, bytes.size(), util::xxh3_128(bytes)}};
   for (uint64_t size = bytes.size() - 1; size >= bytes.size() - 4000; --size) {
-    ClaimedPayload prefix{Compression::kNone, "", size, util::xxh3_128(std::string_view(bytes).substr(0, size))};
+    ClaimedPayload prefix{Compression::kNone, "", size,
+                          util::xxh3_128(std::string_view(bytes).substr(0, size))};
     prefix.points_at = std::pair{uint64_t{0}, size};
     claims.push_back(prefix);
   }
   const AssembledBundle hostile = assemble(claims);
   EXPECT_LT(hostile.file.size(), 1u << 20);
-  expect_refused_in_budget(hostile.file, hostile.payload_at[0], "overlaps the payload of inductor artifact 'f4000'");
+  expect_refused_in_budget(hostile.file, hostile.payload_at[0],
+                           "overlaps the payload of inductor artifact 'f4000'");
 
   // Sharing a payload means sharing all of it, as stored: here the zstd frame's first 5000
   // bytes, read as if uncompressed.
   const RealFrame real = real_frame();
   ClaimedPayload reinterpreted{Compression::kNone, "", 5000, util::xxh3_128(real.raw)};
   reinterpreted.points_at = std::pair{uint64_t{0}, uint64_t{5000}};
-  const AssembledBundle partial = assemble({{Compression::kZstd, real.frame, 5000, util::xxh3_128(real.raw)},
-                                            {Compression::kNone, std::string(5000, 'p'), 5000, {}},
-                                            reinterpreted});
+  const AssembledBundle partial =
+      assemble({{Compression::kZstd, real.frame, 5000, util::xxh3_128(real.raw)},
+                {Compression::kNone, std::string(5000, 'p'), 5000, {}},
+                reinterpreted});
   expect_refused(bundle::decode(*bundle::parse(partial.file)), partial.payload_at[2],
                  "shares the payload of inductor artifact 'f0' but not its stored size");
 }
 
 TEST(HostileBundle, NotAZstdFrameIsRefused) {
   const AssembledBundle hostile = assemble({{Compression::kZstd, "definitely not zstd", 100, {}}});
-  expect_refused(bundle::decode(*bundle::parse(hostile.file)), hostile.payload_at[0], "not a zstd frame");
+  expect_refused(bundle::decode(*bundle::parse(hostile.file)), hostile.payload_at[0],
+                 "not a zstd frame");
 }
 
 // The hostile files in tests/data seed the fuzzers and the Python security tests. They are
@@ -588,7 +613,8 @@ TEST(HostileBundle, GoldenHostileFilesAreWhatTheBuilderMakes) {
   package[0].type = "package";
   const std::vector<std::pair<std::string, std::string>> files = {
       {"hostile_claim_1gib.mcb", assemble({unbacked_claim(kGiB)}).file},
-      {"hostile_claims_3x1gib.mcb", assemble(std::vector<ClaimedPayload>(3, unbacked_claim(kGiB))).file},
+      {"hostile_claims_3x1gib.mcb",
+       assemble(std::vector<ClaimedPayload>(3, unbacked_claim(kGiB))).file},
       {"hostile_claims_16x4gib.mcb",
        assemble(std::vector<ClaimedPayload>(16, unbacked_claim(bundle::kMaxArtifactBytes))).file},
       {"hostile_backed_claim_1gib.mcb", assemble({backed_claim_failing_at_once(kGiB)}).file},

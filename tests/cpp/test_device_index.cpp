@@ -11,7 +11,8 @@ namespace {
 std::vector<std::string> fixture_sources() {
   std::vector<std::string> all;
   for (const char* name : {"mega_mlp_infer.bin", "mega_graphbreak.bin", "mega_dynamic.bin"}) {
-    for (std::string& source : test::generated_sources(test::read_test_file(name))) all.push_back(std::move(source));
+    for (std::string& source : test::generated_sources(test::read_test_file(name)))
+      all.push_back(std::move(source));
   }
   return all;
 }
@@ -50,7 +51,8 @@ TEST(DeviceIndex, RewritesEveryMentionAndNothingElse) {
 }
 
 TEST(DeviceIndex, CodeForSeveralDevicesIsNotMoved) {
-  const std::string source = fixture_sources().front() + "\nwith torch.cuda._DeviceGuard(1):\n    pass\n";
+  const std::string source =
+      fixture_sources().front() + "\nwith torch.cuda._DeviceGuard(1):\n    pass\n";
   EXPECT_EQ(cuda_device_indices(source), (std::vector<int>{0, 1}));
   Result<std::string> moved = remap_cuda_device(source, 0, 2);
   ASSERT_FALSE(moved.ok());
@@ -67,7 +69,8 @@ TEST(DeviceIndex, OnlyDeviceFormsCount) {
   Result<std::string> moved = remap_cuda_device(text, 0, 1);
   ASSERT_TRUE(moved.ok());
   EXPECT_EQ(*moved, text);
-  EXPECT_EQ(cuda_device_indices("device='cuda:3', x = torch.cuda.set_device(3)\n"), std::vector<int>{3});
+  EXPECT_EQ(cuda_device_indices("device='cuda:3', x = torch.cuda.set_device(3)\n"),
+            std::vector<int>{3});
   // Found by fuzz_generated_code: a leading zero beside a real mention; moving there and back
   // must give the text back.
   const std::string padded = "device='cuda:0' and 'cuda:00'";
@@ -98,14 +101,17 @@ TEST(DeviceIndex, KernelSourcesAreTheLiteralsTorchKeysItsKernelsBy) {
 }
 
 TEST(DeviceIndex, KernelLiteralsTorchCouldNotHaveWrittenAreRefused) {
-  Result<std::vector<std::string>> open = triton_kernel_sources("k = async_compile.triton('k', '''\nimport triton\n");
+  Result<std::vector<std::string>> open =
+      triton_kernel_sources("k = async_compile.triton('k', '''\nimport triton\n");
   ASSERT_FALSE(open.ok());
   EXPECT_EQ(open.status().code(), Status::Code::kCorruption);
   EXPECT_EQ(open.status().offset(), std::optional<uint64_t>(33));
-  Result<std::vector<std::string>> escaped = triton_kernel_sources("k = async_compile.triton('k', '''\\n''', device_str='cuda')\n");
+  Result<std::vector<std::string>> escaped =
+      triton_kernel_sources("k = async_compile.triton('k', '''\\n''', device_str='cuda')\n");
   ASSERT_FALSE(escaped.ok());
   EXPECT_EQ(escaped.status().code(), Status::Code::kInvalidArgument);
-  Result<std::vector<std::string>> none = triton_kernel_sources("x = async_compile.triton(name, source)\n");
+  Result<std::vector<std::string>> none =
+      triton_kernel_sources("x = async_compile.triton(name, source)\n");
   ASSERT_TRUE(none.ok());
   EXPECT_TRUE(none->empty());
 }

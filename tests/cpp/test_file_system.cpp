@@ -15,7 +15,9 @@ namespace {
 
 using util::FileSystem;
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 struct Planted {
   test::TempDir root;
@@ -42,12 +44,14 @@ TEST(FileSystem, RefusesALinkedDirectoryAtEveryDepth) {
     p.link(linked, p.outside.path());
     const Status made = fs.create_directories(p.root.path(), "a/b/c/d");
     EXPECT_EQ(made.code(), Status::Code::kInvalidArgument) << linked << ": " << made.to_string();
-    EXPECT_TRUE(contains(made.message(), "symbolic link " + p.root.path() + "/" + linked)) << made.message();
+    EXPECT_TRUE(contains(made.message(), "symbolic link " + p.root.path() + "/" + linked))
+        << made.message();
     EXPECT_FALSE(fs.write_atomic(p.root.path(), linked + "/new", "x").ok()) << linked;
     EXPECT_FALSE(fs.read_file(p.root.path(), linked + "/victim", 1 << 20).ok()) << linked;
     EXPECT_TRUE(fs.list_directory(p.root.path(), linked).empty()) << linked;
     EXPECT_FALSE(fs.file_info(p.root.path(), linked + "/victim")) << linked;
-    EXPECT_TRUE(fs.remove_file(p.root.path(), linked + "/victim").code() == Status::Code::kInvalidArgument);
+    EXPECT_TRUE(fs.remove_file(p.root.path(), linked + "/victim").code() ==
+                Status::Code::kInvalidArgument);
     EXPECT_FALSE(fs.open_for_update(p.root.path(), linked + "/victim").ok()) << linked;
     EXPECT_TRUE(p.outside_unchanged()) << linked;
   }
@@ -97,13 +101,18 @@ TEST(FileSystem, OpenForUpdateRefusesAHardLinkedFile) {
 TEST(FileSystem, RefusesPathsThatLeaveTheRootOrHoldNul) {
   FileSystem& fs = FileSystem::real();
   Planted p;
-  for (const std::string& bad : std::vector<std::string>{"../victim", "a/../../victim", "./x", "a//b", "/etc/passwd",
-                                                          std::string("a\0b", 3)}) {
-    EXPECT_EQ(fs.write_atomic(p.root.path(), bad, "x").code(), Status::Code::kInvalidArgument) << bad;
-    EXPECT_EQ(fs.read_file(p.root.path(), bad, 1 << 20).status().code(), Status::Code::kInvalidArgument) << bad;
+  for (const std::string& bad : std::vector<std::string>{
+           "../victim", "a/../../victim", "./x", "a//b", "/etc/passwd", std::string("a\0b", 3)}) {
+    EXPECT_EQ(fs.write_atomic(p.root.path(), bad, "x").code(), Status::Code::kInvalidArgument)
+        << bad;
+    EXPECT_EQ(fs.read_file(p.root.path(), bad, 1 << 20).status().code(),
+              Status::Code::kInvalidArgument)
+        << bad;
   }
-  EXPECT_EQ(fs.create_directories(std::string("/tmp/x\0y", 8), "a").code(), Status::Code::kInvalidArgument);
-  EXPECT_EQ(util::write_named_file(std::string("/tmp/o\0x", 8), "x").code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(fs.create_directories(std::string("/tmp/x\0y", 8), "a").code(),
+            Status::Code::kInvalidArgument);
+  EXPECT_EQ(util::write_named_file(std::string("/tmp/o\0x", 8), "x").code(),
+            Status::Code::kInvalidArgument);
   EXPECT_FALSE(std::filesystem::exists("/tmp/o"));
   EXPECT_TRUE(p.outside_unchanged());
 }
@@ -127,7 +136,8 @@ TEST(FileSystem, AFileLargerThanItsLimitIsRefusedUnread) {
   const Result<std::string> read = fs.read_file(root.path(), "object", 1 << 20);
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument);
-  EXPECT_TRUE(contains(read.status().message(), "more than the 1048576")) << read.status().message();
+  EXPECT_TRUE(contains(read.status().message(), "more than the 1048576"))
+      << read.status().message();
   std::filesystem::resize_file(path, 1 << 20);
   EXPECT_EQ(fs.read_file(root.path(), "object", 1 << 20)->size(), size_t{1} << 20);
 }

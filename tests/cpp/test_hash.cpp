@@ -17,7 +17,8 @@ TEST(Hash, Sha256Hex) {
 
 // Values from torch._inductor.codecache.sha256_hash.
 TEST(Hash, TorchSha256NameMatchesTorch) {
-  EXPECT_EQ(torch_sha256_name("hello megacache"), "tcqhuj7h6vedemz24y5taehwphdruqwua2y7zi2ebhnpzryavdx");
+  EXPECT_EQ(torch_sha256_name("hello megacache"),
+            "tcqhuj7h6vedemz24y5taehwphdruqwua2y7zi2ebhnpzryavdx");
   EXPECT_EQ(torch_sha256_name(""), "4oymiquy7qobjgx36tejs35zeqt24qpemsnzgtfeswmrw6csxbk");
 }
 
@@ -34,7 +35,7 @@ TEST(Hash, Base64RejectsNonCanonical) {
   EXPECT_FALSE(base64_decode("aW5kdWN0b3J="));    // non-zero trailing bits
   EXPECT_FALSE(base64_decode("aW5k dWN0b3I="));   // white space
   EXPECT_FALSE(base64_decode("aW5kdWN0b3I=\n"));  // trailing newline
-  EXPECT_FALSE(base64_decode("a$==")); 
+  EXPECT_FALSE(base64_decode("a$=="));
 }
 
 TEST(Utf8, AcceptsWhatPythonAccepts) {

@@ -37,8 +37,8 @@ TEST(InstalledIdentity, TheSameInstallationAnywhereHasTheSameIdentity) {
   EXPECT_EQ(*installed_identity(b.path() + "/triton"), *first);
 
   // Bytecode written on import does not change it.
-  write(fs::path(a.path()) / "triton" / "compiler" / "__pycache__" / "compiler.cpython-312.pyc", "bytecode",
-        fs::file_time_type::clock::now());
+  write(fs::path(a.path()) / "triton" / "compiler" / "__pycache__" / "compiler.cpython-312.pyc",
+        "bytecode", fs::file_time_type::clock::now());
   EXPECT_EQ(*installed_identity(a.path() + "/triton"), *first);
 }
 

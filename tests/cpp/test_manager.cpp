@@ -16,7 +16,7 @@ TEST(ArtifactManager, IgnoresExactRepeatsButNotNewContent) {
   ArtifactManager manager;
   EXPECT_TRUE(manager.record("inductor", "fa", "one"));
   EXPECT_FALSE(manager.record("inductor", "fa", "one"));
-  EXPECT_TRUE(manager.record("inductor", "fa", "two"));  // same key, other content
+  EXPECT_TRUE(manager.record("inductor", "fa", "two"));      // same key, other content
   EXPECT_TRUE(manager.record("aot_autograd", "fa", "one"));  // same key, other type
   manager.serialize();
   EXPECT_FALSE(manager.record("inductor", "fa", "one"));  // still seen after serialize

@@ -47,7 +47,10 @@ TEST(MatrixProducts, ReadsTheProductsOfAGraphTorchGenerated) {
   // mm(arg2_1, reinterpret_tensor(arg0_1, ...), out=buf0); buf1 = buf0; addmm(arg4_1, buf1, ...)
   const std::vector<MatrixProduct> expected = {
       {"mm", "float32", {{{8, 64}, {64, 1}}, {{64, 128}, {1, 64}}}, {{8, 128}, {128, 1}}},
-      {"addmm", "float32", {{{64}, {1}}, {{8, 128}, {128, 1}}, {{128, 64}, {1, 128}}}, {{8, 64}, {64, 1}}},
+      {"addmm",
+       "float32",
+       {{{64}, {1}}, {{8, 128}, {128, 1}}, {{128, 64}, {1, 128}}},
+       {{8, 64}, {64, 1}}},
   };
   EXPECT_EQ(products_in("mega_mlp_infer.bin"), expected);
   // Two graphs around a break: an mm in the first, an addmm in the second.
@@ -62,7 +65,8 @@ TEST(MatrixProducts, ReadsTheProductsOfAGraphTorchGenerated) {
 TEST(MatrixProducts, AProductWithADynamicSizeIsLeftOut) {
   // extern_kernels.mm(arg3_1, ...) where arg3_1 is (s77, 256): no layout to run ahead, but a
   // call of cuBLAS all the same.
-  const std::vector<std::string> sources = test::generated_sources(test::read_test_file("mega_dynamic.bin"));
+  const std::vector<std::string> sources =
+      test::generated_sources(test::read_test_file("mega_dynamic.bin"));
   ASSERT_EQ(sources.size(), 1u);
   ASSERT_NE(sources[0].find("extern_kernels.mm(arg3_1"), std::string::npos);
   EXPECT_TRUE(matrix_products(sources[0]).empty());
@@ -70,12 +74,14 @@ TEST(MatrixProducts, AProductWithADynamicSizeIsLeftOut) {
 }
 
 TEST(MatrixProducts, CallsOfCublasAreTheExternProductsOnly) {
-  for (const char* text : {"extern_kernels.mm(a, b, out=c)", "  extern_kernels.addmm(", "x = extern_kernels.bmm(",
-                           "extern_kernels.baddbmm(", "extern_kernels._int_mm(a, b)"}) {
+  for (const char* text :
+       {"extern_kernels.mm(a, b, out=c)", "  extern_kernels.addmm(", "x = extern_kernels.bmm(",
+        "extern_kernels.baddbmm(", "extern_kernels._int_mm(a, b)"}) {
     EXPECT_TRUE(calls_cublas(text)) << text;
   }
   for (const char* text : {"", "extern_kernels.convolution(x, w)", "my_extern_kernels.mm(a, b)",
-                           "extern_kernels.mmx(a, b)", "extern_kernels.mm", "from torch._inductor.select_algorithm import extern_kernels"}) {
+                           "extern_kernels.mmx(a, b)", "extern_kernels.mm",
+                           "from torch._inductor.select_algorithm import extern_kernels"}) {
     EXPECT_FALSE(calls_cublas(text)) << text;
   }
   // The MLP graph torch generated on the H200.
@@ -83,7 +89,8 @@ TEST(MatrixProducts, CallsOfCublasAreTheExternProductsOnly) {
 }
 
 TEST(MatrixProducts, TheTransformersFourShapesOnce) {
-  const std::filesystem::path path = std::filesystem::path(MEGACACHE_SHARED_FIXTURES) / "mega_xfmr_infer.bin";
+  const std::filesystem::path path =
+      std::filesystem::path(MEGACACHE_SHARED_FIXTURES) / "mega_xfmr_infer.bin";
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is not here";
   std::ifstream in(path, std::ios::binary);
   const std::string blob((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -93,7 +100,8 @@ TEST(MatrixProducts, TheTransformersFourShapesOnce) {
     for (const MatrixProduct& product : matrix_products(source)) {
       ASSERT_EQ(product.op, "mm");
       EXPECT_EQ(product.dtype, "float32");
-      shapes.insert({product.operands[0].sizes[0], product.operands[0].sizes[1], product.operands[1].sizes[1]});
+      shapes.insert({product.operands[0].sizes[0], product.operands[0].sizes[1],
+                     product.operands[1].sizes[1]});
       ++products;
     }
   }
@@ -119,11 +127,16 @@ TEST(MatrixProducts, FollowsViewsAliasesAndRebindings) {
     extern_kernels.mm(reinterpret_tensor(arg0_1, (16, 32), (32, 1), 0), reinterpret_tensor(arg1_1, (32, 8), (8, 1), 0), out=buf2)
   )";
   const std::vector<MatrixProduct> expected = {
-      {"bmm", "bfloat16", {{{4, 16, 32}, {512, 32, 1}}, {{4, 32, 8}, {256, 8, 1}}}, {{4, 16, 8}, {128, 8, 1}}},
+      {"bmm",
+       "bfloat16",
+       {{{4, 16, 32}, {512, 32, 1}}, {{4, 32, 8}, {256, 8, 1}}},
+       {{4, 16, 8}, {128, 8, 1}}},
       // out=buf2: a view of an alias of buf0, so bfloat16
       {"mm", "bfloat16", {{{64, 32}, {32, 1}}, {{32, 8}, {8, 1}}}, {{64, 8}, {8, 1}}},
       // out= a view of buf2
-      {"baddbmm", "bfloat16", {{{4, 16, 8}, {128, 8, 1}}, {{4, 16, 32}, {512, 32, 1}}, {{4, 32, 8}, {256, 8, 1}}},
+      {"baddbmm",
+       "bfloat16",
+       {{{4, 16, 8}, {128, 8, 1}}, {{4, 16, 32}, {512, 32, 1}}, {{4, 32, 8}, {256, 8, 1}}},
        {{4, 16, 8}, {128, 8, 1}}},
   };
   // Not the last mm: buf2 was rebound to what is not known, so its old layout must not serve.
@@ -146,7 +159,10 @@ TEST(MatrixProducts, ReadsTheGroupedAssertOfTorch2_15) {
         extern_kernels.addmm(arg4_1, buf1, reinterpret_tensor(arg3_1, (32, 8), (1, 32), 0), alpha=1, beta=1, out=buf2)
   )";
   const std::vector<MatrixProduct> expected = {
-      {"addmm", "float32", {{{32}, {1}}, {{4, 16}, {16, 1}}, {{16, 32}, {1, 16}}}, {{4, 32}, {32, 1}}},
+      {"addmm",
+       "float32",
+       {{{32}, {1}}, {{4, 16}, {16, 1}}, {{16, 32}, {1, 16}}},
+       {{4, 32}, {32, 1}}},
       {"addmm", "float32", {{{8}, {1}}, {{4, 32}, {32, 1}}, {{32, 8}, {1, 32}}}, {{4, 8}, {8, 1}}},
   };
   EXPECT_EQ(matrix_products(wrapper), expected);
@@ -163,19 +179,25 @@ TEST(MatrixProducts, OnlyWhatIsSpelledOutAndMultipliesCounts) {
       "buf1 = empty_strided_cuda((8, 8), (8, 1), torch.float32)\n"
       "assert_size_stride(arg0_1, (8, 8), (8, 1))\n";
   const char* left_out[] = {
-      "extern_kernels._int_mm(arg0_1, arg0_1, out=buf0)",               // not a product we know
-      "extern_kernels.mm(arg0_1, arg0_1)",                              // no out=, so no dtype
-      "extern_kernels.mm(buf7, arg0_1, out=buf0)",                      // buf7 is not declared
-      "extern_kernels.mm(arg0_1, out=buf0)",                            // one operand
-      "extern_kernels.mm(arg0_1, arg0_1, arg0_1, out=buf0)",            // three
-      "extern_kernels.mm(arg0_1, reinterpret_tensor(arg0_1, (4, 8), (8, 1), 0), out=buf0)",  // 8x8 by 4x8
-      "extern_kernels.bmm(arg0_1, arg0_1, out=buf0)",                   // 2-D operands
-      "extern_kernels.mm(arg0_1, arg0_1, out=arg0_1)",                  // no dtype declared
-      "extern_kernels.mm(arg0_1, reinterpret_tensor(buf1, (8, 8), (8, 1), 0), out=buf0)",  // two dtypes
-      "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, 8), (8, 1)), arg0_1, out=buf0)",  // no offset
-      "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, 99999999999999999999), (8, 1), 0), arg0_1, out=buf0)",
+      "extern_kernels._int_mm(arg0_1, arg0_1, out=buf0)",     // not a product we know
+      "extern_kernels.mm(arg0_1, arg0_1)",                    // no out=, so no dtype
+      "extern_kernels.mm(buf7, arg0_1, out=buf0)",            // buf7 is not declared
+      "extern_kernels.mm(arg0_1, out=buf0)",                  // one operand
+      "extern_kernels.mm(arg0_1, arg0_1, arg0_1, out=buf0)",  // three
+      "extern_kernels.mm(arg0_1, reinterpret_tensor(arg0_1, (4, 8), (8, 1), 0), out=buf0)",  // 8x8
+                                                                                             // by
+                                                                                             // 4x8
+      "extern_kernels.bmm(arg0_1, arg0_1, out=buf0)",   // 2-D operands
+      "extern_kernels.mm(arg0_1, arg0_1, out=arg0_1)",  // no dtype declared
+      "extern_kernels.mm(arg0_1, reinterpret_tensor(buf1, (8, 8), (8, 1), 0), out=buf0)",  // two
+                                                                                           // dtypes
+      "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, 8), (8, 1)), arg0_1, out=buf0)",   // no
+                                                                                           // offset
+      "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, 99999999999999999999), (8, 1), 0), arg0_1, "
+      "out=buf0)",
       "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, -8), (8, 1), 0), arg0_1, out=buf0)",
-      "extern_kernels.mm(reinterpret_tensor(arg0_1, (1, 1, 1, 1, 1, 1, 1, 1, 8), (1, 1, 1, 1, 1, 1, 1, 8, 1), 0), arg0_1, out=buf0)",
+      "extern_kernels.mm(reinterpret_tensor(arg0_1, (1, 1, 1, 1, 1, 1, 1, 1, 8), (1, 1, 1, 1, 1, "
+      "1, 1, 8, 1), 0), arg0_1, out=buf0)",
       "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, 8), (8, 1, 2), 0), arg0_1, out=buf0)",
       "extern_kernels.mm(arg0_1, (arg0_1, out=buf0)",
       "extern_kernels.mm(arg0_1, , arg0_1, out=buf0)",
@@ -189,7 +211,9 @@ TEST(MatrixProducts, OnlyWhatIsSpelledOutAndMultipliesCounts) {
   std::string nested = "buf1";
   for (int i = 0; i < 5; ++i) nested = "reinterpret_tensor(" + nested + ", (8, 8), (8, 1), 0)";
   const std::string four_deep = nested.substr(19, nested.size() - 19 - 20);
-  EXPECT_TRUE(matrix_products(declarations + "extern_kernels.mm(" + four_deep + ", arg0_1, out=buf0)\n").empty())
+  EXPECT_TRUE(
+      matrix_products(declarations + "extern_kernels.mm(" + four_deep + ", arg0_1, out=buf0)\n")
+          .empty())
       << "buf1 is float32, buf0 float16";
   const std::vector<MatrixProduct> five_deep =
       matrix_products(declarations + "extern_kernels.mm(" + nested + ", arg0_1, out=buf0)\n");
@@ -198,15 +222,17 @@ TEST(MatrixProducts, OnlyWhatIsSpelledOutAndMultipliesCounts) {
   // At most the first 256 distinct products.
   std::string many = declarations;
   for (int n = 1; n <= 300; ++n) {
-    many += "extern_kernels.mm(reinterpret_tensor(arg0_1, (" + std::to_string(n) + ", 8), (8, 1), 0), arg0_1, "
-            "out=reinterpret_tensor(buf0, (" + std::to_string(n) + ", 8), (8, 1), 0))\n";
+    many += "extern_kernels.mm(reinterpret_tensor(arg0_1, (" + std::to_string(n) +
+            ", 8), (8, 1), 0), arg0_1, "
+            "out=reinterpret_tensor(buf0, (" +
+            std::to_string(n) + ", 8), (8, 1), 0))\n";
   }
   EXPECT_EQ(matrix_products(many).size(), 256u);
   // The same product twice, and once more with alpha and beta, is one product.
-  const std::vector<MatrixProduct> once = matrix_products(
-      declarations + "extern_kernels.mm(arg0_1, arg0_1, out=buf0)\n" +
-      "extern_kernels.mm(arg0_1, arg0_1, out=buf0)  # again\n" +
-      "extern_kernels.mm(arg0_1, arg0_1, alpha=1, beta=1, out=buf0); del arg0_1\n");
+  const std::vector<MatrixProduct> once =
+      matrix_products(declarations + "extern_kernels.mm(arg0_1, arg0_1, out=buf0)\n" +
+                      "extern_kernels.mm(arg0_1, arg0_1, out=buf0)  # again\n" +
+                      "extern_kernels.mm(arg0_1, arg0_1, alpha=1, beta=1, out=buf0); del arg0_1\n");
   ASSERT_EQ(once.size(), 1u);
   EXPECT_EQ(once[0].dtype, "float16");
 }

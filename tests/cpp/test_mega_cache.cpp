@@ -78,10 +78,10 @@ TEST(MegaCache, LastGroupPerTypeWinsInFirstAppearanceOrder) {
 
 TEST(MegaCache, WriterMatchesTorchLayoutBytes) {
   const std::string blob = make_blob({{"inductor", {{"k", "v"}}}});
-  const std::string body = std::string("\0\0\0\0\0\0\0\1", 8) + std::string("\0\0\0\0\0\0\0\x0c", 8) +
-                           "aW5kdWN0b3I=" + std::string("\0\0\0\0\0\0\0\1", 8) +
-                           std::string("\0\0\0\0\0\0\0\x04", 8) + "aw==" +
-                           std::string("\0\0\0\0\0\0\0\1", 8) + "v";
+  const std::string body =
+      std::string("\0\0\0\0\0\0\0\1", 8) + std::string("\0\0\0\0\0\0\0\x0c", 8) +
+      "aW5kdWN0b3I=" + std::string("\0\0\0\0\0\0\0\1", 8) + std::string("\0\0\0\0\0\0\0\x04", 8) +
+      "aw==" + std::string("\0\0\0\0\0\0\0\1", 8) + "v";
   EXPECT_EQ(blob.substr(4), body);
   EXPECT_EQ(util::load_u32_be(blob), util::crc32(body));
 }
@@ -200,7 +200,8 @@ TEST(Standalone, ParsesAotAndHeaderlessLayouts) {
 }
 
 TEST(Standalone, RejectsUnknownHeaderAndTrailingBytes) {
-  EXPECT_FALSE(parse_standalone(standalone_file({"SomethingElse", std::string(32, 'k'), "x"})).ok());
+  EXPECT_FALSE(
+      parse_standalone(standalone_file({"SomethingElse", std::string(32, 'k'), "x"})).ok());
   const std::string torch_key(32, '\x22');
   Result<StandaloneArtifact> trailing =
       parse_standalone(standalone_file({"AOTCompiledArtifact", torch_key, "pickle", "extra"}));

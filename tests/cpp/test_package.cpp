@@ -51,11 +51,17 @@ TEST(Package, BinaryRoundTrip) {
   ASSERT_EQ(forward.bypassed.size(), 1u);
   EXPECT_EQ(forward.bypassed[0].code, 1u);
   EXPECT_EQ(forward.bypassed[0].backend_id, "__compiled_fn_3_ccc");
-  EXPECT_EQ(forward.backends.at("__compiled_fn_1_aaa"), std::string("\x80\x05" "backend one\0", 14));
-  EXPECT_EQ(read->functions[1].backends.at("__compiled_fn_2_bbb"), "\x80\x05" "backend two");
+  EXPECT_EQ(forward.backends.at("__compiled_fn_1_aaa"), std::string("\x80\x05"
+                                                                    "backend one\0",
+                                                                    14));
+  EXPECT_EQ(read->functions[1].backends.at("__compiled_fn_2_bbb"),
+            "\x80\x05"
+            "backend two");
   ASSERT_EQ(read->kernels.size(), 2u);
   EXPECT_EQ(read->kernels[0].path, "ab/cabcdefghij.so");
-  EXPECT_EQ(read->kernels[0].bytes, std::string("\x7f" "ELF\0\1\2kernel one", 17));
+  EXPECT_EQ(read->kernels[0].bytes, std::string("\x7f"
+                                                "ELF\0\1\2kernel one",
+                                                17));
   EXPECT_EQ(read->mega_cache, test::small_blob());
   EXPECT_NE(read->find(source_key("helper", 4)), nullptr);
   EXPECT_EQ(read->find(source_key("helper", 5)), nullptr);
@@ -85,7 +91,8 @@ TEST(Package, PlainBundleIsNotAPackage) {
   Result<Package> read = read_package(*parsed);
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument);
-  EXPECT_TRUE(contains(read.status().message(), "not a precompile package")) << read.status().message();
+  EXPECT_TRUE(contains(read.status().message(), "not a precompile package"))
+      << read.status().message();
 }
 
 TEST(Package, SignedPackageVerifies) {
@@ -197,7 +204,8 @@ TEST(Package, UnpackedMissingBackendIsAnError) {
   const std::string dir = tmp.path() + "/pkg";
   ASSERT_TRUE(write_unpacked(sample_package(), dir).ok());
   // The bypassed code's backend was never written, and its absence is fine.
-  const std::string forward_backends = dir + "/functions/" + source_key("Model.forward", 12) + "/backends";
+  const std::string forward_backends =
+      dir + "/functions/" + source_key("Model.forward", 12) + "/backends";
   EXPECT_TRUE(std::filesystem::exists(forward_backends + "/__compiled_fn_1_aaa.pkl"));
   EXPECT_FALSE(std::filesystem::exists(forward_backends + "/__compiled_fn_3_ccc.pkl"));
   ASSERT_TRUE(read_unpacked(dir, {}).ok());
@@ -208,7 +216,8 @@ TEST(Package, UnpackedMissingBackendIsAnError) {
   ASSERT_FALSE(read.ok());
   EXPECT_TRUE(contains(read.status().message(), "__compiled_fn_2_bbb")) << read.status().message();
 
-  ASSERT_TRUE(std::filesystem::remove(dir + "/functions/" + source_key("helper", 4) + "/dynamo.pkl"));
+  ASSERT_TRUE(
+      std::filesystem::remove(dir + "/functions/" + source_key("helper", 4) + "/dynamo.pkl"));
   EXPECT_FALSE(read_unpacked(dir, {}).ok());
   EXPECT_FALSE(read_unpacked(tmp.path() + "/absent", {}).ok());
 }
@@ -217,25 +226,30 @@ TEST(Package, UnpackedBadManifestIsCorruptionNamingTheFile) {
   test::TempDir tmp;
   const std::string dir = tmp.path() + "/pkg";
   ASSERT_TRUE(write_unpacked(sample_package(), dir).ok());
-  ASSERT_TRUE(test::write_file(dir + "/manifest.json", "{\"format\": \"megacache-package\", ").ok());
+  ASSERT_TRUE(
+      test::write_file(dir + "/manifest.json", "{\"format\": \"megacache-package\", ").ok());
   Result<Package> read = read_unpacked(dir, {});
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
   EXPECT_TRUE(contains(read.status().message(), "manifest.json")) << read.status().message();
 
   // Valid JSON with a field of the wrong type names the field.
-  ASSERT_TRUE(test::write_file(dir + "/manifest.json",
-                                 R"({"format": "megacache-package", "version": "1", "functions": [], "kernels": []})")
-                  .ok());
+  ASSERT_TRUE(
+      test::write_file(
+          dir + "/manifest.json",
+          R"({"format": "megacache-package", "version": "1", "functions": [], "kernels": []})")
+          .ok());
   read = read_unpacked(dir, {});
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
   EXPECT_TRUE(contains(read.status().message(), "manifest.json")) << read.status().message();
   EXPECT_TRUE(contains(read.status().message(), "version")) << read.status().message();
 
-  ASSERT_TRUE(test::write_file(dir + "/manifest.json",
-                                 R"({"format": "megacache-package", "version": 2, "functions": [], "kernels": []})")
-                  .ok());
+  ASSERT_TRUE(
+      test::write_file(
+          dir + "/manifest.json",
+          R"({"format": "megacache-package", "version": 2, "functions": [], "kernels": []})")
+          .ok());
   read = read_unpacked(dir, {});
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), Status::Code::kCorruption);
@@ -273,13 +287,15 @@ TEST(Package, UnpackedRefusesPathsThatEscape) {
   // and <tmp>/x.so via kernels/../../x.so.
   ASSERT_TRUE(test::write_file(dir + "/x.so", "outside the kernels dir").ok());
   ASSERT_TRUE(test::write_file(tmp.path() + "/x.so", "outside the package").ok());
-  for (const std::string bad : {"../x.so", "ab/../../x.so", "../../x.so", "/etc/x.so", "ab/../x.so"}) {
+  for (const std::string bad :
+       {"../x.so", "ab/../../x.so", "../../x.so", "/etc/x.so", "ab/../x.so"}) {
     nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(pristine);
     manifest["kernels"][0] = bad;
     ASSERT_TRUE(test::write_file(dir + "/manifest.json", manifest.dump(2)).ok());
     Result<Package> read = read_unpacked(dir, {});
     ASSERT_FALSE(read.ok()) << bad;
-    EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument) << bad << ": " << read.status().to_string();
+    EXPECT_EQ(read.status().code(), Status::Code::kInvalidArgument)
+        << bad << ": " << read.status().to_string();
   }
   // A backend id is a file name too.
   nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(pristine);
@@ -405,7 +421,8 @@ TEST(PackageCorruption, RandomFlipsNeverYieldADifferentPackage) {
       ++caught;
       continue;
     }
-    EXPECT_EQ(difference(*read, package), "") << "round " << round << ": a damaged package was read";
+    EXPECT_EQ(difference(*read, package), "")
+        << "round " << round << ": a damaged package was read";
   }
   EXPECT_EQ(caught, 300);  // every flip changes a covered byte
 
@@ -415,7 +432,8 @@ TEST(PackageCorruption, RandomFlipsNeverYieldADifferentPackage) {
     std::string damaged = file;
     damaged[rng() % index_end] ^= static_cast<char>(1 + rng() % 255);
     const uint64_t fixed = util::xxh3_64(std::string_view(damaged).substr(0, index_end));
-    for (int i = 0; i < 8; ++i) damaged[damaged.size() - 1 - i] = static_cast<char>(fixed >> (8 * i));
+    for (int i = 0; i < 8; ++i)
+      damaged[damaged.size() - 1 - i] = static_cast<char>(fixed >> (8 * i));
     Result<bundle::Bundle> parsed = bundle::parse(damaged);
     if (!parsed.ok()) continue;
     Result<Package> read = read_package(*parsed);
@@ -426,17 +444,36 @@ TEST(PackageCorruption, RandomFlipsNeverYieldADifferentPackage) {
 TEST(TritonModules, PathContract) {
   const std::string key(64, 'c');
   const std::string base32_key = std::string(50, 'A') + "27";
-  for (const std::string& good : std::vector<std::string>{kCudaUtils, kLauncher, key + "/x.so", key + "/A-b_c.d.so",
-                                                           base32_key + "/x.so", key + "/" + std::string(197, 'n') + ".so"}) {
+  for (const std::string& good :
+       std::vector<std::string>{kCudaUtils, kLauncher, key + "/x.so", key + "/A-b_c.d.so",
+                                base32_key + "/x.so", key + "/" + std::string(197, 'n') + ".so"}) {
     EXPECT_TRUE(is_triton_module_path(good)) << good;
   }
-  for (const std::string& bad : std::vector<std::string>{
-           "", "x.so", "/x.so", "ab/cabc.so", std::string(63, 'c') + "/x.so", std::string(65, 'c') + "/x.so",
-           std::string(64, 'C') + "/x.so", std::string(63, 'c') + "g/x.so", std::string(51, 'A') + "/x.so",
-           std::string(53, 'A') + "/x.so", std::string(51, 'A') + "8/x.so", std::string(52, 'a') + "/x.so",
-           key + "/.so", key + "/.hidden.so", key + "/x.txt", key + "/sub/x.so", key + "/../x.so",
-           "/" + key + "/x.so", key + "/x y.so", key + "/x.so\n", key + "\\x.so",
-           key + "/" + std::string(198, 'n') + ".so", key + std::string("/x\0.so", 6), key + "/", base32_key + "/"}) {
+  for (const std::string& bad : std::vector<std::string>{"",
+                                                         "x.so",
+                                                         "/x.so",
+                                                         "ab/cabc.so",
+                                                         std::string(63, 'c') + "/x.so",
+                                                         std::string(65, 'c') + "/x.so",
+                                                         std::string(64, 'C') + "/x.so",
+                                                         std::string(63, 'c') + "g/x.so",
+                                                         std::string(51, 'A') + "/x.so",
+                                                         std::string(53, 'A') + "/x.so",
+                                                         std::string(51, 'A') + "8/x.so",
+                                                         std::string(52, 'a') + "/x.so",
+                                                         key + "/.so",
+                                                         key + "/.hidden.so",
+                                                         key + "/x.txt",
+                                                         key + "/sub/x.so",
+                                                         key + "/../x.so",
+                                                         "/" + key + "/x.so",
+                                                         key + "/x y.so",
+                                                         key + "/x.so\n",
+                                                         key + "\\x.so",
+                                                         key + "/" + std::string(198, 'n') + ".so",
+                                                         key + std::string("/x\0.so", 6),
+                                                         key + "/",
+                                                         base32_key + "/"}) {
     EXPECT_FALSE(is_triton_module_path(bad)) << bad;
   }
 }
@@ -448,11 +485,15 @@ TEST(TritonModules, TravelInBothFormsAndOnlyWhenPresent) {
   EXPECT_EQ(difference(*binary, package), "");
   ASSERT_EQ(binary->triton_modules.size(), 2u);
   EXPECT_EQ(binary->triton_modules[0].path, kCudaUtils);
-  EXPECT_EQ(binary->triton_modules[0].bytes, std::string("\x7f" "ELF\0cuda utils", 15));
+  EXPECT_EQ(binary->triton_modules[0].bytes, std::string("\x7f"
+                                                         "ELF\0cuda utils",
+                                                         15));
 
   test::TempDir tmp;
   ASSERT_TRUE(write_unpacked(package, tmp.path() + "/pkg").ok());
-  EXPECT_EQ(*test::read_file(tmp.path() + "/pkg/triton_modules/" + kLauncher), "\x7f" "ELF launcher");
+  EXPECT_EQ(*test::read_file(tmp.path() + "/pkg/triton_modules/" + kLauncher),
+            "\x7f"
+            "ELF launcher");
   Result<Package> unpacked = read_unpacked(tmp.path() + "/pkg", {});
   ASSERT_TRUE(unpacked.ok()) << unpacked.status().to_string();
   EXPECT_EQ(difference(*unpacked, package), "");
@@ -463,7 +504,8 @@ TEST(TritonModules, TravelInBothFormsAndOnlyWhenPresent) {
 }
 
 TEST(TritonModules, ReadRefusesPathsOutsideTheGrammar) {
-  for (const std::string& bad : std::vector<std::string>{"../x.so", std::string(64, 'c') + "/../../x.so", "ab/cabc.so"}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"../x.so", std::string(64, 'c') + "/../../x.so", "ab/cabc.so"}) {
     Package package = with_triton_modules(sample_package());
     package.triton_modules[0].path = bad;  // write_package does not check; the reader must
     Result<Package> read = read_binary(write_package(package));
@@ -475,7 +517,8 @@ TEST(TritonModules, ReadRefusesPathsOutsideTheGrammar) {
   const std::string dir = tmp.path() + "/pkg";
   ASSERT_TRUE(write_unpacked(with_triton_modules(sample_package()), dir).ok());
   ASSERT_TRUE(test::write_file(tmp.path() + "/x.so", "outside the package").ok());
-  nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(*test::read_file(dir + "/manifest.json"));
+  nlohmann::ordered_json manifest =
+      nlohmann::ordered_json::parse(*test::read_file(dir + "/manifest.json"));
   manifest["triton_modules"][0] = "../../x.so";
   ASSERT_TRUE(test::write_file(dir + "/manifest.json", manifest.dump(2)).ok());
   Result<Package> read = read_unpacked(dir, {});
@@ -490,12 +533,14 @@ TEST(TritonModules, ReadRefusesPathsOutsideTheGrammar) {
 }
 
 TEST(CudaJit, PathContract) {
-  for (const std::string& good : std::vector<std::string>{"1/a/c877fdb2075fc7", "0/f/0", "9/9/" + std::string(64, 'f')}) {
+  for (const std::string& good :
+       std::vector<std::string>{"1/a/c877fdb2075fc7", "0/f/0", "9/9/" + std::string(64, 'f')}) {
     EXPECT_TRUE(is_cuda_jit_path(good)) << good;
   }
-  for (const std::string& bad : std::vector<std::string>{"", "index", "1/a", "1/a/", "1/a/G", "1/a/C877", "1a/b/c", "1/ab/c", "/1/a/c",
-                                "1/a/c/d", "1/a/..", "../a/c", "1/a/c ", "1\\a\\c", "9/9/" + std::string(65, 'f'),
-                                std::string("1/a/c\0", 6)}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"", "index", "1/a", "1/a/", "1/a/G", "1/a/C877", "1a/b/c", "1/ab/c",
+                                "/1/a/c", "1/a/c/d", "1/a/..", "../a/c", "1/a/c ", "1\\a\\c",
+                                "9/9/" + std::string(65, 'f'), std::string("1/a/c\0", 6)}) {
     EXPECT_FALSE(is_cuda_jit_path(bad)) << bad;
   }
 }
@@ -531,7 +576,8 @@ TEST(CudaJit, ReadRefusesPathsOutsideTheGrammar) {
   test::TempDir tmp;
   const std::string dir = tmp.path() + "/pkg";
   ASSERT_TRUE(write_unpacked(with_cuda_jit(sample_package()), dir).ok());
-  nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(*test::read_file(dir + "/manifest.json"));
+  nlohmann::ordered_json manifest =
+      nlohmann::ordered_json::parse(*test::read_file(dir + "/manifest.json"));
   manifest["cuda_jit"][0] = "../../../x";
   ASSERT_TRUE(test::write_file(dir + "/manifest.json", manifest.dump(2)).ok());
   Result<Package> read = read_unpacked(dir, {});
@@ -544,10 +590,10 @@ TEST(CudaJit, ReadRefusesPathsOutsideTheGrammar) {
 // change. The Mega-Cache blob is a tiny literal one: the torch fixtures are 250 KB and up.
 Package golden_package() {
   Package package;
-  package.fingerprint = {{"cpu_arch", "x86_64"},        {"cpu_flags", "avx2 fma"},
-                         {"cxx", "g++ 12.2.0"},         {"megacache", "0.1.0"},
-                         {"os", "Linux"},               {"python", "3.11.7"},
-                         {"torch", "2.13.0+cpu"},       {"torch_git", "0123456789abcdef"}};
+  package.fingerprint = {{"cpu_arch", "x86_64"},  {"cpu_flags", "avx2 fma"},
+                         {"cxx", "g++ 12.2.0"},   {"megacache", "0.1.0"},
+                         {"os", "Linux"},         {"python", "3.11.7"},
+                         {"torch", "2.13.0+cpu"}, {"torch_git", "0123456789abcdef"}};
   FunctionPackage f;
   f.entry = make_entry("forward", "golden", 10, "cpu",
                        {{{"forward"}, {"__compiled_fn_1_golden"}},
@@ -556,12 +602,17 @@ Package golden_package() {
   f.entry.function.signature = "(x)";
   f.entry.function.source_sha256 = util::sha256_hex("def forward(x):\n    return x.sin()\n");
   f.entry.inlined_sources = {{"golden.layers", 3, 5, kLayersLines3To5}};
-  f.backends = {{"__compiled_fn_1_golden", std::string("\x80\x05" "backend one\0", 14)},
-                {"__compiled_fn_2_golden", "\x80\x05" "backend two"}};
+  f.backends = {{"__compiled_fn_1_golden", std::string("\x80\x05"
+                                                       "backend one\0",
+                                                       14)},
+                {"__compiled_fn_2_golden",
+                 "\x80\x05"
+                 "backend two"}};
   package.functions = {std::move(f)};
   package.kernels = {{"ab/cabc.so", "ELF-test"}};
-  package.mega_cache = test::make_blob({{"inductor", {{"fgolden", "golden graph"}}},
-                                        {"autotune", {{"ab/cabc.best_config", R"({"XBLOCK": 64})"}}}});
+  package.mega_cache =
+      test::make_blob({{"inductor", {{"fgolden", "golden graph"}}},
+                       {"autotune", {{"ab/cabc.best_config", R"({"XBLOCK": 64})"}}}});
   return package;
 }
 
@@ -602,7 +653,9 @@ TEST(PackageGolden, ReadsAndReproducesTheGoldenFile) {
   EXPECT_EQ(f.entry.device_type, "cpu");
   EXPECT_EQ(f.entry.pickle, std::string("\x80\x05golden dynamo entry\0", 21));
   EXPECT_EQ(f.backends.size(), 2u);
-  EXPECT_EQ(f.backends.at("__compiled_fn_2_golden"), "\x80\x05" "backend two");
+  EXPECT_EQ(f.backends.at("__compiled_fn_2_golden"),
+            "\x80\x05"
+            "backend two");
   ASSERT_EQ(read->kernels.size(), 1u);
   EXPECT_EQ(read->kernels[0].path, "ab/cabc.so");
   EXPECT_EQ(read->kernels[0].bytes, "ELF-test");
@@ -615,17 +668,21 @@ TEST(PackageGolden, ReadsAndReproducesTheGoldenFile) {
 // tests/data/package_v1_triton_modules.mcpkg: the golden package as a CUDA process makes it,
 // with Triton's driver helper and a kernel launcher (the optional "triton_modules").
 TEST(PackageGolden, ReadsAndReproducesTheGoldenFileWithTritonModules) {
-  const std::optional<Package> read = read_golden_file("package_v1_triton_modules.mcpkg", with_triton_modules(golden_package()));
+  const std::optional<Package> read =
+      read_golden_file("package_v1_triton_modules.mcpkg", with_triton_modules(golden_package()));
   ASSERT_TRUE(read);
   ASSERT_EQ(read->triton_modules.size(), 2u);
   EXPECT_EQ(read->triton_modules[1].path, kLauncher);
-  EXPECT_EQ(read->triton_modules[1].bytes, "\x7f" "ELF launcher");
+  EXPECT_EQ(read->triton_modules[1].bytes,
+            "\x7f"
+            "ELF launcher");
 }
 
 // tests/data/package_v1_cuda_jit.mcpkg: the golden package as a process on a GPU makes it
 // after cuDNN's attention ran, with two CUDA JIT cache entries (the optional "cuda_jit").
 TEST(PackageGolden, ReadsAndReproducesTheGoldenFileWithCudaJitEntries) {
-  const std::optional<Package> read = read_golden_file("package_v1_cuda_jit.mcpkg", with_cuda_jit(golden_package()));
+  const std::optional<Package> read =
+      read_golden_file("package_v1_cuda_jit.mcpkg", with_cuda_jit(golden_package()));
   ASSERT_TRUE(read);
   ASSERT_EQ(read->cuda_jit.size(), 2u);
   EXPECT_EQ(read->cuda_jit[1].path, "b/e/b3e48a12e5899a");

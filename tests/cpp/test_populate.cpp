@@ -42,8 +42,9 @@ TEST(Populate, WritesEachTypeWhereTorchDoes) {
 }
 
 TEST(Populate, HandsRegisteredTypesToTheCallerAndWritesTheRest) {
-  const std::string blob =
-      make_blob({{"custom", {{"k1", "first"}}}, {"inductor", {{"fgood", "x"}}}, {"custom", {{"k2", "second"}}}});
+  const std::string blob = make_blob({{"custom", {{"k1", "first"}}},
+                                      {"inductor", {{"fgood", "x"}}},
+                                      {"custom", {{"k2", "second"}}}});
   const MegaCache cache = parsed(blob);
   test::TempDir dir;
   PopulateOptions options;
@@ -95,14 +96,16 @@ TEST(Populate, RewritesPgoMastKeysToTheLoadingJob) {
   const MegaCache cache = parsed(blob);
   test::TempDir dir;
   int calls = 0;
-  PopulateOptions options{[&] {
+  PopulateOptions options;
+  options.pgo_cache_key = [&] {
     ++calls;
     return std::string("mast:newjob:7:0:tag");
-  }};
+  };
   ASSERT_TRUE(populate(cache, dir.path(), options).ok());
   EXPECT_EQ(calls, 1);
-  EXPECT_EQ(read_tree(dir.path()),
-            (std::map<std::string, std::string>{{"dynamo/code_state_mast_newjob_7_0_tag.pkl", "state"}}));
+  EXPECT_EQ(
+      read_tree(dir.path()),
+      (std::map<std::string, std::string>{{"dynamo/code_state_mast_newjob_7_0_tag.pkl", "state"}}));
 }
 
 TEST(Populate, AnIoErrorStopsWithWholeFilesAndNoTempFiles) {
@@ -172,10 +175,11 @@ TEST(Populate, PgoKeyIsOnlyAskedForWhenAMastKeyIsPresent) {
   const std::string blob = test::small_blob();  // pgo key "job:0:", not mast
   const MegaCache cache = parsed(blob);
   test::TempDir dir;
-  PopulateOptions options{[]() -> std::string {
+  PopulateOptions options;
+  options.pgo_cache_key = []() -> std::string {
     ADD_FAILURE() << "asked for the PGO key without a mast: key";
     return "";
-  }};
+  };
   ASSERT_TRUE(populate(cache, dir.path(), options).ok());
 }
 

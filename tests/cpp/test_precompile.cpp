@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <dlfcn.h>
+#include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -27,7 +27,8 @@ TEST(Precompile, SourceKeyIsTorchsSourceId) {
   // torch concatenates without a separator, so "f1" at line 7 and "f" at line 17 share a key.
   EXPECT_EQ(source_key("f", 17), source_key("f1", 7));
   EXPECT_NE(source_key("f", 17), source_key("f", 7));
-  EXPECT_EQ(make_entry("Model.forward", "m", 12, "cpu", {}, "").key(), util::sha256_hex("Model.forward12"));
+  EXPECT_EQ(make_entry("Model.forward", "m", 12, "cpu", {}, "").key(),
+            util::sha256_hex("Model.forward12"));
 }
 
 TEST(Precompile, HashSourceLinesMirrorsTorch) {
@@ -36,21 +37,29 @@ TEST(Precompile, HashSourceLinesMirrorsTorch) {
   //   lines = io.StringIO(text).readlines()
   //   hashlib.sha256("".join(lines[first - 1:last - 1]).encode()).hexdigest()
   const std::string& text = kLayersSource;  // 6 lines, final newline
-  EXPECT_EQ(hash_source_lines(text, 1, 7), "bd649f04990089df7365f808adcc43eeefcb087eeea5f470145021913b33b956");
+  EXPECT_EQ(hash_source_lines(text, 1, 7),
+            "bd649f04990089df7365f808adcc43eeefcb087eeea5f470145021913b33b956");
   EXPECT_EQ(hash_source_lines(text, 1, 7), util::sha256_hex(text));
   EXPECT_EQ(hash_source_lines(text, 3, 5), kLayersLines3To5);
   EXPECT_EQ(hash_source_lines(text, 3, 5), util::sha256_hex("def helper(x):\n    return x * 2\n"));
-  EXPECT_EQ(hash_source_lines(text, 1, 2), "b91a3bc5e2064d025a8ae122555c96948ec5b4895d53d809c4b66b71a4915133");
-  EXPECT_EQ(hash_source_lines(text, 6, 7), "027e5c8ff4801bb6510be3ca89f16b824cda0953eb2bb5ef4024cfc08f11f4a0");
+  EXPECT_EQ(hash_source_lines(text, 1, 2),
+            "b91a3bc5e2064d025a8ae122555c96948ec5b4895d53d809c4b66b71a4915133");
+  EXPECT_EQ(hash_source_lines(text, 6, 7),
+            "027e5c8ff4801bb6510be3ca89f16b824cda0953eb2bb5ef4024cfc08f11f4a0");
   // last_line beyond the end: the slice stops at the end.
-  EXPECT_EQ(hash_source_lines(text, 4, 100), "580f93d5e25b0e4d1e5e47415218b56d2a9eb2d532602823ae454a7e5a0d0728");
+  EXPECT_EQ(hash_source_lines(text, 4, 100),
+            "580f93d5e25b0e4d1e5e47415218b56d2a9eb2d532602823ae454a7e5a0d0728");
   // last_line is exclusive: [3, 3) is empty.
-  EXPECT_EQ(hash_source_lines(text, 3, 3), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(hash_source_lines(text, 3, 3),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 
   const std::string no_newline = "a = 1\nb = 2\nc = 3";  // no final newline
-  EXPECT_EQ(hash_source_lines(no_newline, 1, 4), "39a11e4e460e09b0692d3be509dfdefd4b38893fa09cad4a8dd4f376595e0c62");
-  EXPECT_EQ(hash_source_lines(no_newline, 2, 4), "d224ff9ee9a2a0e9ba7849ea2a16fab0e2039684fea925b1f09586d3ea8501a6");
-  EXPECT_EQ(hash_source_lines(no_newline, 3, 10), "46c7044c8b0a3ba6a3ac891861ab9c33aecfb2256765eda0474b7314ff49e2d2");
+  EXPECT_EQ(hash_source_lines(no_newline, 1, 4),
+            "39a11e4e460e09b0692d3be509dfdefd4b38893fa09cad4a8dd4f376595e0c62");
+  EXPECT_EQ(hash_source_lines(no_newline, 2, 4),
+            "d224ff9ee9a2a0e9ba7849ea2a16fab0e2039684fea925b1f09586d3ea8501a6");
+  EXPECT_EQ(hash_source_lines(no_newline, 3, 10),
+            "46c7044c8b0a3ba6a3ac891861ab9c33aecfb2256765eda0474b7314ff49e2d2");
 }
 
 // --- PrecompileContext ---
@@ -58,15 +67,16 @@ TEST(Precompile, HashSourceLinesMirrorsTorch) {
 // "fa" (line 1) has code 0 -> b1 and code 1 -> b3, b2; "gb" (line 2) has code 0 -> b4.
 // b2 is never recorded.
 void record_two(PrecompileContext& context) {
-  context.record_dynamo_entry(make_entry("fa", "mod", 1, "cuda", {{{"fa"}, {"b1"}}, {{"fa_resume"}, {"b3", "b2"}}},
-                                         "entry fa"));
+  context.record_dynamo_entry(make_entry(
+      "fa", "mod", 1, "cuda", {{{"fa"}, {"b1"}}, {{"fa_resume"}, {"b3", "b2"}}}, "entry fa"));
   context.record_dynamo_entry(make_entry("gb", "mod", 2, "cpu", {{{"gb"}, {"b4"}}}, "entry gb"));
   context.record_backend("b1", "pickle b1");
   context.record_backend("b3", "pickle b3");
   context.record_backend("b4", "pickle b4");
 }
 
-const FunctionPackage* find_in(const std::vector<FunctionPackage>& packages, const std::string& qualname) {
+const FunctionPackage* find_in(const std::vector<FunctionPackage>& packages,
+                               const std::string& qualname) {
   for (const FunctionPackage& p : packages) {
     if (p.entry.function.qualname == qualname) return &p;
   }
@@ -135,10 +145,14 @@ TEST(PrecompileContext, SerializeAndEditArtifactByKey) {
   EXPECT_EQ(context.serialize_artifact_by_key("b3"), std::optional<std::string>("pickle b3"));
   EXPECT_EQ(context.serialize_artifact_by_key("b2"), std::nullopt);
 
-  ASSERT_TRUE(context.edit_artifact("b1", [](std::string_view old) -> Result<std::string> {
-                       return std::string(old) + " edited";
-                     }).ok());
-  EXPECT_EQ(context.serialize_artifact_by_key("b1"), std::optional<std::string>("pickle b1 edited"));
+  ASSERT_TRUE(context
+                  .edit_artifact("b1",
+                                 [](std::string_view old) -> Result<std::string> {
+                                   return std::string(old) + " edited";
+                                 })
+                  .ok());
+  EXPECT_EQ(context.serialize_artifact_by_key("b1"),
+            std::optional<std::string>("pickle b1 edited"));
   EXPECT_EQ(find_in(context.stitch(), "fa")->backends.at("b1"), "pickle b1 edited");
 
   bool called = false;
@@ -307,9 +321,7 @@ TEST(PackageCheck, CpuAndCompilerFieldsOnlyWithKernels) {
   EXPECT_TRUE(check_package(sample_package(), check).ok());
 }
 
-FunctionIdentity helper_identity() {
-  return {"helper", "app.util", 4, "(x, y=1)", ""};
-}
+FunctionIdentity helper_identity() { return {"helper", "app.util", 4, "(x, y=1)", ""}; }
 
 TEST(PackageCheck, FunctionMustBeInThePackage) {
   LoadCheck check = same_environment();
@@ -349,7 +361,8 @@ TEST(PackageCheck, SignatureMustMatch) {
 
 TEST(PackageCheck, SourceChangesUnlessIgnored) {
   LoadCheck check = same_environment();
-  check.function = FunctionIdentity{"Model.forward", "app.model", 12, "(self, x)", std::string(64, 'a')};
+  check.function =
+      FunctionIdentity{"Model.forward", "app.model", 12, "(self, x)", std::string(64, 'a')};
   EXPECT_TRUE(check_package(sample_package(), check).ok());
   check.function->source_sha256 = std::string(64, 'b');
   const Status status = check_package(sample_package(), check);
@@ -375,7 +388,8 @@ TEST(PackageCheck, InlinedSourcesAreRehashed) {
   EXPECT_EQ(asked, std::vector<std::string>{"app.layers"});
 
   // A change outside lines [3, 5) does not matter; one inside does.
-  modules["app.layers"] = "import torch  # edited\n\ndef helper(x):\n    return x * 2\n\nlast = 2\n";
+  modules["app.layers"] =
+      "import torch  # edited\n\ndef helper(x):\n    return x * 2\n\nlast = 2\n";
   EXPECT_TRUE(check_package(sample_package(), check).ok());
   modules["app.layers"] = "import torch\n\ndef helper(x):\n    return x * 3\n\nlast = 1\n";
   Status status = check_package(sample_package(), check);
@@ -412,8 +426,13 @@ TEST(PackagePopulate, WritesKernelsAndMegaCacheArtifacts) {
   ASSERT_TRUE(populate(*cache, expected_dir.path()).ok());
   std::map<std::string, std::string> expected = read_tree(expected_dir.path());
   ASSERT_FALSE(expected.empty());
-  expected["ab/cabcdefghij.so"] = std::string("\x7f" "ELF\0\1\2kernel one", 17);
-  expected["x_/cx_9.kernel.so"] = "\x7f" "ELF kernel two";
+  expected["ab/cabcdefghij.so"] = std::string(
+      "\x7f"
+      "ELF\0\1\2kernel one",
+      17);
+  expected["x_/cx_9.kernel.so"] =
+      "\x7f"
+      "ELF kernel two";
 
   test::TempDir dir;
   Result<PopulateReport> report = populate_package(package, dir.path());
@@ -451,17 +470,22 @@ TEST(PackagePopulate, FailingAtAnyWriteLeavesWholeFilesAndTheNextRunCompletes) {
   Package package = with_triton_modules(sample_package());
   package.mega_cache = test::read_test_file("mega_graphbreak.bin");
   test::TempDir expected_dir;
-  ASSERT_TRUE(populate_package(package, expected_dir.path() + "/torch", {expected_dir.path() + "/triton"}).ok());
+  ASSERT_TRUE(
+      populate_package(package, expected_dir.path() + "/torch", {expected_dir.path() + "/triton"})
+          .ok());
   const std::map<std::string, std::string> expected = read_tree(expected_dir.path());
   for (int allowed = 0;; ++allowed) {
     test::TempDir dir;
     test::FailingFileSystem failing(allowed);
     Result<PopulateReport> report =
         populate_package(package, dir.path() + "/torch", {dir.path() + "/triton"}, {}, failing);
-    if (!report.ok()) EXPECT_EQ(report.status().code(), Status::Code::kIOError) << report.status().to_string();
+    if (!report.ok()) {
+      EXPECT_EQ(report.status().code(), Status::Code::kIOError) << report.status().to_string();
+    }
     for (const auto& [path, bytes] : read_tree(dir.path())) {
       ASSERT_TRUE(expected.count(path)) << "allowed " << allowed << ": unexpected file " << path;
-      EXPECT_EQ(bytes, expected.at(path)) << "allowed " << allowed << ": " << path << " is not whole";
+      EXPECT_EQ(bytes, expected.at(path))
+          << "allowed " << allowed << ": " << path << " is not whole";
     }
     ASSERT_TRUE(populate_package(package, dir.path() + "/torch", {dir.path() + "/triton"}).ok());
     EXPECT_EQ(read_tree(dir.path()), expected) << "allowed " << allowed;
@@ -474,20 +498,39 @@ TEST(PackagePopulate, FailingAtAnyWriteLeavesWholeFilesAndTheNextRunCompletes) {
 }
 
 TEST(PackagePopulate, KernelPathContract) {
-  for (const std::string& good : std::vector<std::string>{"ab/cabc.so", "5u/c5ujs.yugwe.so", "a_/x.so", "09/_.so", "ab/x..so",
-                                 "ab/" + std::string(197, 'n') + ".so"}) {
+  for (const std::string& good :
+       std::vector<std::string>{"ab/cabc.so", "5u/c5ujs.yugwe.so", "a_/x.so", "09/_.so", "ab/x..so",
+                                "ab/" + std::string(197, 'n') + ".so"}) {
     EXPECT_TRUE(is_kernel_path(good)) << good;
   }
-  for (const std::string& bad : std::vector<std::string>{
-           "", "a/b.so", "../ab/c.so", "ab/.so", "ab/x.txt", "AB/c.so", "ab/C.so", "ab/c/d.so", "abc/d.so",
-        "/ab/c.so", "ab/.hidden.so", "ab/c.so/", "ab\\c.so", "a./c.so", "..//x.so", "ab/../x.so",
-        "ab/c-d.so", "ab/c d.so", "ab/c.so\n", std::string("ab/c\0.so", 8), "ab/" + std::string(198, 'n') + ".so"}) {
+  for (const std::string& bad : std::vector<std::string>{"",
+                                                         "a/b.so",
+                                                         "../ab/c.so",
+                                                         "ab/.so",
+                                                         "ab/x.txt",
+                                                         "AB/c.so",
+                                                         "ab/C.so",
+                                                         "ab/c/d.so",
+                                                         "abc/d.so",
+                                                         "/ab/c.so",
+                                                         "ab/.hidden.so",
+                                                         "ab/c.so/",
+                                                         "ab\\c.so",
+                                                         "a./c.so",
+                                                         "..//x.so",
+                                                         "ab/../x.so",
+                                                         "ab/c-d.so",
+                                                         "ab/c d.so",
+                                                         "ab/c.so\n",
+                                                         std::string("ab/c\0.so", 8),
+                                                         "ab/" + std::string(198, 'n') + ".so"}) {
     EXPECT_FALSE(is_kernel_path(bad)) << bad;
   }
 }
 
 TEST(PackagePopulate, UnsafeKernelPathWritesNothing) {
-  for (const std::string bad : {"a/b.so", "../ab/c.so", "ab/.so", "ab/x.txt", "AB/c.so", "ab/../../x.so"}) {
+  for (const std::string bad :
+       {"a/b.so", "../ab/c.so", "ab/.so", "ab/x.txt", "AB/c.so", "ab/../../x.so"}) {
     Package package = sample_package();
     package.mega_cache = test::read_test_file("mega_mlp_infer.bin");
     package.kernels.push_back({bad, "ELF-test"});  // after a good one
@@ -516,7 +559,8 @@ TEST(PackagePopulate, RefusesAnEmptyCacheDir) {
 
 TEST(PackagePopulate, ReadKernelsTakesOnlyKernelPathsSorted) {
   test::TempDir dir;
-  for (const char* sub : {"zz", "ab", "toolong", "lo"}) ASSERT_TRUE(test::make_dirs(dir.path() + "/" + sub).ok());
+  for (const char* sub : {"zz", "ab", "toolong", "lo"})
+    ASSERT_TRUE(test::make_dirs(dir.path() + "/" + sub).ok());
   ASSERT_TRUE(test::write_file(dir.path() + "/zz/cz.so", "two").ok());
   ASSERT_TRUE(test::write_file(dir.path() + "/ab/ca.main.so", "one").ok());
   ASSERT_TRUE(test::write_file(dir.path() + "/ab/ca.cpp", "source, not a library").ok());
@@ -585,8 +629,8 @@ TEST(TritonModules, PopulateWritesEveryTritonDirAndKeepsWhatTritonBuilt) {
   test::TempDir torch_dir, home_triton, torch_triton;
   const std::map<std::string, std::string> modules = {{kCudaUtils, package.triton_modules[0].bytes},
                                                       {kLauncher, package.triton_modules[1].bytes}};
-  Result<PopulateReport> report =
-      populate_package(package, torch_dir.path(), {home_triton.path(), torch_triton.path(), home_triton.path(), ""});
+  Result<PopulateReport> report = populate_package(
+      package, torch_dir.path(), {home_triton.path(), torch_triton.path(), home_triton.path(), ""});
   ASSERT_TRUE(report.ok()) << report.status().to_string();
   EXPECT_EQ(read_tree(home_triton.path()), modules);
   EXPECT_EQ(read_tree(torch_triton.path()), modules);
@@ -603,8 +647,8 @@ TEST(TritonModules, PopulateWritesEveryTritonDirAndKeepsWhatTritonBuilt) {
   // A Triton dir that cannot be written (here a file stands where it would be) is passed over.
   test::TempDir mixed;
   ASSERT_TRUE(test::write_file(mixed.path() + "/blocked", "a file, not a dir").ok());
-  Result<PopulateReport> partial =
-      populate_package(package, mixed.path() + "/torch", {mixed.path() + "/blocked", mixed.path() + "/triton"});
+  Result<PopulateReport> partial = populate_package(
+      package, mixed.path() + "/torch", {mixed.path() + "/blocked", mixed.path() + "/triton"});
   ASSERT_TRUE(partial.ok()) << partial.status().to_string();
   EXPECT_EQ(read_tree(mixed.path() + "/triton"), modules);
   EXPECT_EQ(read_tree(mixed.path() + "/torch").size(), 2u);
@@ -613,7 +657,8 @@ TEST(TritonModules, PopulateWritesEveryTritonDirAndKeepsWhatTritonBuilt) {
   // A path outside the grammar is refused before anything is written anywhere.
   package.triton_modules.push_back({"../x.so", "ELF"});
   test::TempDir fresh;
-  Result<PopulateReport> refused = populate_package(package, fresh.path() + "/cache", {fresh.path() + "/triton"});
+  Result<PopulateReport> refused =
+      populate_package(package, fresh.path() + "/cache", {fresh.path() + "/triton"});
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), Status::Code::kInvalidArgument);
   EXPECT_TRUE(read_tree(fresh.path()).empty());
@@ -626,19 +671,22 @@ TEST(TritonModules, ReadsWhatThisProcessLoadedFromATritonCacheDir) {
   const std::string loaded = cache.path() + "/" + kCudaUtils;
   const std::string not_a_key = cache.path() + "/not-a-key/cuda_utils.so";
   const std::string outside = elsewhere.path() + "/" + kLauncher;
-  for (const std::string& path : std::vector<std::string>{loaded, not_a_key, outside, cache.path() + "/" + kLauncher}) {
+  for (const std::string& path :
+       std::vector<std::string>{loaded, not_a_key, outside, cache.path() + "/" + kLauncher}) {
     std::filesystem::create_directories(std::filesystem::path(path).parent_path());
     ASSERT_TRUE(test::write_file(path, *module).ok());
   }
   std::vector<void*> handles;
-  for (const std::string& path : std::vector<std::string>{loaded, not_a_key, outside}) {  // never kLauncher under cache
+  for (const std::string& path :
+       std::vector<std::string>{loaded, not_a_key, outside}) {  // never kLauncher under cache
     handles.push_back(dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL));
     ASSERT_NE(handles.back(), nullptr) << dlerror();
   }
   // The cache dir named through a link, beside an empty name and a dir that does not exist.
   const std::string link = elsewhere.path() + "/link";
   std::filesystem::create_directory_symlink(cache.path(), link);
-  Result<std::vector<KernelFile>> read = read_loaded_triton_modules({link, "", cache.path() + "/missing"});
+  Result<std::vector<KernelFile>> read =
+      read_loaded_triton_modules({link, "", cache.path() + "/missing"});
   ASSERT_TRUE(read.ok()) << read.status().to_string();
   ASSERT_EQ(read->size(), 1u);
   EXPECT_EQ((*read)[0].path, kCudaUtils);
@@ -668,12 +716,13 @@ TEST(CudaJit, CheckedAgainstTheGpu) {
 TEST(CudaJit, PopulateInstallsForTheSameDriverOnlyAndKeepsTheDriversOwn) {
   Package package = with_cuda_jit(sample_package());
   package.mega_cache.clear();
-  const std::map<std::string, std::string> entries = {{package.cuda_jit[0].path, package.cuda_jit[0].bytes},
-                                                      {package.cuda_jit[1].path, package.cuda_jit[1].bytes}};
+  const std::map<std::string, std::string> entries = {
+      {package.cuda_jit[0].path, package.cuda_jit[0].bytes},
+      {package.cuda_jit[1].path, package.cuda_jit[1].bytes}};
   test::TempDir torch_dir, jit;
   // Another driver, no driver known here, no dir: nothing is installed, the rest is.
-  for (const CudaJitTarget& target : {CudaJitTarget{jit.path(), "570.86.15"}, CudaJitTarget{jit.path(), ""},
-                                      CudaJitTarget{"", kDriver}}) {
+  for (const CudaJitTarget& target : {CudaJitTarget{jit.path(), "570.86.15"},
+                                      CudaJitTarget{jit.path(), ""}, CudaJitTarget{"", kDriver}}) {
     Result<PopulateReport> report = populate_package(package, torch_dir.path(), {}, target);
     ASSERT_TRUE(report.ok()) << report.status().to_string();
     EXPECT_TRUE(read_tree(jit.path()).empty()) << target.driver;
@@ -685,27 +734,31 @@ TEST(CudaJit, PopulateInstallsForTheSameDriverOnlyAndKeepsTheDriversOwn) {
   ASSERT_TRUE(populate_package(unknown_driver, torch_dir.path(), {}, {jit.path(), kDriver}).ok());
   EXPECT_TRUE(read_tree(jit.path()).empty());
 
-  Result<PopulateReport> report = populate_package(package, torch_dir.path(), {}, {jit.path() + "/made", kDriver});
+  Result<PopulateReport> report =
+      populate_package(package, torch_dir.path(), {}, {jit.path() + "/made", kDriver});
   ASSERT_TRUE(report.ok()) << report.status().to_string();
   EXPECT_EQ(read_tree(jit.path() + "/made"), entries);
   EXPECT_EQ(report->files_written, 2u);
 
   // The driver's own entry is left as it is.
   ASSERT_TRUE(test::write_file(jit.path() + "/made/1/a/c877fdb2075fc7", "the driver's").ok());
-  Result<PopulateReport> again = populate_package(package, torch_dir.path(), {}, {jit.path() + "/made", kDriver});
+  Result<PopulateReport> again =
+      populate_package(package, torch_dir.path(), {}, {jit.path() + "/made", kDriver});
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->files_written, 0u);
   EXPECT_EQ(read_tree(jit.path() + "/made").at("1/a/c877fdb2075fc7"), "the driver's");
 
   // A cache dir that cannot be written is passed over.
   ASSERT_TRUE(test::write_file(jit.path() + "/blocked", "a file, not a dir").ok());
-  ASSERT_TRUE(populate_package(package, torch_dir.path(), {}, {jit.path() + "/blocked", kDriver}).ok());
+  ASSERT_TRUE(
+      populate_package(package, torch_dir.path(), {}, {jit.path() + "/blocked", kDriver}).ok());
   EXPECT_EQ(*test::read_file(jit.path() + "/blocked"), "a file, not a dir");
 
   // A path outside the grammar is refused before anything is written anywhere.
   package.cuda_jit.push_back({"../x", "jit"});
   test::TempDir fresh;
-  Result<PopulateReport> refused = populate_package(package, fresh.path() + "/cache", {}, {fresh.path() + "/jit", kDriver});
+  Result<PopulateReport> refused =
+      populate_package(package, fresh.path() + "/cache", {}, {fresh.path() + "/jit", kDriver});
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), Status::Code::kInvalidArgument);
   EXPECT_TRUE(read_tree(fresh.path()).empty());
@@ -714,21 +767,25 @@ TEST(CudaJit, PopulateInstallsForTheSameDriverOnlyAndKeepsTheDriversOwn) {
 TEST(CudaJit, ReadsTheEntriesWrittenSinceAndNothingElse) {
   test::TempDir jit;
   const std::string dir = jit.path() + "/ComputeCache";
-  for (const std::string path : {"1/a/c877fdb2075fc7", "b/e/b3e48a12e5899a", "4/1/e7acff1d70198c", "index",
-                                 "1/a/not-an-entry", "1/xx/c877"}) {
+  for (const std::string path : {"1/a/c877fdb2075fc7", "b/e/b3e48a12e5899a", "4/1/e7acff1d70198c",
+                                 "index", "1/a/not-an-entry", "1/xx/c877"}) {
     std::filesystem::create_directories(std::filesystem::path(dir + "/" + path).parent_path());
     ASSERT_TRUE(test::write_file(dir + "/" + path, "bytes of " + path).ok());
   }
   const auto now = std::filesystem::last_write_time(dir + "/index");
-  std::filesystem::last_write_time(dir + "/4/1/e7acff1d70198c", now - std::chrono::hours(1));  // an earlier process's
+  std::filesystem::last_write_time(dir + "/4/1/e7acff1d70198c",
+                                   now - std::chrono::hours(1));  // an earlier process's
   const int64_t since = std::chrono::duration_cast<std::chrono::seconds>(
-                            std::chrono::file_clock::to_sys(now).time_since_epoch()).count() - 60;
+                            std::chrono::file_clock::to_sys(now).time_since_epoch())
+                            .count() -
+                        60;
   const std::vector<KernelFile> read = read_cuda_jit_entries(dir, since);
   ASSERT_EQ(read.size(), 2u);
   EXPECT_EQ(read[0].path, "1/a/c877fdb2075fc7");
   EXPECT_EQ(read[0].bytes, "bytes of 1/a/c877fdb2075fc7");
   EXPECT_EQ(read[1].path, "b/e/b3e48a12e5899a");
-  EXPECT_EQ(list_cuda_jit_entries(dir, since), (std::vector<std::string>{"1/a/c877fdb2075fc7", "b/e/b3e48a12e5899a"}));
+  EXPECT_EQ(list_cuda_jit_entries(dir, since),
+            (std::vector<std::string>{"1/a/c877fdb2075fc7", "b/e/b3e48a12e5899a"}));
   EXPECT_EQ(read_cuda_jit_entries(dir, 0).size(), 3u);
   EXPECT_TRUE(read_cuda_jit_entries(jit.path() + "/missing", 0).empty());
   EXPECT_TRUE(list_cuda_jit_entries(jit.path() + "/missing", 0).empty());

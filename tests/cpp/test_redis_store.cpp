@@ -56,7 +56,8 @@ int64_t milliseconds_since(Clock::time_point start) {
 
 // Writes all of `bytes` to a non-blocking socket, giving up when the peer is gone or `stop`
 // is set. Adds what was written to `sent`.
-bool send_all(int fd, std::string_view bytes, const std::atomic<bool>& stop, std::atomic<uint64_t>* sent = nullptr) {
+bool send_all(int fd, std::string_view bytes, const std::atomic<bool>& stop,
+              std::atomic<uint64_t>* sent = nullptr) {
   while (!bytes.empty()) {
     if (stop) return false;
     pollfd ready{fd, POLLOUT, 0};
@@ -88,7 +89,9 @@ redis::Reply raw_command(int port, std::initializer_list<std::string_view> args)
     char buffer[65536];
     for (ssize_t n; (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) {
       input.append(buffer, static_cast<size_t>(n));
-      if (redis::parse_reply(input, {uint64_t{1} << 30, 1000}, reply).state != redis::ParseState::kIncomplete) break;
+      if (redis::parse_reply(input, {uint64_t{1} << 30, 1000}, reply).state !=
+          redis::ParseState::kIncomplete)
+        break;
     }
   }
   ::close(fd);
@@ -118,7 +121,8 @@ uint64_t status_kib(const char* field) {
 // accepts and then reads nothing, like one that has hung.
 class FakeRedis {
  public:
-  using Answer = std::function<bool(FakeRedis& server, int fd, const std::vector<std::string>& command)>;
+  using Answer =
+      std::function<bool(FakeRedis& server, int fd, const std::vector<std::string>& command)>;
 
   explicit FakeRedis(Answer answer, bool read_requests = true)
       : answer_(std::move(answer)), read_requests_(read_requests) {
@@ -154,8 +158,7 @@ class FakeRedis {
   // Bytes without end, as fast as the client takes them, until it hangs up.
   void stream_forever(int fd) {
     const std::string block(size_t{64} << 10, 'x');
-    while (send(fd, block)) {
-    }
+    while (send(fd, block)) {}
   }
   uint64_t bytes_sent() const { return bytes_sent_; }
   bool answering() const { return answering_; }
@@ -165,7 +168,8 @@ class FakeRedis {
     return last_command_;
   }
   void wait_until_idle() const {
-    for (int i = 0; i < 300 && answering_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    for (int i = 0; i < 300 && answering_; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 
  private:
@@ -200,14 +204,16 @@ class FakeRedis {
       redis::Reply request;
       redis::ParseResult parsed;
       size_t consumed = 0;
-      while ((parsed = redis::parse_reply(std::string_view(input).substr(consumed), {uint64_t{1} << 30, 1u << 20},
-                                          request)).state == redis::ParseState::kComplete) {
+      while ((parsed = redis::parse_reply(std::string_view(input).substr(consumed),
+                                          {uint64_t{1} << 30, 1u << 20}, request))
+                 .state == redis::ParseState::kComplete) {
         consumed += parsed.consumed;
         std::vector<std::string> command;
         for (redis::Reply& arg : request.elements) command.push_back(std::move(arg.text));
         {
           std::lock_guard<std::mutex> hold(mutex_);
-          last_command_ = command.empty() ? "" : command[0] + (command.size() > 1 ? " " + command[1] : "");
+          last_command_ =
+              command.empty() ? "" : command[0] + (command.size() > 1 ? " " + command[1] : "");
         }
         answering_ = true;
         const bool keep = answer_(*this, fd, command);
@@ -231,7 +237,9 @@ class FakeRedis {
   std::string last_command_;
 };
 
-std::string bulk(std::string_view text) { return "$" + std::to_string(text.size()) + "\r\n" + std::string(text) + "\r\n"; }
+std::string bulk(std::string_view text) {
+  return "$" + std::to_string(text.size()) + "\r\n" + std::string(text) + "\r\n";
+}
 
 const std::string kId(32, 'a');
 const std::string kSum(32, 'b');
@@ -273,7 +281,9 @@ class RedisStoreTest : public ::testing::Test {
     return std::move(store).value();
   }
 
-  redis::Reply raw(std::initializer_list<std::string_view> args) const { return raw_command(port_, args); }
+  redis::Reply raw(std::initializer_list<std::string_view> args) const {
+    return raw_command(port_, args);
+  }
 
   // Connections the server has accepted since it started, this query's own included: how a
   // test tells whether a store kept its connection or opened new ones.
@@ -287,7 +297,8 @@ class RedisStoreTest : public ::testing::Test {
 
   // The ref a megacache writer left under `name`.
   redis::Ref ref_of(const std::string& name) const {
-    Result<redis::Ref> ref = redis::parse_ref(raw({"GET", "megacache:v1:ref:" + name}).text, UINT64_MAX);
+    Result<redis::Ref> ref =
+        redis::parse_ref(raw({"GET", "megacache:v1:ref:" + name}).text, UINT64_MAX);
     EXPECT_TRUE(ref.ok()) << ref.status().to_string();
     return ref.ok() ? *ref : redis::Ref{};
   }
@@ -331,7 +342,9 @@ TEST_F(RedisStoreTest, ServerKilledMidTransferIsAMissWithinTheTimeout) {
   auto store = open_store("?chunk_size=65536&timeout_ms=500");
   // Written with more time: 500 ms bounds each whole operation, too little for 64 MiB on a
   // busy machine, and the write is not what this test is about.
-  ASSERT_TRUE(open_store("?chunk_size=65536&timeout_ms=20000")->put("big", std::string(64 << 20, 'z')).ok());
+  ASSERT_TRUE(open_store("?chunk_size=65536&timeout_ms=20000")
+                  ->put("big", std::string(64 << 20, 'z'))
+                  .ok());
   std::thread killer([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
     stop_server();
@@ -412,9 +425,9 @@ TEST_F(RedisStoreTest, PoisonedRefsAreCountedMissesNotCrashes) {
   auto store = open_store();
   const std::vector<std::string> poisoned = {
       kId + " 0 4611686018427387904 " + kSum,  // 2^62 bytes in no chunks: once a bad_alloc
-      kId + " 1024 4294967297 " + kSum,         // consistent, but over the 4 GiB default cap
-      kId + " 6 10 " + kSum,                    // no chunk size cuts 10 bytes into 6
-      kId + " 2 1 " + kSum,                     // more chunks than bytes
+      kId + " 1024 4294967297 " + kSum,        // consistent, but over the 4 GiB default cap
+      kId + " 6 10 " + kSum,                   // no chunk size cuts 10 bytes into 6
+      kId + " 2 1 " + kSum,                    // more chunks than bytes
       kId + " 0 5 " + kSum,
       kId + " 1 5 " + kSum + " extra",
       kId + " -1 5 " + kSum,
@@ -561,11 +574,13 @@ TEST_F(RedisStoreTest, ErrorRepliesToWritesFailThemWithoutTurningTheStoreOff) {
   ASSERT_EQ(raw({"CONFIG", "SET", "maxmemory-policy", "noeviction"}).text, "OK");
   ASSERT_EQ(raw({"CONFIG", "SET", "maxmemory", "1"}).text, "OK");
   constexpr int kRounds = 4;  // in a row, with no successful request between them
-  for (int i = 0; i < kRounds; ++i) EXPECT_EQ(store->put("m", "value").code(), Status::Code::kIOError);
+  for (int i = 0; i < kRounds; ++i)
+    EXPECT_EQ(store->put("m", "value").code(), Status::Code::kIOError);
   for (int i = 0; i < kRounds; ++i) {
     const auto start = Clock::now();
     EXPECT_FALSE(store->lock("m", std::chrono::seconds(2), std::chrono::seconds(1)));
-    EXPECT_LT(milliseconds_since(start), 500);  // an error reply is an answer: no waiting out `wait`
+    EXPECT_LT(milliseconds_since(start),
+              500);  // an error reply is an answer: no waiting out `wait`
   }
   EXPECT_EQ(store->stats().errors, 2u * kRounds);
   EXPECT_EQ(store->stats().timeouts, 0u);
@@ -584,9 +599,11 @@ TEST_F(RedisStoreTest, ErrorRepliesToWritesFailThemWithoutTurningTheStoreOff) {
 TEST_F(RedisStoreTest, ALockOutlivesItsStore) {
   const std::string key = "megacache:v1:lock:claimed";
   auto store = open_store();
-  std::unique_ptr<Lock> lock = store->lock("claimed", std::chrono::seconds(1), std::chrono::seconds(30));
+  std::unique_ptr<Lock> lock =
+      store->lock("claimed", std::chrono::seconds(1), std::chrono::seconds(30));
   ASSERT_TRUE(lock);
-  std::unique_ptr<Lock> orphan = store->lock("orphan", std::chrono::seconds(1), std::chrono::seconds(30));
+  std::unique_ptr<Lock> orphan =
+      store->lock("orphan", std::chrono::seconds(1), std::chrono::seconds(30));
   ASSERT_TRUE(orphan);
   store.reset();
   EXPECT_EQ(raw({"EXISTS", key}).integer, 1);
@@ -627,13 +644,18 @@ TEST(RedisHostileServer, HugeBulkRepliesAreCutOffAtTheirHeader) {
     // The client hung up: the server's stream ends after what the socket buffers hold.
     server.wait_until_idle();
     EXPECT_FALSE(server.answering());
-    std::printf("[ measured ] %s: cut off after %lld ms; the server got %llu bytes out before the hang-up\n",
-                name.c_str(), static_cast<long long>(elapsed_ms), static_cast<unsigned long long>(server.bytes_sent()));
+    std::printf(
+        "[ measured ] %s: cut off after %lld ms; the server got %llu bytes out before the "
+        "hang-up\n",
+        name.c_str(), static_cast<long long>(elapsed_ms),
+        static_cast<unsigned long long>(server.bytes_sent()));
   }
   EXPECT_LT(server.bytes_sent(), uint64_t{64} << 20);
   if (measure_rss) {
-    const uint64_t peak_growth_kib = status_kib("VmHWM:") - std::min(rss_before_kib, status_kib("VmHWM:"));
-    std::printf("[ measured ] peak RSS grew by %llu KiB\n", static_cast<unsigned long long>(peak_growth_kib));
+    const uint64_t peak_growth_kib =
+        status_kib("VmHWM:") - std::min(rss_before_kib, status_kib("VmHWM:"));
+    std::printf("[ measured ] peak RSS grew by %llu KiB\n",
+                static_cast<unsigned long long>(peak_growth_kib));
     EXPECT_LT(peak_growth_kib, 16u << 10);
   }
 }
@@ -650,36 +672,50 @@ TEST(RedisHostileServer, TricklingRepliesEndAtTheDeadline) {
   // Quick answers where a test needs to get past one step to reach the slow one.
   FakeRedis server([&](FakeRedis& self, int fd, const std::vector<std::string>& command) {
     const std::string key = command.size() >= 2 ? command[1] : "";
-    if (command[0] == "GET" && key == "megacache:v1:ref:slow-chunk") return self.send(fd, bulk(ref));
+    if (command[0] == "GET" && key == "megacache:v1:ref:slow-chunk")
+      return self.send(fd, bulk(ref));
     if (command[0] == "GET" && key == "megacache:v1:ref:slow-put") return self.send(fd, "$-1\r\n");
     if (command[0] == "GET") {
-      return self.trickle(fd, key.find(":ref:") != std::string::npos ? bulk(ref) : bulk(std::string(1000, 'c')), kInterval);
+      return self.trickle(
+          fd, key.find(":ref:") != std::string::npos ? bulk(ref) : bulk(std::string(1000, 'c')),
+          kInterval);
     }
     return self.trickle(fd, "+OK\r\n", kInterval);
   });
   const std::string url = server.url("?timeout_ms=" + std::to_string(kTimeoutMs));
   // `slow` is the command that must have been the one to run out the clock.
-  const auto check = [&](const char* what, const std::string& slow, const std::function<void(Store&)>& operation) {
+  const auto check = [&](const char* what, const std::string& slow,
+                         const std::function<void(Store&)>& operation) {
     SCOPED_TRACE(what);
     server.wait_until_idle();  // the previous check's answer has noticed the hang-up
-    auto store = open(url);  // a fresh one each time: three timeouts in a row turn a store off
+    auto store = open(url);    // a fresh one each time: three timeouts in a row turn a store off
     ASSERT_TRUE(store.ok());
     const auto start = Clock::now();
     operation(**store);
     const int64_t elapsed_ms = milliseconds_since(start);
-    std::printf("[ measured ] %s against a server trickling a byte every 300 ms, timeout_ms=%lld: %lld ms\n",
-                what, static_cast<long long>(kTimeoutMs), static_cast<long long>(elapsed_ms));
+    std::printf(
+        "[ measured ] %s against a server trickling a byte every 300 ms, timeout_ms=%lld: %lld "
+        "ms\n",
+        what, static_cast<long long>(kTimeoutMs), static_cast<long long>(elapsed_ms));
     EXPECT_GE(elapsed_ms, kTimeoutMs - 10);
     EXPECT_LE(elapsed_ms, kTimeoutMs + 100);
     EXPECT_EQ((*store)->stats().timeouts, 1u);
     EXPECT_EQ(server.last_command().rfind(slow, 0), 0u) << server.last_command();
   };
-  check("get (slow ref)", "GET megacache:v1:ref:", [](Store& store) { EXPECT_FALSE(store.get("slow-ref")); });
-  check("get (slow chunk)", "GET megacache:v1:chunk:", [](Store& store) { EXPECT_FALSE(store.get("slow-chunk")); });
-  check("put (slow ref)", "GET megacache:v1:ref:", [](Store& store) { EXPECT_FALSE(store.put("slow-ref", "value").ok()); });
-  check("put (slow SET)", "SET megacache:v1:chunk:", [](Store& store) { EXPECT_FALSE(store.put("slow-put", "value").ok()); });
-  check("contains", "GET megacache:v1:ref:", [](Store& store) { EXPECT_FALSE(store.contains("slow-ref")); });
-  check("remove", "GET megacache:v1:ref:", [](Store& store) { EXPECT_FALSE(store.remove("slow-ref").ok()); });
+  check("get (slow ref)",
+        "GET megacache:v1:ref:", [](Store& store) { EXPECT_FALSE(store.get("slow-ref")); });
+  check("get (slow chunk)",
+        "GET megacache:v1:chunk:", [](Store& store) { EXPECT_FALSE(store.get("slow-chunk")); });
+  check("put (slow ref)", "GET megacache:v1:ref:", [](Store& store) {
+    EXPECT_FALSE(store.put("slow-ref", "value").ok());
+  });
+  check("put (slow SET)", "SET megacache:v1:chunk:", [](Store& store) {
+    EXPECT_FALSE(store.put("slow-put", "value").ok());
+  });
+  check("contains",
+        "GET megacache:v1:ref:", [](Store& store) { EXPECT_FALSE(store.contains("slow-ref")); });
+  check("remove",
+        "GET megacache:v1:ref:", [](Store& store) { EXPECT_FALSE(store.remove("slow-ref").ok()); });
   check("list", "SCAN", [](Store& store) { EXPECT_TRUE(store.list().empty()); });
   check("lock", "SET megacache:v1:lock:", [](Store& store) {
     EXPECT_FALSE(store.lock("slow", std::chrono::milliseconds(0), std::chrono::seconds(1)));
@@ -692,7 +728,8 @@ TEST(RedisHostileServer, AServerThatStopsReadingCannotStallAPut) {
 #ifndef MEGACACHE_HAVE_REDIS
   GTEST_SKIP() << "built without hiredis";
 #endif
-  FakeRedis server([](FakeRedis&, int, const std::vector<std::string>&) { return false; }, /*read_requests=*/false);
+  FakeRedis server([](FakeRedis&, int, const std::vector<std::string>&) { return false; },
+                   /*read_requests=*/false);
   auto store = open(server.url("?timeout_ms=300"));
   ASSERT_TRUE(store.ok());
   const std::string value(64 << 20, 'p');
@@ -725,7 +762,8 @@ ListOutcome list_with_patience(Store& store, std::chrono::milliseconds patience,
     outcome.elapsed_ms = milliseconds_since(start);
     done = true;
   });
-  while (!done && Clock::now() - start < patience) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  while (!done && Clock::now() - start < patience)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   outcome.ended = done;
   stop_server(outcome.ended);
   lister.join();
@@ -742,26 +780,31 @@ TEST(RedisHostileServer, AScanThatNeverEndsStopsAtTheListingsDeadline) {
   constexpr int64_t kTimeoutMs = 50;  // ample for one quick page, even on a loaded machine
   const std::string ref = kId + " 1 1000 " + kSum;
   std::atomic<uint64_t> pages{0};
-  auto server = std::make_unique<FakeRedis>([&](FakeRedis& self, int fd, const std::vector<std::string>& command) {
-    if (command[0] == "SCAN") {
-      const uint64_t page = pages++;
-      return self.send(fd, "*2\r\n" + bulk(std::to_string(page + 1)) + "*1\r\n" +
-                               bulk("megacache:v1:ref:entry-" + std::to_string(page)));
-    }
-    if (command[0] == "GET") return self.send(fd, bulk(ref));
-    return self.send(fd, "-ERR unexpected\r\n");
-  });
+  auto server = std::make_unique<FakeRedis>(
+      [&](FakeRedis& self, int fd, const std::vector<std::string>& command) {
+        if (command[0] == "SCAN") {
+          const uint64_t page = pages++;
+          return self.send(fd, "*2\r\n" + bulk(std::to_string(page + 1)) + "*1\r\n" +
+                                   bulk("megacache:v1:ref:entry-" + std::to_string(page)));
+        }
+        if (command[0] == "GET") return self.send(fd, bulk(ref));
+        return self.send(fd, "-ERR unexpected\r\n");
+      });
   auto store = open(server->url("?timeout_ms=" + std::to_string(kTimeoutMs)));
   ASSERT_TRUE(store.ok());
   bool still_on = false;
-  const ListOutcome listed = list_with_patience(**store, std::chrono::seconds(10), [&](bool listing_ended) {
-    if (listing_ended) still_on = (*store)->contains("entry-0");  // while the server is still there
-    server.reset();
-  });
+  const ListOutcome listed =
+      list_with_patience(**store, std::chrono::seconds(10), [&](bool listing_ended) {
+        if (listing_ended)
+          still_on = (*store)->contains("entry-0");  // while the server is still there
+        server.reset();
+      });
   ASSERT_TRUE(listed.ended) << "list() was still running after 10 s, " << pages << " pages in";
-  std::printf("[ measured ] a SCAN without end, timeout_ms=%lld: the listing stopped after %lld ms and %llu pages\n",
-              static_cast<long long>(kTimeoutMs), static_cast<long long>(listed.elapsed_ms),
-              static_cast<unsigned long long>(pages.load()));
+  std::printf(
+      "[ measured ] a SCAN without end, timeout_ms=%lld: the listing stopped after %lld ms and "
+      "%llu pages\n",
+      static_cast<long long>(kTimeoutMs), static_cast<long long>(listed.elapsed_ms),
+      static_cast<unsigned long long>(pages.load()));
   EXPECT_GE(listed.elapsed_ms, 30 * kTimeoutMs);
   EXPECT_LE(listed.elapsed_ms, 31 * kTimeoutMs + 500);
   // What was found is returned: one entry a page, each once.
@@ -791,28 +834,35 @@ TEST(RedisHostileServer, AScanThatNamesTooManyEntriesStopsAtItsCap) {
   std::atomic<uint64_t> pages{0};
   std::string batch;
   uint64_t batched = 0;
-  auto server = std::make_unique<FakeRedis>([&](FakeRedis& self, int fd, const std::vector<std::string>& command) {
-    if (command[0] == "GET") {
-      batch += ref;
-      if (++batched % kRepliesPerSend != 0) return true;
-      const bool sent = self.send(fd, batch);
-      batch.clear();
-      return sent;
-    }
-    if (command[0] != "SCAN") return self.send(fd, "-ERR unexpected\r\n");
-    const uint64_t page = pages++;
-    std::string reply = "*2\r\n" + bulk(std::to_string(page + 1)) + "*" + std::to_string(kKeysPerPage) + "\r\n";
-    for (uint64_t i = 0; i < kKeysPerPage; ++i) reply += bulk("megacache:v1:ref:e" + std::to_string(page * kKeysPerPage + i));
-    return self.send(fd, reply);
-  });
+  auto server = std::make_unique<FakeRedis>(
+      [&](FakeRedis& self, int fd, const std::vector<std::string>& command) {
+        if (command[0] == "GET") {
+          batch += ref;
+          if (++batched % kRepliesPerSend != 0) return true;
+          const bool sent = self.send(fd, batch);
+          batch.clear();
+          return sent;
+        }
+        if (command[0] != "SCAN") return self.send(fd, "-ERR unexpected\r\n");
+        const uint64_t page = pages++;
+        std::string reply =
+            "*2\r\n" + bulk(std::to_string(page + 1)) + "*" + std::to_string(kKeysPerPage) + "\r\n";
+        for (uint64_t i = 0; i < kKeysPerPage; ++i)
+          reply += bulk("megacache:v1:ref:e" + std::to_string(page * kKeysPerPage + i));
+        return self.send(fd, reply);
+      });
   auto store = open(server->url("?timeout_ms=60000"));  // the deadline is not what stops it
   ASSERT_TRUE(store.ok());
-  const ListOutcome listed = list_with_patience(**store, std::chrono::seconds(60), [&](bool) { server.reset(); });
+  const ListOutcome listed =
+      list_with_patience(**store, std::chrono::seconds(60), [&](bool) { server.reset(); });
   ASSERT_TRUE(listed.ended) << "list() was still running after 60 s, " << pages << " pages in";
-  std::printf("[ measured ] a SCAN naming %llu new entries a page: the listing stopped after %lld ms and %llu pages\n",
-              static_cast<unsigned long long>(kKeysPerPage), static_cast<long long>(listed.elapsed_ms),
-              static_cast<unsigned long long>(pages.load()));
-  EXPECT_EQ(pages.load(), kMaxListed / kKeysPerPage + 1);  // the one that finds the cap full ends it
+  std::printf(
+      "[ measured ] a SCAN naming %llu new entries a page: the listing stopped after %lld ms and "
+      "%llu pages\n",
+      static_cast<unsigned long long>(kKeysPerPage), static_cast<long long>(listed.elapsed_ms),
+      static_cast<unsigned long long>(pages.load()));
+  EXPECT_EQ(pages.load(),
+            kMaxListed / kKeysPerPage + 1);  // the one that finds the cap full ends it
   ASSERT_EQ(listed.entries.size(), kMaxListed);
   EXPECT_EQ(listed.entries.back().name, "e" + std::to_string(kMaxListed - 1));
   EXPECT_EQ((*store)->stats().errors, 1u);
@@ -844,13 +894,16 @@ TEST(RedisHostileServer, AnEntryScanNamesTwiceIsListedOnce) {
 TEST(RedisProtocol, RepliesAreRefusedBeyondTheirLimits) {
   redis::Reply reply;
   const redis::ReplyLimits small{64, 0};
-  EXPECT_EQ(redis::parse_reply("$5\r\nhello\r\n", small, reply).state, redis::ParseState::kComplete);
+  EXPECT_EQ(redis::parse_reply("$5\r\nhello\r\n", small, reply).state,
+            redis::ParseState::kComplete);
   EXPECT_EQ(reply.text, "hello");
   EXPECT_EQ(redis::parse_reply("$5\r\nhel", small, reply).state, redis::ParseState::kIncomplete);
   EXPECT_EQ(redis::parse_reply("$8589934592\r\n", small, reply).state, redis::ParseState::kInvalid);
   EXPECT_EQ(redis::parse_reply("*2147483647\r\n", small, reply).state, redis::ParseState::kInvalid);
-  EXPECT_EQ(redis::parse_reply(std::string(64, '+'), small, reply).state, redis::ParseState::kInvalid);
-  EXPECT_EQ(redis::parse_reply(std::string(63, '+'), small, reply).state, redis::ParseState::kIncomplete);
+  EXPECT_EQ(redis::parse_reply(std::string(64, '+'), small, reply).state,
+            redis::ParseState::kInvalid);
+  EXPECT_EQ(redis::parse_reply(std::string(63, '+'), small, reply).state,
+            redis::ParseState::kIncomplete);
   EXPECT_EQ(redis::parse_reply("$5\r\nhelloXY", small, reply).state, redis::ParseState::kInvalid);
   EXPECT_EQ(redis::parse_reply("%1\r\n", small, reply).state, redis::ParseState::kInvalid);
   EXPECT_EQ(redis::parse_reply(":-42\r\n", small, reply).state, redis::ParseState::kComplete);
@@ -859,7 +912,8 @@ TEST(RedisProtocol, RepliesAreRefusedBeyondTheirLimits) {
   ASSERT_EQ(redis::parse_reply("*2\r\n$1\r\n0\r\n*1\r\n$1\r\nk\r\n", scan, reply).state,
             redis::ParseState::kComplete);
   EXPECT_EQ(reply.elements.at(1).elements.at(0).text, "k");
-  EXPECT_EQ(redis::parse_reply("*2\r\n$1\r\n0\r\n*2\r\n", scan, reply).state, redis::ParseState::kInvalid);
+  EXPECT_EQ(redis::parse_reply("*2\r\n$1\r\n0\r\n*2\r\n", scan, reply).state,
+            redis::ParseState::kInvalid);
 }
 
 TEST(RedisProtocol, ChunksMustFitTheirRef) {
@@ -872,7 +926,8 @@ TEST(RedisProtocol, ChunksMustFitTheirRef) {
     return reply;
   };
   redis::ChunkAssembler whole(ref);
-  EXPECT_EQ(whole.next_limits().max_bytes, 7 + redis::kBulkOverheadBytes);  // a byte left for each later chunk
+  EXPECT_EQ(whole.next_limits().max_bytes,
+            7 + redis::kBulkOverheadBytes);  // a byte left for each later chunk
   for (const char* chunk : {"012", "345", "678", "9"}) {
     EXPECT_EQ(whole.add(string_reply(chunk)), redis::ChunkAssembler::Verdict::kAccepted);
   }

@@ -1,5 +1,5 @@
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -89,10 +89,13 @@ TEST(FileStore, APutThatFailsAtAnyWriteLeavesTheOldValue) {
     const Status kept = (*faulty)->put("kept", "new value");
     const Status fresh = (*faulty)->put("fresh", "fresh value");
     EXPECT_EQ(store->get("kept"), kept.ok() ? "new value" : "old value") << "allowed " << allowed;
-    EXPECT_EQ(store->get("fresh"), fresh.ok() ? std::optional<std::string>("fresh value") : std::nullopt)
+    EXPECT_EQ(store->get("fresh"),
+              fresh.ok() ? std::optional<std::string>("fresh value") : std::nullopt)
         << "allowed " << allowed;
     for (const Status& s : {kept, fresh}) {
-      if (!s.ok()) EXPECT_EQ(s.code(), Status::Code::kIOError) << s.to_string();
+      if (!s.ok()) {
+        EXPECT_EQ(s.code(), Status::Code::kIOError) << s.to_string();
+      }
     }
     if (kept.ok() && fresh.ok()) {
       EXPECT_EQ(failing.writes(), 4) << "each put writes its object and its ref";
@@ -117,8 +120,8 @@ TEST(FileStore, DamagedObjectIsAMissNotACorruptHit) {
 TEST(FileStore, RefusesUnsafeNames) {
   test::TempDir dir;
   auto store = open_or_die("file://" + dir.path());
-  for (const std::string& name : std::vector<std::string>{"../x", "a/b", "", ".hidden", std::string(201, 'a'),
-                                                          std::string("a\0b", 3)}) {
+  for (const std::string& name : std::vector<std::string>{
+           "../x", "a/b", "", ".hidden", std::string(201, 'a'), std::string("a\0b", 3)}) {
     EXPECT_EQ(store->put(name, "v").code(), Status::Code::kInvalidArgument) << name;
   }
   EXPECT_TRUE(test::read_tree(dir.path()).size() <= 1u);  // at most the stats file
@@ -162,12 +165,14 @@ TEST(FileStore, SixteenProcessesReadAndWriteTheSameNames) {
       const std::string name = "shared-" + std::to_string(rng() % 3);
       // Every value names itself, so a torn read would show as a mismatch.
       const std::string tag = std::to_string(process) + ":" + std::to_string(round) + ":";
-      const std::string value = tag + std::string(2000 + rng() % 5000, static_cast<char>('a' + process));
+      const std::string value =
+          tag + std::string(2000 + rng() % 5000, static_cast<char>('a' + process));
       if (!(*store)->put(name, value).ok()) return false;
       if (std::optional<std::string> read = (*store)->get(name)) {
         const size_t colon = read->find(':', read->find(':') + 1);
         const char fill = (*read)[read->size() - 1];
-        if (colon == std::string::npos || read->find_first_not_of(fill, colon + 1) != std::string::npos) {
+        if (colon == std::string::npos ||
+            read->find_first_not_of(fill, colon + 1) != std::string::npos) {
           return false;
         }
       }
@@ -185,7 +190,8 @@ TEST(FileStore, WriterKilledMidCommitLeavesNoVisiblePartialEntry) {
     if (pid == 0) {
       auto store = open(url);
       for (int i = 0;; ++i) {
-        (void)(*store)->put("big-" + std::to_string(i % 4), std::string(8 << 20, static_cast<char>('a' + i % 26)));
+        (void)(*store)->put("big-" + std::to_string(i % 4),
+                            std::string(8 << 20, static_cast<char>('a' + i % 26)));
       }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(30 + 37 * attempt));
@@ -251,8 +257,8 @@ TEST(StoreUrl, ParsesAndRefuses) {
 // A size past 2^64 - 1 bytes is refused, not wrapped around into some smaller size that
 // would then pass every later check.
 TEST(StoreUrl, ParseSizeRefusesSizesThatOverflow) {
-  for (const std::string text : {"99999999999T", "16777216T", "17179869184G", "18446744073709551616",
-                                 "99999999999999999999999"}) {
+  for (const std::string text : {"99999999999T", "16777216T", "17179869184G",
+                                 "18446744073709551616", "99999999999999999999999"}) {
     SCOPED_TRACE(text);
     Result<uint64_t> size = parse_size(text);
     ASSERT_FALSE(size.ok()) << "parsed as " << *size;

@@ -49,7 +49,9 @@ inline std::vector<std::string> generated_sources(const std::string& blob) {
 inline Status write_file(const std::string& path, std::string_view bytes) {
   return util::write_named_file(path, bytes);
 }
-inline Result<std::string> read_file(const std::string& path) { return util::read_named_file(path); }
+inline Result<std::string> read_file(const std::string& path) {
+  return util::read_named_file(path);
+}
 inline Status make_dirs(const std::string& path) {
   std::error_code error;
   std::filesystem::create_directories(path, error);
@@ -68,10 +70,12 @@ class FailingFileSystem final : public util::FileSystem {
   std::vector<std::string> list_directory(const std::string& root, std::string_view dir) override {
     return real().list_directory(root, dir);
   }
-  bool file_equals(const std::string& root, std::string_view path, std::string_view content) override {
+  bool file_equals(const std::string& root, std::string_view path,
+                   std::string_view content) override {
     return real().file_equals(root, path, content);
   }
-  Result<std::string> read_file(const std::string& root, std::string_view path, uint64_t max_bytes) override {
+  Result<std::string> read_file(const std::string& root, std::string_view path,
+                                uint64_t max_bytes) override {
     return real().read_file(root, path, max_bytes);
   }
   std::optional<FileInfo> file_info(const std::string& root, std::string_view path) override {
@@ -84,7 +88,8 @@ class FailingFileSystem final : public util::FileSystem {
   Result<int> open_for_update(const std::string& root, std::string_view path) override {
     return real().open_for_update(root, path);
   }
-  Status write_atomic(const std::string& root, std::string_view path, std::string_view content) override {
+  Status write_atomic(const std::string& root, std::string_view path,
+                      std::string_view content) override {
     ++writes_;
     if (allowed_-- <= 0) return Status::IOError("injected: no space left on device");
     return real().write_atomic(root, path, content);
@@ -101,7 +106,8 @@ class FailingFileSystem final : public util::FileSystem {
 class TempDir {
  public:
   TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "megacache-test-XXXXXX").string();
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "megacache-test-XXXXXX").string();
     path_ = ::mkdtemp(pattern.data());
   }
   ~TempDir() { std::filesystem::remove_all(path_); }
@@ -133,7 +139,8 @@ struct RawArtifact {
 };
 
 // A 2.8+ blob with the groups given, in order, repeats allowed.
-inline std::string make_blob(const std::vector<std::pair<std::string, std::vector<RawArtifact>>>& groups) {
+inline std::string make_blob(
+    const std::vector<std::pair<std::string, std::vector<RawArtifact>>>& groups) {
   mega_cache::Writer writer;
   for (const auto& [type, raws] : groups) {
     std::vector<mega_cache::Artifact> artifacts;
