@@ -4,13 +4,13 @@ PYTHON ?= python3
 BUILD ?= build/cpp
 JOBS ?= $(shell nproc)
 
-.PHONY: deps cpp cpp-test sanitize python wheel demo test python-test bench fuzz models-table clean
+.PHONY: deps cpp cpp-test sanitize python wheel demo test lint format python-test bench fuzz models-table clean
 
 deps:
 	PYTHON=$(PYTHON) scripts/install-deps.sh
 
 cpp: deps
-	cmake -S . -B $(BUILD) -G Ninja -DMEGACACHE_BUILD_TESTS=ON
+	cmake -S . -B $(BUILD) -G Ninja -DMEGACACHE_BUILD_TESTS=ON -DMEGACACHE_WERROR=ON
 	cmake --build $(BUILD) -j $(JOBS)
 
 cpp-test: cpp
@@ -27,7 +27,25 @@ wheel: deps
 	rm -rf build/wheel
 	$(PYTHON) -m pip wheel -q --no-build-isolation --no-deps -w build/wheel .
 
-test: cpp-test sanitize python-test
+test: lint cpp-test sanitize python-test
+
+# The style, written down in .clang-format and pyproject.toml's [tool.ruff]: `make lint` checks
+# it (part of `make test`), `make format` applies it. Both tools are pinned in
+# scripts/install-deps.sh, since another version formats differently.
+CLANG_FORMAT = $(shell $(PYTHON) -c 'import clang_format; print(clang_format.get_executable("clang-format"))')
+CXX_SOURCES = $(shell git ls-files '*.cpp' '*.h')
+
+lint: deps
+	@echo "clang-format --dry-run --Werror: $(words $(CXX_SOURCES)) files"
+	@$(CLANG_FORMAT) --dry-run --Werror $(CXX_SOURCES)
+	$(PYTHON) -m ruff format --check --quiet .
+	$(PYTHON) -m ruff check --quiet .
+
+format: deps
+	@echo "clang-format -i: $(words $(CXX_SOURCES)) files"
+	@$(CLANG_FORMAT) -i $(CXX_SOURCES)
+	$(PYTHON) -m ruff format --quiet .
+	$(PYTHON) -m ruff check --fix --quiet .
 
 # The Python suites (the model suite included) on every torch of the matrix, each in its own
 # venv (scripts/test-matrix.sh, tests/matrix/torch-<version>.txt).
@@ -38,7 +56,7 @@ python-test: wheel
 # libFuzzer instrumentation), then each fuzz target for a few seconds from the golden files.
 FUZZ_SECONDS ?= 10
 sanitize: deps
-	CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DMEGACACHE_BUILD_TESTS=ON -DMEGACACHE_FUZZ=ON
+	CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DMEGACACHE_BUILD_TESTS=ON -DMEGACACHE_FUZZ=ON -DMEGACACHE_WERROR=ON
 	cmake --build build/fuzz -j $(JOBS) --target megacache_tests fuzz_mega_cache fuzz_standalone fuzz_bundle fuzz_package fuzz_aot fuzz_redis fuzz_unpacked fuzz_generated_code
 	build/fuzz/tests/cpp/megacache_tests --gtest_brief=1
 	mkdir -p build/fuzz/corpus && cp tests/data/*.bin tests/data/*.mcb tests/data/*.mcpkg build/fuzz/corpus/

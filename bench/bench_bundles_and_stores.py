@@ -14,6 +14,7 @@ and the redis Python package for the redis rows; `make bench` installs both).
 
 import argparse
 import base64
+import functools
 import json
 import os
 import platform
@@ -48,8 +49,20 @@ def start_redis():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
@@ -69,7 +82,9 @@ def bench_redis(blob, bundle, port, repeat):
 
     def torch_roundtrip():
         for _, key, content in items:
-            torch_cache.put(key, {"data": base64.b64encode(content).decode("ascii"), "time_taken_ms": 0})
+            torch_cache.put(
+                key, {"data": base64.b64encode(content).decode("ascii"), "time_taken_ms": 0}
+            )
         for _, key, content in items:
             value = torch_cache.get(key)
             assert base64.b64decode(value["data"]) == content
@@ -84,10 +99,17 @@ def bench_redis(blob, bundle, port, repeat):
     ours_roundtrip()
     t = median_seconds(torch_roundtrip, repeat)
     o = median_seconds(ours_roundtrip, repeat)
-    torch_bytes = sum(len(json.dumps({"data": base64.b64encode(c).decode(), "time_taken_ms": 0}))
-                      for _, _, c in items)
-    return {"torch_ms": t * 1e3, "megacache_ms": o * 1e3, "ratio": t / o,
-            "torch_bytes_stored": torch_bytes, "megacache_bytes_stored": len(bundle)}
+    torch_bytes = sum(
+        len(json.dumps({"data": base64.b64encode(c).decode(), "time_taken_ms": 0}))
+        for _, _, c in items
+    )
+    return {
+        "torch_ms": t * 1e3,
+        "megacache_ms": o * 1e3,
+        "ratio": t / o,
+        "torch_bytes_stored": torch_bytes,
+        "megacache_bytes_stored": len(bundle),
+    }
 
 
 def torch_local_read(path):
@@ -127,25 +149,41 @@ def main():
     server, port = start_redis()
     rows = []
     try:
-        print("\nblob                       torch bytes  bundle bytes  ratio | convert MB/s: to bundle  back"
-              " | redis push+pull ms: torch  megacache  ratio | local hit ms: torch read  megacache get")
+        print(
+            "\nblob                       torch bytes  bundle bytes  ratio"
+            " | convert MB/s: to bundle  back"
+            " | redis push+pull ms: torch  megacache  ratio"
+            " | local hit ms: torch read  megacache get"
+        )
         for path in blobs:
             blob = path.read_bytes()
             bundle = _core.bundle_of(blob, FINGERPRINT)
-            to_bundle = median_seconds(lambda: _core.bundle_of(blob, FINGERPRINT), args.repeat)
-            back = median_seconds(lambda: _core.mega_cache_of(bundle), args.repeat)
-            row = {"blob": path.name, "torch_bytes": len(blob), "bundle_bytes": len(bundle),
-                   "size_ratio": len(blob) / len(bundle),
-                   "to_bundle_mb_s": len(blob) / to_bundle / 1e6, "back_mb_s": len(blob) / back / 1e6}
+            to_bundle = median_seconds(
+                functools.partial(_core.bundle_of, blob, FINGERPRINT), args.repeat
+            )
+            back = median_seconds(functools.partial(_core.mega_cache_of, bundle), args.repeat)
+            row = {
+                "blob": path.name,
+                "torch_bytes": len(blob),
+                "bundle_bytes": len(bundle),
+                "size_ratio": len(blob) / len(bundle),
+                "to_bundle_mb_s": len(blob) / to_bundle / 1e6,
+                "back_mb_s": len(blob) / back / 1e6,
+            }
             row["redis"] = bench_redis(blob, bundle, port, args.repeat) if port else None
             row["local_hit"] = bench_local_hit(bundle, blob, args.repeat)
             rows.append(row)
             redis = row["redis"]
-            redis_text = (f"{redis['torch_ms']:>8.2f} {redis['megacache_ms']:>10.2f} {redis['ratio']:>5.1f}x"
-                          if redis else "   (no redis-server)        ")
-            print(f"{path.name:<26}{len(blob):>12}{len(bundle):>14}{row['size_ratio']:>6.1f}x |"
-                  f"{row['to_bundle_mb_s']:>21.0f}{row['back_mb_s']:>6.0f} | {redis_text} |"
-                  f"{row['local_hit']['torch_read_ms']:>18.3f}{row['local_hit']['megacache_get_ms']:>15.3f}")
+            redis_text = (
+                f"{redis['torch_ms']:>8.2f} {redis['megacache_ms']:>10.2f} {redis['ratio']:>5.1f}x"
+                if redis
+                else "   (no redis-server)        "
+            )
+            print(
+                f"{path.name:<26}{len(blob):>12}{len(bundle):>14}{row['size_ratio']:>6.1f}x |"
+                f"{row['to_bundle_mb_s']:>21.0f}{row['back_mb_s']:>6.0f} | {redis_text} |"
+                f"{row['local_hit']['torch_read_ms']:>18.3f}{row['local_hit']['megacache_get_ms']:>15.3f}"
+            )
     finally:
         if server:
             server.kill()

@@ -86,7 +86,8 @@ CLIENTS = {
     ),
     "torch": (
         "import os\n"
-        f"os.environ['TORCHINDUCTOR_REDIS_URL'] = 'redis://127.0.0.1:%d/0?socket_timeout={DEADLINE_MS / 1000}'\n"
+        "os.environ['TORCHINDUCTOR_REDIS_URL'] = "
+        f"'redis://127.0.0.1:%d/0?socket_timeout={DEADLINE_MS / 1000}'\n"
         "from torch._inductor.remote_cache import RedisRemoteCacheBackend\n"
         "backend = RedisRemoteCacheBackend('fx-graph-v1')\n"
         "def lookup():\n"
@@ -101,13 +102,16 @@ MEASURE = (
     "import time\n"
     "start = time.monotonic()\n"
     "result = lookup()\n"
-    "print(time.monotonic() - start, type(result).__name__ if not isinstance(result, str) else result)\n"
+    "print(time.monotonic() - start, "
+    "type(result).__name__ if not isinstance(result, str) else result)\n"
 )
 
 
 def peak_rss_kib(script):
     """Like run_child, with the child's peak RSS in KiB from its rusage."""
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     timer = threading.Timer(CAP_SECONDS, child.kill)
     timer.start()
     out = child.stdout.read().decode()
@@ -119,13 +123,23 @@ def peak_rss_kib(script):
 
 
 def run_client(client, port):
-    baseline_out, _, baseline_kib, _, _ = peak_rss_kib(CLIENTS[client] % port + "lookup = lambda: None\n" + MEASURE)
+    baseline_out, _, baseline_kib, _, _ = peak_rss_kib(
+        CLIENTS[client] % port + "lookup = lambda: None\n" + MEASURE
+    )
     out, err, kib, killed, code = peak_rss_kib(CLIENTS[client] % port + MEASURE)
     growth_mb = max(0, kib - baseline_kib) / 1024
     if killed:
-        return {"seconds": None, "rss_growth_mb": growth_mb, "result": f"killed after {CAP_SECONDS:.0f} s"}
+        return {
+            "seconds": None,
+            "rss_growth_mb": growth_mb,
+            "result": f"killed after {CAP_SECONDS:.0f} s",
+        }
     if code != 0:
-        return {"seconds": None, "rss_growth_mb": growth_mb, "result": "crashed: " + err.strip().splitlines()[-1]}
+        return {
+            "seconds": None,
+            "rss_growth_mb": growth_mb,
+            "result": "crashed: " + err.strip().splitlines()[-1],
+        }
     seconds, result = out.split()
     return {"seconds": float(seconds), "rss_growth_mb": growth_mb, "result": result}
 
@@ -142,9 +156,14 @@ def main():
         print("the redis package is missing: torch's rows are skipped (make bench installs it)")
         clients = ["megacache"]
     rows = {}
-    print(f"{platform.node()} {platform.processor() or platform.machine()}, "
-          f"{time.strftime('%Y-%m-%d')}; deadline {DEADLINE_MS} ms")
-    print(f"{'server':8} {'client':10} {'seconds':>8} {'over deadline':>14} {'peak RSS +MB':>13}  result")
+    print(
+        f"{platform.node()} {platform.processor() or platform.machine()}, "
+        f"{time.strftime('%Y-%m-%d')}; deadline {DEADLINE_MS} ms"
+    )
+    print(
+        f"{'server':8} {'client':10} {'seconds':>8} "
+        f"{'over deadline':>14} {'peak RSS +MB':>13}  result"
+    )
     for name, respond in (("trickle", trickle), ("huge", huge)):
         for client in clients:
             server = Server(respond)
@@ -153,9 +172,14 @@ def main():
             finally:
                 server.close()
             rows[f"{name}/{client}"] = row
-            seconds = f"{row['seconds']:.3f}" if row["seconds"] is not None else f">{CAP_SECONDS:.0f}"
-            over = (f"{(row['seconds'] - DEADLINE_MS / 1000) * 1000:+.0f} ms" if row["seconds"] is not None
-                    else "-")
+            seconds = (
+                f"{row['seconds']:.3f}" if row["seconds"] is not None else f">{CAP_SECONDS:.0f}"
+            )
+            over = (
+                f"{(row['seconds'] - DEADLINE_MS / 1000) * 1000:+.0f} ms"
+                if row["seconds"] is not None
+                else "-"
+            )
             rss = f"{row['rss_growth_mb']:.1f}" if row["rss_growth_mb"] is not None else "-"
             print(f"{name:8} {client:10} {seconds:>8} {over:>14} {rss:>13}  {row['result']}")
         if "torch" in clients and rows[f"{name}/torch"]["seconds"] is not None:

@@ -114,8 +114,14 @@ def bench_save(blob_path, batches):
             theirs = torch.compiler.save_cache_artifacts()
             t2 = time.perf_counter()
             assert ours[0] == theirs[0], "megacache and torch bytes differ"
-            rows.append({"batch": batch, "blob_bytes": len(ours[0]),
-                         "torch_ms": (t2 - t1) * 1e3, "megacache_ms": (t1 - t0) * 1e3})
+            rows.append(
+                {
+                    "batch": batch,
+                    "blob_bytes": len(ours[0]),
+                    "torch_ms": (t2 - t1) * 1e3,
+                    "megacache_ms": (t1 - t0) * 1e3,
+                }
+            )
         nothing_new = []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -164,25 +170,42 @@ def main():
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "bundle_triton_into_fx_graph_cache": torch._inductor.config.bundle_triton_into_fx_graph_cache,
+        "bundle_triton_into_fx_graph_cache": (
+            torch._inductor.config.bundle_triton_into_fx_graph_cache
+        ),
     }
     print(f"# {json.dumps(machine)}")
     populate = [bench_populate(b, args.repeat) for b in blobs]
-    print("\npopulate (median ms)       bytes   torch  megacache  ratio | fresh dir: torch  megacache  ratio")
+    print(
+        "\npopulate (median ms)       bytes   torch  megacache  ratio"
+        " | fresh dir: torch  megacache  ratio"
+    )
     for r in populate:
-        print(f"{r['blob']:<24}{r['bytes']:>9} {r['steady_torch_ms']:>7.2f} {r['steady_megacache_ms']:>10.3f} "
-              f"{r['steady_ratio']:>6.1f}x |          {r['fresh_torch_ms']:>7.2f} {r['fresh_megacache_ms']:>10.3f} "
-              f"{r['fresh_ratio']:>6.1f}x")
+        print(
+            f"{r['blob']:<24}{r['bytes']:>9} {r['steady_torch_ms']:>7.2f} "
+            f"{r['steady_megacache_ms']:>10.3f} "
+            f"{r['steady_ratio']:>6.1f}x |          {r['fresh_torch_ms']:>7.2f} "
+            f"{r['fresh_megacache_ms']:>10.3f} "
+            f"{r['fresh_ratio']:>6.1f}x"
+        )
     save_blob = max(blobs, key=lambda b: b.stat().st_size)
     save = bench_save(save_blob, args.batches)
     print(f"\nsave after each batch of new artifacts ({save['blob']}, ms)")
     for row in save["batches"]:
-        print(f"  batch {row['batch']}: blob {row['blob_bytes']:>9} bytes  torch {row['torch_ms']:>7.2f}"
-              f"  megacache {row['megacache_ms']:>7.2f}  ratio {row['torch_ms'] / row['megacache_ms']:.1f}x")
-    print(f"  nothing new: torch {save['nothing_new_torch_ms']:.3f}  megacache "
-          f"{save['nothing_new_megacache_ms']:.4f}  ratio {save['nothing_new_ratio']:.0f}x")
+        print(
+            f"  batch {row['batch']}: blob {row['blob_bytes']:>9} bytes"
+            f"  torch {row['torch_ms']:>7.2f}"
+            f"  megacache {row['megacache_ms']:>7.2f}"
+            f"  ratio {row['torch_ms'] / row['megacache_ms']:.1f}x"
+        )
+    print(
+        f"  nothing new: torch {save['nothing_new_torch_ms']:.3f}  megacache "
+        f"{save['nothing_new_megacache_ms']:.4f}  ratio {save['nothing_new_ratio']:.0f}x"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "populate": populate, "save": save}, indent=2))
+        args.json.write_text(
+            json.dumps({"machine": machine, "populate": populate, "save": save}, indent=2)
+        )
 
 
 if __name__ == "__main__":

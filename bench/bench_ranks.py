@@ -77,12 +77,30 @@ CHILD = CHILD.replace("BENCH_DIR", repr(os.path.dirname(os.path.abspath(__file__
 
 def start_rank(mode, args, rank, work, home, store, name):
     cache_dir = tempfile.mkdtemp(prefix=f"{name}-rank{rank}-cache-", dir=work)
-    env = machine_env(home, LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(args.ranks),
-                      TORCHINDUCTOR_CACHE_DIR=cache_dir)
+    env = machine_env(
+        home,
+        LOCAL_RANK=str(rank),
+        RANK=str(rank),
+        WORLD_SIZE=str(args.ranks),
+        TORCHINDUCTOR_CACHE_DIR=cache_dir,
+    )
     out_path = os.path.join(work, f"{name}-rank{rank}.pt")
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, mode, args.model, "1" if args.train else "0", store, out_path],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            mode,
+            args.model,
+            "1" if args.train else "0",
+            store,
+            out_path,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return proc, out_path
 
 
@@ -119,10 +137,15 @@ def main():
     import torch
 
     if torch.cuda.device_count() < max(2, args.ranks):
-        sys.exit(f"bench_ranks needs {max(2, args.ranks)} GPUs; this machine has {torch.cuda.device_count()}")
+        sys.exit(
+            f"bench_ranks needs {max(2, args.ranks)} GPUs; "
+            f"this machine has {torch.cuda.device_count()}"
+        )
     work = tempfile.mkdtemp(prefix="megacache-ranks-")
     kind = f"{args.model} {'training' if args.train else 'inference'}"
-    print(f"# {kind}, {args.ranks} ranks, {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print(
+        f"# {kind}, {args.ranks} ranks, {torch.cuda.get_device_name()}, torch {torch.__version__}"
+    )
 
     # Torch on every GPU first: the reference outputs.
     torch_reports, torch_seconds = run_row("torch", args, range(args.ranks), work, "torch")
@@ -132,23 +155,37 @@ def main():
     store = "file://" + os.path.join(work, "move-store")
     run_row("megacache", args, [0], work, "move-build", store)
     (moved,), _ = run_row("megacache", args, [1], work, "move-load", store)
-    print(f"move cuda:0 -> cuda:1: traced {moved['traced']}, inductor compiles {moved['inductor_compiles']}, "
-          f"first call {moved['first_call']:.2f} s, megacache {moved['megacache']}, "
-          f"max |out - torch on cuda:1| {max_difference(moved['out_path'], reference[1]):.3g}")
+    print(
+        f"move cuda:0 -> cuda:1: traced {moved['traced']}, "
+        f"inductor compiles {moved['inductor_compiles']}, "
+        f"first call {moved['first_call']:.2f} s, megacache {moved['megacache']}, "
+        f"max |out - torch on cuda:1| {max_difference(moved['out_path'], reference[1]):.3g}"
+    )
 
     store = "file://" + os.path.join(work, "ranks-store")
     mc_reports, mc_seconds = run_row("megacache", args, range(args.ranks), work, "ranks-mc", store)
-    print("| row | processes that traced | Inductor compiles | all ranks have a result | max |out - torch| |")
+    print(
+        "| row | processes that traced | Inductor compiles "
+        "| all ranks have a result | max |out - torch| |"
+    )
     print("|---|---:|---:|---:|---:|")
-    for name, reports, seconds in (("torch", torch_reports, torch_seconds),
-                                   ("megacache", mc_reports, mc_seconds)):
+    for name, reports, seconds in (
+        ("torch", torch_reports, torch_seconds),
+        ("megacache", mc_reports, mc_seconds),
+    ):
         tracing = sum(1 for r in reports if r["traced"])
         compiles = sum(r["inductor_compiles"] for r in reports)
         difference = max(max_difference(r["out_path"], reference[r["rank"]]) for r in reports)
-        print(f"| {name} | {tracing} of {len(reports)} | {compiles} | {seconds:.2f} s | {difference:.3g} |")
+        print(
+            f"| {name} | {tracing} of {len(reports)} | {compiles} "
+            f"| {seconds:.2f} s | {difference:.3g} |"
+        )
     print(f"ratio torch / megacache, all ranks have a result: {torch_seconds / mc_seconds:.2f}x")
     for r in mc_reports:
-        print(f"megacache rank {r['rank']}: traced {r['traced']}, first call {r['first_call']:.2f} s, {r['megacache']}")
+        print(
+            f"megacache rank {r['rank']}: traced {r['traced']}, "
+            f"first call {r['first_call']:.2f} s, {r['megacache']}"
+        )
 
 
 if __name__ == "__main__":

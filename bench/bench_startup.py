@@ -3,10 +3,10 @@
 Each row is a new Python process on a fresh machine: an empty torch cache dir, an empty HOME
 (Triton and CUDA keep caches there) and an empty temporary dir (Inductor's precompiled headers),
 TRITON_CACHE_DIR and XDG_CACHE_HOME unset (`machine_env`).
-Measured from the parent: process start -> first result
-("to result") and the whole process ("process"); measured inside, after importing Dynamo and Inductor: a
-Mega-Cache load where the row has one, torch.compile and the first call ("compile+call"),
-which is where every cache lookup happens. Rows:
+Measured from the parent: process start -> first result ("to result") and the whole process
+("process"); measured inside, after importing Dynamo and Inductor: a Mega-Cache load where the
+row has one, torch.compile and the first call ("compile+call"), which is where every cache
+lookup happens. Rows:
 
   import torch        python -c "import torch" (the floor of any row)
   + Dynamo, Inductor  import torch, torch._dynamo, torch._inductor.compile_fx: the imports every
@@ -111,7 +111,10 @@ def child(mode, args, cache_dir, home, blob="", store="", code=CHILD):
     started = time.time()
     proc = subprocess.run(
         [sys.executable, "-c", code, mode, args.model, "1" if args.train else "0", blob, store],
-        env=environment, capture_output=True, text=True, timeout=1800,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     ended = time.time()
     if proc.returncode != 0:
@@ -129,18 +132,28 @@ def imports_alone(statement, home):
     """A process that only imports: "to result" is when the imports are done, "process" its
     exit, as for the other rows (torch's interpreter shutdown takes a second or more)."""
     started = time.time()
-    proc = subprocess.run([sys.executable, "-c", statement + "\nimport time; print(time.time())"],
-                          check=True, env=machine_env(home), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", statement + "\nimport time; print(time.time())"],
+        check=True,
+        env=machine_env(home),
+        capture_output=True,
+        text=True,
+    )
     ended = time.time()
-    return {"to_result": float(proc.stdout.split()[-1]) - started, "process": ended - started,
-            "compile_call": 0.0}
+    return {
+        "to_result": float(proc.stdout.split()[-1]) - started,
+        "process": ended - started,
+        "compile_call": 0.0,
+    }
 
 
 def median_row(runs):
     crashed = [r["crashed"] for r in runs if "crashed" in r]
     if crashed:
         return {"crashed": f"{len(crashed)} of {len(runs)} runs crashed: {crashed[0]}"}
-    return {k: statistics.median(r[k] for r in runs) for k in ("to_result", "compile_call", "process")}
+    return {
+        k: statistics.median(r[k] for r in runs) for k in ("to_result", "compile_call", "process")
+    }
 
 
 def main():
@@ -152,14 +165,24 @@ def main():
     parser.add_argument("--redis-url", default="")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="megacache-bench-")
-    fresh = lambda name: tempfile.mkdtemp(prefix=name + "-", dir=work)  # noqa: E731
+
+    def fresh(name):
+        return tempfile.mkdtemp(prefix=name + "-", dir=work)
+
     warm_dir = os.path.join(work, "warm")
     blob = os.path.join(work, "blob.bin")
     precompile_blob = os.path.join(work, "precompile.bin")
     store = "file://" + os.path.join(work, "store")
 
-    rows = {"import torch": [], "+ Dynamo, Inductor": [], "cold": [], "torch warm dir": [],
-            "torch mega-cache": [], "torch precompile": [], "megacache": []}
+    rows = {
+        "import torch": [],
+        "+ Dynamo, Inductor": [],
+        "cold": [],
+        "torch warm dir": [],
+        "torch mega-cache": [],
+        "torch precompile": [],
+        "megacache": [],
+    }
     # Produce once: the cold run's dir, HOME and blob, a precompile blob, a warm store.
     cold_home = fresh("cold-home")
     rows["cold"].append(child("cold-save", args, warm_dir, cold_home, blob))
@@ -167,51 +190,98 @@ def main():
     child("megacache", args, fresh("mc-save"), fresh("home"), store=store)
     for _ in range(args.repeat):
         rows["import torch"].append(imports_alone("import torch", fresh("home")))
-        rows["+ Dynamo, Inductor"].append(imports_alone(f"import torch, {START_IMPORTS}", fresh("home")))
+        rows["+ Dynamo, Inductor"].append(
+            imports_alone(f"import torch, {START_IMPORTS}", fresh("home"))
+        )
         rows["torch warm dir"].append(child("cold", args, warm_dir, cold_home))  # the same machine
-        rows["torch mega-cache"].append(child("mega-cache", args, fresh("mega"), fresh("home"), blob))
-        rows["torch precompile"].append(child("precompile", args, fresh("pc"), fresh("home"), precompile_blob))
+        rows["torch mega-cache"].append(
+            child("mega-cache", args, fresh("mega"), fresh("home"), blob)
+        )
+        rows["torch precompile"].append(
+            child("precompile", args, fresh("pc"), fresh("home"), precompile_blob)
+        )
         rows["megacache"].append(child("megacache", args, fresh("mc"), fresh("home"), store=store))
-        assert rows["megacache"][-1]["fx_miss"] == 0 and rows["megacache"][-1]["dynamo_cache"].get("dynamo_cache_hit")
+        assert rows["megacache"][-1]["fx_miss"] == 0 and rows["megacache"][-1]["dynamo_cache"].get(
+            "dynamo_cache_hit"
+        )
     if args.repeat > 1:
         rows["cold"].append(child("cold", args, fresh("cold"), fresh("home")))
 
     table = {name: median_row(runs) for name, runs in rows.items()}
-    torch_best = min((n for n in ("torch warm dir", "torch mega-cache", "torch precompile")
-                      if "crashed" not in table[n]), key=lambda n: table[n]["to_result"])
+    torch_best = min(
+        (
+            n
+            for n in ("torch warm dir", "torch mega-cache", "torch precompile")
+            if "crashed" not in table[n]
+        ),
+        key=lambda n: table[n]["to_result"],
+    )
     ours = table["megacache"]
-    print(f"model={args.model} train={args.train} repeat={args.repeat} python={sys.version.split()[0]}")
+    print(
+        f"model={args.model} train={args.train} repeat={args.repeat} "
+        f"python={sys.version.split()[0]}"
+    )
     print(f"{'start':<18}{'to result s':>12}{'compile+call s':>16}{'process s':>11}")
     for name, row in table.items():
         if "crashed" in row:
             print(f"{name:<18} {row['crashed']}")
         else:
-            print(f"{name:<18}{row['to_result']:>12.2f}{row['compile_call']:>16.3f}{row['process']:>11.2f}")
+            print(
+                f"{name:<18}{row['to_result']:>12.2f}{row['compile_call']:>16.3f}{row['process']:>11.2f}"
+            )
     print(f"torch's best: {torch_best}")
-    print(f"megacache vs torch's best, to result: {table[torch_best]['to_result'] / ours['to_result']:.2f}x;"
-          f" compile+call: {table[torch_best]['compile_call'] / max(ours['compile_call'], 1e-6):.1f}x")
-    print(f"megacache vs cold, compile+call: {table['cold']['compile_call'] / max(ours['compile_call'], 1e-6):.1f}x")
+    print(
+        "megacache vs torch's best, to result: "
+        f"{table[torch_best]['to_result'] / ours['to_result']:.2f}x;"
+        f" compile+call: {table[torch_best]['compile_call'] / max(ours['compile_call'], 1e-6):.1f}x"
+    )
+    print(
+        "megacache vs cold, compile+call: "
+        f"{table['cold']['compile_call'] / max(ours['compile_call'], 1e-6):.1f}x"
+    )
     for floor in ("import torch", "+ Dynamo, Inductor"):
-        print(f"megacache over {floor}: to result +{ours['to_result'] - table[floor]['to_result']:.2f} s,"
-              f" process +{ours['process'] - table[floor]['process']:.2f} s")
+        print(
+            f"megacache over {floor}: "
+            f"to result +{ours['to_result'] - table[floor]['to_result']:.2f} s,"
+            f" process +{ours['process'] - table[floor]['process']:.2f} s"
+        )
 
     if args.fleet:
         fleet_store = args.redis_url or "file://" + os.path.join(work, "fleet-store")
-        for label, mode, store_url in (("torch, one empty dir", "cold", ""),
-                                       ("megacache", "megacache", fleet_store)):
+        for label, mode, store_url in (
+            ("torch, one empty dir", "cold", ""),
+            ("megacache", "megacache", fleet_store),
+        ):
             shared = fresh("fleet-shared")
             started = time.time()
             procs = []
             for i in range(args.fleet):
                 cache = shared if mode == "cold" else fresh(f"fleet{i}")
                 env = machine_env(fresh(f"fleet{i}-home"), TORCHINDUCTOR_CACHE_DIR=cache)
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-c", CHILD, mode, args.model, "1" if args.train else "0", "", store_url],
-                    env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-c",
+                            CHILD,
+                            mode,
+                            args.model,
+                            "1" if args.train else "0",
+                            "",
+                            store_url,
+                        ],
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,
+                        text=True,
+                    )
+                )
             reports = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
             compiles = sum(1 for r in reports if r["fx_miss"])
-            print(f"fleet of {args.fleet}, {label}: {compiles} compiles, all results after "
-                  f"{max(r['result_at'] for r in reports) - started:.1f} s")
+            print(
+                f"fleet of {args.fleet}, {label}: {compiles} compiles, all results after "
+                f"{max(r['result_at'] for r in reports) - started:.1f} s"
+            )
     shutil.rmtree(work, ignore_errors=True)
 
 

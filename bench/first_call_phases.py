@@ -101,7 +101,8 @@ def _timed(name, fn):
             if profiling and _operators:
                 _profiler.__exit__(None, None, None)
                 with open(os.environ["MEGACACHE_PHASES_OUT"] + f".ops{len(_events)}", "w") as f:
-                    f.write(_profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+                    f.write(_profiler.key_averages().table(
+                        sort_by="self_cpu_time_total", row_limit=20))
             elif profiling:
                 _profiler.disable()
             _depth[0] -= 1
@@ -163,16 +164,26 @@ def main():
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--min-ms", type=float, default=2.0, help="the timeline's shortest step")
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--profile-step", default="",
-                        help="a step of STEPS (its attribute path) to profile too, in the last run")
-    parser.add_argument("--profiler", choices=["python", "operators"], default="python",
-                        help="cProfile, or torch's profiler of the operators each call of the step runs")
+    parser.add_argument(
+        "--profile-step",
+        default="",
+        help="a step of STEPS (its attribute path) to profile too, in the last run",
+    )
+    parser.add_argument(
+        "--profiler",
+        choices=["python", "operators"],
+        default="python",
+        help="cProfile, or torch's profiler of the operators each call of the step runs",
+    )
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="megacache-phases-")
-    fresh = lambda name: tempfile.mkdtemp(prefix=name + "-", dir=work)  # noqa: E731
+
+    def fresh(name):
+        return tempfile.mkdtemp(prefix=name + "-", dir=work)
+
     store = "file://" + os.path.join(work, "store")
     bench_startup.child("megacache", args, fresh("save"), fresh("home"), store=store)
-    stored = [os.path.join(d, f) for d, _, files in os.walk(store[len("file://"):]) for f in files]
+    stored = [os.path.join(d, f) for d, _, files in os.walk(store[len("file://") :]) for f in files]
     print("store:", sum(os.path.getsize(f) for f in stored), "bytes in", len(stored), "files")
     timed_child = PRELUDE.replace("STEPS_TO_TIME", repr(STEPS)) + bench_startup.CHILD
     for run in range(args.runs):
@@ -181,12 +192,15 @@ def main():
         if args.profile_step and run == args.runs - 1:
             os.environ["MEGACACHE_PHASES_PROFILE_STEP"] = args.profile_step
             os.environ["MEGACACHE_PHASES_PROFILER"] = args.profiler
-        report = bench_startup.child("megacache", args, fresh("mc"), fresh("home"), store=store,
-                                     code=timed_child)
+        report = bench_startup.child(
+            "megacache", args, fresh("mc"), fresh("home"), store=store, code=timed_child
+        )
         with open(out) as f:
             phases = json.load(f)
-        print(f"run {run}: compile+call {report['compile_call']:.3f} s,"
-              f" to result {report['to_result']:.2f} s")
+        print(
+            f"run {run}: compile+call {report['compile_call']:.3f} s,"
+            f" to result {report['to_result']:.2f} s"
+        )
         events = sorted(phases["events"], key=lambda e: e[2])
         wall, perf = phases["clock"]
         first = report["result_at"] - report["compile_call"] - wall + perf  # the call's start
@@ -196,7 +210,10 @@ def main():
             totals[name][0] += 1
             totals[name][1] += ended - started
             if (ended - started) * 1000 >= args.min_ms:
-                print(f"  {started - first:8.3f} {'  ' * depth}{name} {1000 * (ended - started):.1f} ms")
+                print(
+                    f"  {started - first:8.3f} {'  ' * depth}{name} "
+                    f"{1000 * (ended - started):.1f} ms"
+                )
         print("  totals (count, ms; nested steps counted in their parents too):")
         for name, (count, seconds) in sorted(totals.items(), key=lambda item: -item[1][1]):
             if seconds * 1000 >= args.min_ms / 4:
@@ -211,7 +228,10 @@ def main():
         if os.path.exists(out + ".prof"):
             import pstats
 
-            print(f"  {args.profile_step}, profiled (cProfile slows it), by own time and by cumulative:")
+            print(
+                f"  {args.profile_step}, profiled (cProfile slows it), "
+                "by own time and by cumulative:"
+            )
             pstats.Stats(out + ".prof").sort_stats("tottime").print_stats(25)
             pstats.Stats(out + ".prof").sort_stats("cumulative").print_stats(40)
     shutil.rmtree(work, ignore_errors=True)

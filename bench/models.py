@@ -31,8 +31,14 @@ class Block(torch.nn.Module):
 
     def forward(self, x, cos, sin):
         b, t, w = x.shape
-        q, k, v = self.qkv(self.attention_norm(x)).view(b, t, 3, self.heads, w // self.heads).unbind(2)
-        q, k, v = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+        q, k, v = (
+            self.qkv(self.attention_norm(x)).view(b, t, 3, self.heads, w // self.heads).unbind(2)
+        )
+        q, k, v = (
+            rotate(q.transpose(1, 2), cos, sin),
+            rotate(k.transpose(1, 2), cos, sin),
+            v.transpose(1, 2),
+        )
         attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.out(attended.transpose(1, 2).reshape(b, t, w))
         gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
@@ -51,7 +57,9 @@ class Decoder(torch.nn.Module):
     def forward(self, ids):
         x = self.embed(ids)
         position = torch.arange(ids.shape[1], device=ids.device, dtype=torch.float32)
-        frequency = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2, device=ids.device) / self.head_dim))
+        frequency = 1.0 / (
+            10000 ** (torch.arange(0, self.head_dim, 2, device=ids.device) / self.head_dim)
+        )
         angles = torch.outer(position, frequency).repeat(1, 2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         for block in self.blocks:
@@ -67,16 +75,22 @@ def make_model(model_name, device):
         # SwiGLU), bf16 on a GPU, its sequence dim dynamic. Plain torch, not transformers: torch
         # 2.11 itself fails to compile transformers 5.23's Llama (guards on its config views).
         m = Decoder(layers=12, width=512, heads=8, vocab=32000)
-        m = m.to(device=device, dtype=torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
-        ids = torch.randint(0, 32000, (2, 128), generator=torch.Generator().manual_seed(1)).to(device)
+        m = m.to(
+            device=device,
+            dtype=torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32,
+        )
+        ids = torch.randint(0, 32000, (2, 128), generator=torch.Generator().manual_seed(1)).to(
+            device
+        )
         torch._dynamo.mark_dynamic(ids, 1)
         return m, ids
     if model_name == "mlp":
         m = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 64))
         x = torch.randn(8, 64)
     else:
-        layer = torch.nn.TransformerEncoderLayer(d_model=512, nhead=8, dim_feedforward=2048,
-                                                 batch_first=True, norm_first=True)
+        layer = torch.nn.TransformerEncoderLayer(
+            d_model=512, nhead=8, dim_feedforward=2048, batch_first=True, norm_first=True
+        )
         m = torch.nn.TransformerEncoder(layer, num_layers=6, enable_nested_tensor=False)
         x = torch.randn(4, 128, 512)
     return m.to(device), x.to(device)

@@ -37,19 +37,27 @@ def child(store):
 
     from torch._dynamo.utils import counters
 
-    print(json.dumps({
-        "first_call_s": first_call,
-        "automatic": megacache.automatic_stats(),
-        "compiled_graphs": counters["inductor"]["fxgraph_cache_miss"],
-        "checksum": float(y.sum()),
-    }))
+    print(
+        json.dumps(
+            {
+                "first_call_s": first_call,
+                "automatic": megacache.automatic_stats(),
+                "compiled_graphs": counters["inductor"]["fxgraph_cache_miss"],
+                "checksum": float(y.sum()),
+            }
+        )
+    )
 
 
 def run(store, cache_dir):
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, __file__, store], env=env, check=True, capture_output=True, text=True,
+        [sys.executable, __file__, store],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     report = json.loads(out.strip().splitlines()[-1])
     report["process_s"] = time.perf_counter() - start
@@ -62,16 +70,22 @@ def main():
         print(f"store: {store}")
         print("first process, empty cache dir: compiles and publishes ...", flush=True)
         cold = run(store, os.path.join(work, "cache-a"))
-        print(f"  first call {cold['first_call_s']:.2f} s, process {cold['process_s']:.1f} s, "
-              f"{cold['compiled_graphs']} graph(s) compiled, {cold['automatic']}")
+        print(
+            f"  first call {cold['first_call_s']:.2f} s, process {cold['process_s']:.1f} s, "
+            f"{cold['compiled_graphs']} graph(s) compiled, {cold['automatic']}"
+        )
         print("second process, another empty cache dir: starts from the package ...", flush=True)
         warm = run(store, os.path.join(work, "cache-b"))
-        print(f"  first call {warm['first_call_s']:.2f} s, process {warm['process_s']:.1f} s, "
-              f"{warm['compiled_graphs']} graph(s) compiled, {warm['automatic']}")
-        print(f"same result: {abs(warm['checksum'] - cold['checksum']) < 1e-5}; first call "
-              f"{cold['first_call_s']:.2f} s -> {warm['first_call_s']:.2f} s "
-              f"({cold['first_call_s'] / warm['first_call_s']:.0f}x), process "
-              f"{cold['process_s']:.1f} s -> {warm['process_s']:.1f} s")
+        print(
+            f"  first call {warm['first_call_s']:.2f} s, process {warm['process_s']:.1f} s, "
+            f"{warm['compiled_graphs']} graph(s) compiled, {warm['automatic']}"
+        )
+        print(
+            f"same result: {abs(warm['checksum'] - cold['checksum']) < 1e-5}; first call "
+            f"{cold['first_call_s']:.2f} s -> {warm['first_call_s']:.2f} s "
+            f"({cold['first_call_s'] / warm['first_call_s']:.0f}x), process "
+            f"{cold['process_s']:.1f} s -> {warm['process_s']:.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from megacache._core import CorruptionError, InvalidInputError, MegacacheError, PackageMismatchError, __version__
 from megacache import _core
+from megacache._core import (
+    CorruptionError,
+    InvalidInputError,
+    MegacacheError,
+    PackageMismatchError,
+    __version__,
+)
 from megacache.torch.surfaces import UnsupportedTorchError  # imports no torch
 
 if TYPE_CHECKING:
@@ -70,7 +76,9 @@ def load_cache_artifacts(serialized_artifacts: bytes) -> Optional["CacheInfo"]:
 
 
 def save(
-    path: str | os.PathLike[str], *, sign_with: Optional[str | os.PathLike[str]] = None,
+    path: str | os.PathLike[str],
+    *,
+    sign_with: Optional[str | os.PathLike[str]] = None,
     level: int = 3,
 ) -> Optional["CacheInfo"]:
     """Saves everything this process compiled to `path` as a megacache bundle (zstd,
@@ -105,8 +113,9 @@ def open_store(url: Optional[str] = None) -> "_core.Store":
     return _core.Store(url or "")
 
 
-def push(path: str | os.PathLike[str], name: Optional[str] = None, *,
-         store: Optional[str] = None) -> str:
+def push(
+    path: str | os.PathLike[str], name: Optional[str] = None, *, store: Optional[str] = None
+) -> str:
     """Checks the file at `path` (bundle, Mega-Cache or standalone file) and puts it into the
     store under `name` (default: the file's name). Returns the name."""
     data = Path(path).read_bytes()
@@ -132,6 +141,7 @@ def trusted_keys() -> str:
     .pub files)."""
     return os.environ.get("MEGACACHE_TRUSTED_KEYS", "")
 
+
 def _package_level() -> None:
     """Raises UnsupportedTorchError where this torch lacks what packages need."""
     from megacache.torch import surfaces
@@ -139,8 +149,13 @@ def _package_level() -> None:
     surfaces.require_package_level()
 
 
-def compile(fn: Callable[..., Any], *, package: Optional[str | os.PathLike[str]] = None,
-            ignore_source_changes: bool = False, **torch_compile_kwargs: Any) -> Any:
+def compile(
+    fn: Callable[..., Any],
+    *,
+    package: Optional[str | os.PathLike[str]] = None,
+    ignore_source_changes: bool = False,
+    **torch_compile_kwargs: Any,
+) -> Any:
     """torch.compile(fn, **torch_compile_kwargs) that loads from `package` (a file, an unpacked
     directory, or a store URL such as redis://host:6379/0) when it holds this function, so the
     first call neither traces nor compiles. The result has .save_package(path=package,
@@ -155,7 +170,9 @@ def compile(fn: Callable[..., Any], *, package: Optional[str | os.PathLike[str]]
     from megacache.torch import precompile
 
     return precompile.compile_function(
-        fn, os.fspath(package) if package is not None else None, ignore_source_changes,
+        fn,
+        os.fspath(package) if package is not None else None,
+        ignore_source_changes,
         torch_compile_kwargs,
     )
 
@@ -196,8 +213,12 @@ def automatic_stats() -> Dict[str, Any]:
     return automatic.stats()
 
 
-def save_package(path: str | os.PathLike[str], *, format: str = "binary",
-                 sign_with: Optional[str | os.PathLike[str]] = None) -> None:
+def save_package(
+    path: str | os.PathLike[str],
+    *,
+    format: str = "binary",
+    sign_with: Optional[str | os.PathLike[str]] = None,
+) -> None:
     """Saves every function this process compiled (or loaded) with megacache.compile or
     automatic mode as one package: a file (binary), a directory a person can read and edit
     (unpacked), or a store URL; signed with the key file `sign_with` if given (a signed
@@ -205,8 +226,12 @@ def save_package(path: str | os.PathLike[str], *, format: str = "binary",
     _package_level()
     from megacache.torch import precompile
 
-    precompile.save(os.fspath(path), format=format, keys=None,
-                    sign_with=os.fspath(sign_with) if sign_with else None)
+    precompile.save(
+        os.fspath(path),
+        format=format,
+        keys=None,
+        sign_with=os.fspath(sign_with) if sign_with else None,
+    )
 
 
 def load_package(path: str | os.PathLike[str], *, ignore_source_changes: bool = False) -> List[str]:
@@ -220,11 +245,15 @@ def load_package(path: str | os.PathLike[str], *, ignore_source_changes: bool = 
     return precompile.load_package(os.fspath(path), ignore_source_changes)
 
 
-def save_precompiled(path: str | os.PathLike[str], python_code: Optional[str] = None,
-                     cache: Optional[bytes] = None, *,
-                     artifact_path: Optional[str | os.PathLike[str]] = None,
-                     cache_path: Optional[str | os.PathLike[str]] = None,
-                     sign_with: Optional[str | os.PathLike[str]] = None) -> None:
+def save_precompiled(
+    path: str | os.PathLike[str],
+    python_code: Optional[str] = None,
+    cache: Optional[bytes] = None,
+    *,
+    artifact_path: Optional[str | os.PathLike[str]] = None,
+    cache_path: Optional[str | os.PathLike[str]] = None,
+    sign_with: Optional[str | os.PathLike[str]] = None,
+) -> None:
     """Saves a torch.compiler.precompile pair as one megacache file (docs/aot-format.md):
     torch 2.14's `python_code, cache = torch.compiler.precompile(fn, ...)`, or the two files
     torch 2.15's `torch.compiler.precompile.capture(fn, artifact_path=, cache_path=)` wrote.
@@ -233,10 +262,14 @@ def save_precompiled(path: str | os.PathLike[str], python_code: Optional[str] = 
     InvalidInputError for halves that do not belong together, ValueError for the arguments."""
     from megacache.torch import aot
 
-    aot.save(os.fspath(path), python_code, cache,
-             artifact_path=os.fspath(artifact_path) if artifact_path is not None else None,
-             cache_path=os.fspath(cache_path) if cache_path is not None else None,
-             sign_with=os.fspath(sign_with) if sign_with else None)
+    aot.save(
+        os.fspath(path),
+        python_code,
+        cache,
+        artifact_path=os.fspath(artifact_path) if artifact_path is not None else None,
+        cache_path=os.fspath(cache_path) if cache_path is not None else None,
+        sign_with=os.fspath(sign_with) if sign_with else None,
+    )
 
 
 def load_precompiled(path_or_name: str | os.PathLike[str], *, store: Optional[str] = None) -> Any:
@@ -257,15 +290,22 @@ def load_precompiled(path_or_name: str | os.PathLike[str], *, store: Optional[st
     return aot.load(data)
 
 
-def standalone_compile(gm: Any, example_inputs: Sequence[Any], *, dynamic_shapes: str = "from_graph",
-                       options: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Any:
+def standalone_compile(
+    gm: Any,
+    example_inputs: Sequence[Any],
+    *,
+    dynamic_shapes: str = "from_graph",
+    options: Optional[Dict[str, Any]] = None,
+    **kwargs: Any,
+) -> Any:
     """torch._inductor.standalone_compile, returning an artifact whose save(path,
     format="binary"|"unpacked") and CompiledArtifact.load(path, format=...) read and write
     torch's own files (binary files in C++)."""
     from megacache.torch import standalone
 
-    return standalone.standalone_compile(gm, example_inputs, dynamic_shapes=dynamic_shapes,
-                                         options=options, **kwargs)
+    return standalone.standalone_compile(
+        gm, example_inputs, dynamic_shapes=dynamic_shapes, options=options, **kwargs
+    )
 
 
 def load_standalone(path: str | os.PathLike[str], *, format: str = "binary") -> Any:

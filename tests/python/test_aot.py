@@ -8,26 +8,30 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_precompile import run
 
 import megacache
-
-from test_precompile import run
 
 HERE = Path(__file__).parent / "precompile"
 
 pytestmark = pytest.mark.skipif(
     not hasattr(getattr(torch.compiler, "precompile", None), "load"),
-    reason=f"torch {torch.__version__} has no torch.compiler.precompile (2.14 and later)")
+    reason=f"torch {torch.__version__} has no torch.compiler.precompile (2.14 and later)",
+)
 
 
 def cli(*args, env=None):
-    return subprocess.run(["megacache", *map(str, args)], capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})), timeout=120)
+    return subprocess.run(
+        ["megacache", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +53,16 @@ def load_in_fresh_process(tmp_path, store, name, captured_dir, trusted=None):
     for name_ in ("inputs.pt",):
         (out / name_).write_bytes((captured_dir / name_).read_bytes())
     env = {"MEGACACHE_TRUSTED_KEYS": str(trusted)} if trusted else {"MEGACACHE_TRUSTED_KEYS": ""}
-    report = run(HERE / "aot.py", "load", store, name, out, cwd=HERE,
-                 cache_dir=tmp_path / "load-cache", env=env)
+    report = run(
+        HERE / "aot.py",
+        "load",
+        store,
+        name,
+        out,
+        cwd=HERE,
+        cache_dir=tmp_path / "load-cache",
+        env=env,
+    )
     return report, out
 
 
@@ -67,7 +79,9 @@ def evil_pair(captured_dir, tmp_path, sentinel):
     """What someone who can write the store could put there: torch's code with one line of
     their own in front, and a cache whose code_hash matches it, so torch's own load takes it."""
     evil = f"open({str(sentinel)!r}, 'w').write('ran')\n" + (captured_dir / "torch.py").read_text()
-    envelope = torch.load(io.BytesIO((captured_dir / "torch.py.cache").read_bytes()), weights_only=True)
+    envelope = torch.load(
+        io.BytesIO((captured_dir / "torch.py.cache").read_bytes()), weights_only=True
+    )
     envelope["code_hash"] = hashlib.sha256(evil.encode()).hexdigest()
     buffer = io.BytesIO()
     torch.save(envelope, buffer)
@@ -81,7 +95,9 @@ def test_an_unsigned_pair_in_the_store_never_runs_under_trusted_keys(captured, t
     store = "file://" + str(tmp_path / "store")
     megacache.open_store(store).put("pair", evil_pair(out, tmp_path, sentinel).read_bytes())
     report, _ = load_in_fresh_process(tmp_path, store, "pair", out, trusted=f"{key}.pub")
-    assert report["refused"].startswith("InvalidInputError") and "unsigned" in report["refused"], report
+    assert report["refused"].startswith("InvalidInputError") and "unsigned" in report["refused"], (
+        report
+    )
     assert not sentinel.exists()
     # Without trusted keys the same entry runs (docs/security.md): the sentinel is real.
     report, _ = load_in_fresh_process(tmp_path, store, "pair", out)
@@ -103,8 +119,11 @@ def test_halves_of_different_calls_are_refused_at_save(captured, tmp_path):
     out, _ = captured
     (tmp_path / "other.py").write_text((out / "torch.py").read_text() + "\n# edited\n")
     with pytest.raises(megacache.InvalidInputError, match="different precompile calls"):
-        megacache.save_precompiled(tmp_path / "p.mcb", artifact_path=tmp_path / "other.py",
-                                   cache_path=out / "torch.py.cache")
+        megacache.save_precompiled(
+            tmp_path / "p.mcb",
+            artifact_path=tmp_path / "other.py",
+            cache_path=out / "torch.py.cache",
+        )
     assert not (tmp_path / "p.mcb").exists()
 
 
@@ -114,7 +133,9 @@ def test_the_cli_inspects_verifies_and_writes_torchs_files(captured, tmp_path):
     assert inspected.returncode == 0, inspected.stderr
     report = json.loads(inspected.stdout)
     assert report["format"] == "megacache-aot-pair"
-    assert report["aot_pair"]["python_code_sha256"] == report["aot_pair"]["cache_fields"]["code_hash"]
+    assert (
+        report["aot_pair"]["python_code_sha256"] == report["aot_pair"]["cache_fields"]["code_hash"]
+    )
     assert report["bundle"]["signature"]["status"] == "valid"
     verified = cli("verify", out / "pair.mcb", env={"MEGACACHE_TRUSTED_KEYS": f"{key}.pub"})
     assert verified.returncode == 0, verified.stderr

@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import DATA, read_tree
 
 import megacache
 from megacache import _core
-
-from conftest import DATA, read_tree
 
 
 def blob_of(*artifacts):
@@ -22,7 +21,9 @@ def blob_of(*artifacts):
 
 def test_import_does_not_import_torch():
     code = "import sys, megacache; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False"
 
 
@@ -40,9 +41,12 @@ def test_verify_reports_corruption_with_offset():
 
 
 def test_every_error_of_megacaches_own_has_one_base_and_keeps_its_builtin_one():
-    for error, builtin in ((megacache.CorruptionError, ValueError), (megacache.InvalidInputError, ValueError),
-                           (megacache.PackageMismatchError, RuntimeError),
-                           (megacache.UnsupportedTorchError, RuntimeError)):
+    for error, builtin in (
+        (megacache.CorruptionError, ValueError),
+        (megacache.InvalidInputError, ValueError),
+        (megacache.PackageMismatchError, RuntimeError),
+        (megacache.UnsupportedTorchError, RuntimeError),
+    ):
         assert issubclass(error, megacache.MegacacheError) and issubclass(error, builtin), error
     with pytest.raises(megacache.MegacacheError):
         megacache.verify(b"not a cache file")
@@ -117,10 +121,18 @@ def test_incremental_save_matches_torch_batch_by_batch(fresh_torch_manager):
     # each type: "fa" is lost. megacache's blob holds each type once, so torch's own loader
     # reads every artifact from it.
     def loaded_by_torch(blob):
-        return {(kind, a.key) for kind, artifacts in manager.deserialize(blob).items() for a in artifacts}
+        return {
+            (kind, a.key)
+            for kind, artifacts in manager.deserialize(blob).items()
+            for a in artifacts
+        }
 
-    everything = {("inductor", "fa"), ("inductor", "fb"), ("aot_autograd", "aa"),
-                  ("autotune", "ab/c.best_config")}
+    everything = {
+        ("inductor", "fa"),
+        ("inductor", "fb"),
+        ("aot_autograd", "aa"),
+        ("autotune", "ab/c.best_config"),
+    }
     assert loaded_by_torch(second) == everything
     assert loaded_by_torch(theirs) == everything - {("inductor", "fa")}
 
@@ -146,7 +158,9 @@ def test_save_writes_a_bundle_that_load_reads(fresh_torch_manager, tmp_path):
 
     inspect = subprocess.run(
         ["megacache", "inspect", "--json", str(tmp_path / "cache.mcb")],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     fingerprint = json.loads(inspect.stdout)["bundle"]["fingerprint"]
     assert fingerprint["torch"] == torch.__version__
@@ -156,7 +170,9 @@ def test_save_writes_a_bundle_that_load_reads(fresh_torch_manager, tmp_path):
 
 def test_signed_bundles_and_trusted_keys(fresh_torch_manager, tmp_path, monkeypatch):
     for name in ("signer", "stranger"):
-        subprocess.run(["megacache", "keygen", str(tmp_path / name)], check=True, capture_output=True)
+        subprocess.run(
+            ["megacache", "keygen", str(tmp_path / name)], check=True, capture_output=True
+        )
     fresh_torch_manager.record_artifact("inductor", "fsigned", b"graph")
     megacache.save(tmp_path / "signed.mcb", sign_with=tmp_path / "signer")
     megacache.save(tmp_path / "plain.mcb")
@@ -172,7 +188,9 @@ def test_signed_bundles_and_trusted_keys(fresh_torch_manager, tmp_path, monkeypa
 
 
 def test_loading_a_bundle_from_another_environment_warns(tmp_path, caplog):
-    bundle = _core.bundle_of((DATA / "mega_dynamic.bin").read_bytes(), [("torch", "1.0.0+elsewhere")])
+    bundle = _core.bundle_of(
+        (DATA / "mega_dynamic.bin").read_bytes(), [("torch", "1.0.0+elsewhere")]
+    )
     (tmp_path / "old.mcb").write_bytes(bundle)
     with caplog.at_level(logging.WARNING, logger="megacache"):
         info = megacache.load(tmp_path / "old.mcb", cache_dir=str(tmp_path / "cache"))

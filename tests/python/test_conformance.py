@@ -23,11 +23,19 @@ MODES = ("plain", "megacache")
 def run_steps(mode, scenario, arg="", *, root, store=None, timeout=300):
     """One scenario in a fresh interpreter. A run that waits on a claim for megacache's
     default 600 s fails here by timing out."""
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(root / f"torch-{mode}"),
-               MEGACACHE_DIR=str(store or root / f"store-{mode}"))
+    env = dict(
+        os.environ,
+        TORCHINDUCTOR_CACHE_DIR=str(root / f"torch-{mode}"),
+        MEGACACHE_DIR=str(store or root / f"store-{mode}"),
+    )
     env.pop("MEGACACHE_STORE", None)
-    proc = subprocess.run([sys.executable, str(STEPS), mode, scenario, *([arg] if arg else [])],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(STEPS), mode, scenario, *([arg] if arg else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"{mode} {scenario} {arg} failed:\n{proc.stderr[-5000:]}"
     # Nothing may be printed at exit either (the final publish never fails the job).
     assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
@@ -43,9 +51,17 @@ def assert_same_outcome(scenario, arg, root):
 
 # Every kind of backend users pass, with the options that change what Dynamo records.
 SECOND_WRAP = [
-    "inductor", "aot_eager", "eager", "custom",
-    "inductor,fullgraph", "inductor,dynamic=True", "inductor,dynamic=False", "inductor,dynamic=None",
-    "aot_eager,dynamic=True", "eager,graphbreak", "custom,graphbreak",
+    "inductor",
+    "aot_eager",
+    "eager",
+    "custom",
+    "inductor,fullgraph",
+    "inductor,dynamic=True",
+    "inductor,dynamic=False",
+    "inductor,dynamic=None",
+    "aot_eager,dynamic=True",
+    "eager,graphbreak",
+    "custom,graphbreak",
 ]
 
 
@@ -84,7 +100,9 @@ def test_a_wait_lasts_a_few_times_the_measured_compile(tmp_path):
 def test_entries_torch_saved_itself_are_found(load, tmp_path):
     for mode in MODES:
         # The loading process has an empty megacache store of its own: what it finds is torch's.
-        run_steps(mode, "torch_saved_entry", "save", root=tmp_path, store=tmp_path / f"saver-{mode}")
+        run_steps(
+            mode, "torch_saved_entry", "save", root=tmp_path, store=tmp_path / f"saver-{mode}"
+        )
     assert_same_outcome("torch_saved_entry", load, tmp_path)
     assert "error" not in run_steps("megacache", "torch_saved_entry", load, root=tmp_path)
 
@@ -114,7 +132,11 @@ def test_training_variants_of_one_function(tmp_path):
 
 def torch_manager_state():
     manager = CacheArtifactManager
-    return (manager.need_serialize(), dict(manager._cache_info.artifacts), manager._serializer.to_bytes())
+    return (
+        manager.need_serialize(),
+        dict(manager._cache_info.artifacts),
+        manager._serializer.to_bytes(),
+    )
 
 
 def test_save_leaves_torch_manager_as_torch_save_does(fresh_torch_manager):
@@ -146,7 +168,9 @@ class _Registered(CacheArtifact):
 CacheArtifactFactory.register(_Registered)
 
 
-def test_load_handles_registered_artifact_types_as_torch_does(fresh_torch_manager, tmp_path, monkeypatch):
+def test_load_handles_registered_artifact_types_as_torch_does(
+    fresh_torch_manager, tmp_path, monkeypatch
+):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     fresh_torch_manager.record_artifact("megacache_conformance", "k1", b"custom bytes")
     fresh_torch_manager.record_artifact("aot_autograd", "aa", b"aot-a")
@@ -155,8 +179,11 @@ def test_load_handles_registered_artifact_types_as_torch_does(fresh_torch_manage
     for load in (torch.compiler.load_cache_artifacts, megacache.load_cache_artifacts):
         _Registered.populated.clear()
         info = load(blob)
-        outcomes[load.__module__] = dict(info.artifacts), info.megacache_conformance_artifacts, \
-            list(_Registered.populated)
+        outcomes[load.__module__] = (
+            dict(info.artifacts),
+            info.megacache_conformance_artifacts,
+            list(_Registered.populated),
+        )
     assert outcomes["megacache"] == outcomes["torch.compiler"]
     assert outcomes["megacache"][2] == [("k1", b"custom bytes")]
 

@@ -77,8 +77,9 @@ def fresh_machine(tmp_path, name, store):
     env = dict(os.environ, HOME=str(home), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / name / "torch"))
     for variable in ("TRITON_CACHE_DIR", "XDG_CACHE_HOME", "CUDA_CACHE_PATH", "CUDA_CACHE_DISABLE"):
         env.pop(variable, None)
-    proc = subprocess.run([sys.executable, "-c", CHILD, store], env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, store], env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -90,12 +91,20 @@ def test_a_fresh_machine_installs_the_drivers_jit_builds_before_the_graph_runs(t
     first = fresh_machine(tmp_path, "first", store)
     assert first["megacache"]["published"] >= 1
     if not first["entries"]:
-        pytest.skip("this GPU's attention made no CUDA JIT cache entries (no runtime-compiled cuDNN engine)")
-    packages = [_core.Package.from_bytes(_core.Store(store).get(name))
-                for name, _, _ in _core.Store(store).list() if name.startswith("precompile-")]
+        pytest.skip(
+            "this GPU's attention made no CUDA JIT cache entries (no runtime-compiled cuDNN engine)"
+        )
+    packages = [
+        _core.Package.from_bytes(_core.Store(store).get(name))
+        for name, _, _ in _core.Store(store).list()
+        if name.startswith("precompile-")
+    ]
     carried = {path for package in packages for path in package.cuda_jit_paths}
     assert carried == set(first["entries"]), (carried, first["entries"])
-    assert all(dict(package.fingerprint)["cuda_driver"] == _core.cuda_driver_version() for package in packages)
+    assert all(
+        dict(package.fingerprint)["cuda_driver"] == _core.cuda_driver_version()
+        for package in packages
+    )
 
     second = fresh_machine(tmp_path, "second", store)
     assert second["megacache"]["hits"] >= 1 and second["traced"] == 0

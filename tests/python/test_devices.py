@@ -67,8 +67,13 @@ def run(tmp_path, mode, case, rank, store=""):
     cache_dir = tmp_path / f"{mode}-{case}-{rank}-{len(list(tmp_path.iterdir()))}"
     out_path = str(cache_dir) + ".pt"
     env = dict(os.environ, LOCAL_RANK=str(rank), TORCHINDUCTOR_CACHE_DIR=str(cache_dir))
-    proc = subprocess.run([sys.executable, "-c", CHILD, mode, case, store, out_path],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, case, store, out_path],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), torch.load(out_path)
 
@@ -87,7 +92,11 @@ def test_a_package_from_cuda0_runs_on_cuda1_without_a_trace_or_a_compile(tmp_pat
         assert torch.equal(outputs[name], torch_outputs[name]), name
     # And back: the package (still cuda:0's) loads on cuda:0 as it is.
     again, _ = run(tmp_path, "megacache", case, 0, store)
-    assert again["traced"] == 0 and again["megacache"]["moved"] == 0 and again["megacache"]["hits"] == 1
+    assert (
+        again["traced"] == 0
+        and again["megacache"]["moved"] == 0
+        and again["megacache"]["hits"] == 1
+    )
 
 
 def test_code_for_two_gpus_is_loaded_as_it_is_and_never_crashes(tmp_path):

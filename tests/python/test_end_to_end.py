@@ -6,7 +6,6 @@ import subprocess
 
 import pytest
 import torch
-
 from conftest import DATA, read_tree, run_workload
 
 
@@ -70,7 +69,9 @@ def test_standalone_compile_file_is_read(compiled, tmp_path):
     assert read_tree(tmp_path / "ours") == read_tree(tmp_path / "torch")
 
 
-@pytest.mark.parametrize("fixture", ["mega_mlp_infer.bin", "mega_graphbreak.bin", "mega_dynamic.bin"])
+@pytest.mark.parametrize(
+    "fixture", ["mega_mlp_infer.bin", "mega_graphbreak.bin", "mega_dynamic.bin"]
+)
 def test_gpu_fixture_trees_equal_torchs(fixture, tmp_path, monkeypatch):
     # torch 2.13 unpickles each FX graph at populate time to emit its Triton bundle, which
     # needs triton for these CUDA graphs; without triton that step is switched off so torch

@@ -15,6 +15,7 @@ def decorate(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -31,8 +32,11 @@ def plain(x):
 def guards_pickler(file):
     """torch's GuardsStatePickler with empty tables: it takes one table more in 2.15
     (value_guarded_containers), each before the file."""
-    tables = [name for name in inspect.signature(GuardsStatePickler.__init__).parameters
-              if name not in ("self", "args", "kwargs")]
+    tables = [
+        name
+        for name in inspect.signature(GuardsStatePickler.__init__).parameters
+        if name not in ("self", "args", "kwargs")
+    ]
     return GuardsStatePickler(*({} for _ in tables), file)
 
 
@@ -56,9 +60,14 @@ def test_a_function_behind_a_wraps_decorator_pickles_as_itself():
 def test_unique_names_move_past_every_installed_name():
     hooks.advance_unique_ids([])
     start = int(bytecode_transformation.unique_id("x").rsplit("_", 1)[1])
-    hooks.advance_unique_ids([f"__builtins_dict___{start + 40}",
-                              f"__compiled_fn_{start + 56}_0a1b2c3d_4e5f_6a7b_8c9d_0e1f2a3b4c5d",
-                              "__import_torch", "___module_collections_139908171910576_c0"])
+    hooks.advance_unique_ids(
+        [
+            f"__builtins_dict___{start + 40}",
+            f"__compiled_fn_{start + 56}_0a1b2c3d_4e5f_6a7b_8c9d_0e1f2a3b4c5d",
+            "__import_torch",
+            "___module_collections_139908171910576_c0",
+        ]
+    )
     assert bytecode_transformation.unique_id("x") == f"x_{start + 57}"
     hooks.advance_unique_ids([f"__builtins_dict___{start}"])  # never moves back
     assert bytecode_transformation.unique_id("x") == f"x_{start + 58}"

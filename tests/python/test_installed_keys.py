@@ -31,14 +31,17 @@ from megacache.torch import installed_keys
 original = cache.triton_key
 fields = json.loads(sys.argv[1])
 seeded = installed_keys.seed(fields)
-print(json.dumps({"seeded": "triton_key" in seeded, "key": cache.triton_key(), "compat": compat.triton_key(),
+print(json.dumps({"seeded": "triton_key" in seeded, "key": cache.triton_key(),
+                  "compat": compat.triton_key(),
                   "hashed": original.cache_info().currsize,
                   "recorded": dict(installed_keys.recorded())}))
 """
 
 
 def run(code, *args):
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -105,8 +108,10 @@ def test_torchs_recorded_key_is_used_under_the_same_identity_without_hashing_tor
 
 def test_torch_computes_its_own_key_under_another_identity_or_from_a_bad_value():
     fields = {k: v for k, v in run(RECORD_TORCH).items() if k.startswith("torch_")}
-    for forged in (dict(fields, torch_identity="0" * 64, torch_key="ab" * 32),
-                   dict(fields, torch_key="not hex")):
+    for forged in (
+        dict(fields, torch_identity="0" * 64, torch_key="ab" * 32),
+        dict(fields, torch_key="not hex"),
+    ):
         loaded = run(SEED_TORCH, json.dumps(forged))
         assert loaded["seeded"] is False
         assert loaded["key"] == loaded["bound"] == fields["torch_key"]
@@ -116,7 +121,9 @@ def test_torch_computes_its_own_key_under_another_identity_or_from_a_bad_value()
 def test_a_process_that_exits_while_the_identities_are_taken_exits_cleanly():
     # The walk ends during the interpreter's shutdown (torch's takes longer than the walk): a
     # daemon thread was unwound there through the binding's GIL release, and the process aborted.
-    code = ("import torch\nfrom megacache.torch import installed_keys\n"
-            "installed_keys.take_identities_in_background()\n")
+    code = (
+        "import torch\nfrom megacache.torch import installed_keys\n"
+        "installed_keys.take_identities_in_background()\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -25,7 +25,11 @@ def run(script, *args, cwd, cache_dir, env=None, timeout=900):
     # -P: the copy of cases.py in `cwd` (which tests edit) must win over the one beside the script.
     proc = subprocess.run(
         [sys.executable, "-P", str(HERE / script), *map(str, args)],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, f"{script} {args} failed:\n{proc.stderr[-5000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -48,8 +52,15 @@ def cold(tmp_path_factory):
     def compile_case(case):
         out = root / case
         out.mkdir()
-        report = run("workload.py", case, "cold", out / "package.mcpkg", out,
-                     cwd=code, cache_dir=root / f"cache-{case}")
+        report = run(
+            "workload.py",
+            case,
+            "cold",
+            out / "package.mcpkg",
+            out,
+            cwd=code,
+            cache_dir=root / f"cache-{case}",
+        )
         return case, out, report
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -66,8 +77,16 @@ def test_fresh_process_loads_the_package_without_compiling(cold, case, tmp_path)
 
     machine_tmp = tmp_path / "tmp"  # the temporary dir of a fresh machine: empty
     machine_tmp.mkdir()
-    report = run("workload.py", case, "load", out / "package.mcpkg", tmp_path,
-                 cwd=code, cache_dir=tmp_path / "cache", env={"TMPDIR": str(machine_tmp)})
+    report = run(
+        "workload.py",
+        case,
+        "load",
+        out / "package.mcpkg",
+        tmp_path,
+        cwd=code,
+        cache_dir=tmp_path / "cache",
+        env={"TMPDIR": str(machine_tmp)},
+    )
     assert report["dynamo_cache"].get("dynamo_cache_hit", 0) >= 1
     assert "dynamo_cache_miss" not in report["dynamo_cache"]
     # Nothing was traced or compiled: no FX graph lookup at all, hit or miss.
@@ -92,8 +111,11 @@ def test_an_installed_kernel_library_is_served_and_a_removed_one_built_again(tmp
     from megacache.torch import precompile
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    for table in (codecache.CppCodeCache, codecache.CppPythonBindingsCodeCache,
-                  codecache.CppWrapperCodeCache):
+    for table in (
+        codecache.CppCodeCache,
+        codecache.CppPythonBindingsCodeCache,
+        codecache.CppWrapperCodeCache,
+    ):
         monkeypatch.setattr(table, "cache", {})  # this test's entries leave with it
     source = 'extern "C" int megacache_answer() { return 42; }'
     assert codecache.CppCodeCache.load(source).megacache_answer() == 42
@@ -126,8 +148,9 @@ def test_unpacked_package_is_readable_and_loads(cold, tmp_path):
     fingerprint = json.loads((unpacked / "fingerprint.json").read_text())
     assert fingerprint["torch"] == torch.__version__ and fingerprint["cpu_flags"]
 
-    report = run("workload.py", "plain", "load", unpacked, tmp_path,
-                 cwd=code, cache_dir=tmp_path / "cache")
+    report = run(
+        "workload.py", "plain", "load", unpacked, tmp_path, cwd=code, cache_dir=tmp_path / "cache"
+    )
     assert report["dynamo_cache"].get("dynamo_cache_hit") == 2
     assert "fxgraph_cache_miss" not in report["inductor"]
 
@@ -135,8 +158,15 @@ def test_unpacked_package_is_readable_and_loads(cold, tmp_path):
 def test_package_from_a_store_url_loads(cold, tmp_path):
     code, done = cold
     out, _ = done["plain"]
-    report = run("workload.py", "plain", "load", f"file://{out / 'store'}", tmp_path,
-                 cwd=code, cache_dir=tmp_path / "cache")
+    report = run(
+        "workload.py",
+        "plain",
+        "load",
+        f"file://{out / 'store'}",
+        tmp_path,
+        cwd=code,
+        cache_dir=tmp_path / "cache",
+    )
     assert report["dynamo_cache"].get("dynamo_cache_hit") == 2
     assert "fxgraph_cache_miss" not in report["inductor"]
     assert torch.equal(torch.load(out / "cold.pt")[0], torch.load(tmp_path / "load.pt")[0])
@@ -160,7 +190,9 @@ def test_mismatched_environment_function_source_and_signature_raise(cold, tmp_pa
     source = source.replace("def forward(self, x):", "def forward(self, x, bias=0):")
     (changed / "cases.py").write_text(source)
 
-    results = run("mismatch.py", out / "package.mcpkg", edited, cwd=changed, cache_dir=tmp_path / "cache")
+    results = run(
+        "mismatch.py", out / "package.mcpkg", edited, cwd=changed, cache_dir=tmp_path / "cache"
+    )
     assert results["environment"] == (
         f"package built with torch {other_torch}, this is {torch.__version__}"
     )
@@ -184,8 +216,13 @@ def test_automatic_mode_fleet_compiles_once(redis_url, tmp_path):
     code = copy_cases(tmp_path)
 
     def member(i):
-        return run("automatic.py", redis_url, tmp_path / f"out{i}.pt", cwd=code,
-                   cache_dir=tmp_path / f"cache{i}")
+        return run(
+            "automatic.py",
+            redis_url,
+            tmp_path / f"out{i}.pt",
+            cwd=code,
+            cache_dir=tmp_path / f"cache{i}",
+        )
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         reports = list(pool.map(member, range(4)))
@@ -197,7 +234,9 @@ def test_automatic_mode_fleet_compiles_once(redis_url, tmp_path):
     assert len(warm) == 3, reports
     for r in warm:
         assert r["dynamo_cache"] == {"dynamo_cache_hit": 1}
-        assert "fxgraph_cache_miss" not in r["inductor"] and "fxgraph_cache_hit" not in r["inductor"]
+        assert (
+            "fxgraph_cache_miss" not in r["inductor"] and "fxgraph_cache_hit" not in r["inductor"]
+        )
     outputs = [torch.load(tmp_path / f"out{i}.pt") for i in range(4)]
     assert all(torch.equal(outputs[0], o) for o in outputs[1:])
 
@@ -207,11 +246,18 @@ def test_automatic_mode_training_package_includes_the_backward(tmp_path):
     once torch records it, so the next process compiles neither direction."""
     code = copy_cases(tmp_path)
     store = f"file://{tmp_path / 'store'}"
-    first = run("automatic.py", store, tmp_path / "a.pt", "train", cwd=code, cache_dir=tmp_path / "c1")
+    first = run(
+        "automatic.py", store, tmp_path / "a.pt", "train", cwd=code, cache_dir=tmp_path / "c1"
+    )
     assert first["automatic"]["published"] == 1 and first["inductor"]["fxgraph_cache_miss"] == 2
-    second = run("automatic.py", store, tmp_path / "b.pt", "train", cwd=code, cache_dir=tmp_path / "c2")
+    second = run(
+        "automatic.py", store, tmp_path / "b.pt", "train", cwd=code, cache_dir=tmp_path / "c2"
+    )
     assert second["automatic"]["hits"] == 1 and second["automatic"]["published"] == 0
-    assert "fxgraph_cache_miss" not in second["inductor"] and "fxgraph_cache_hit" not in second["inductor"]
+    assert (
+        "fxgraph_cache_miss" not in second["inductor"]
+        and "fxgraph_cache_hit" not in second["inductor"]
+    )
     assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt"))
 
 
@@ -225,21 +271,48 @@ def test_cuda_jit_entries_made_after_a_publish_go_out_and_install_for_the_same_d
 
     code = copy_cases(tmp_path)
     store = f"file://{tmp_path / 'store'}"
-    first = run("cuda_jit.py", store, tmp_path / "jit1", "570.1", "record", tmp_path / "a.pt",
-                cwd=code, cache_dir=tmp_path / "c1")
+    first = run(
+        "cuda_jit.py",
+        store,
+        tmp_path / "jit1",
+        "570.1",
+        "record",
+        tmp_path / "a.pt",
+        cwd=code,
+        cache_dir=tmp_path / "c1",
+    )
     assert first["automatic"]["published"] == 1  # as the backward compiled; once more at exit
-    packages = [_core.Package.from_bytes(_core.Store(store).get(name))
-                for name, _, _ in _core.Store(store).list() if name.startswith("precompile-")]
+    packages = [
+        _core.Package.from_bytes(_core.Store(store).get(name))
+        for name, _, _ in _core.Store(store).list()
+        if name.startswith("precompile-")
+    ]
     assert [package.cuda_jit_paths for package in packages] == [["1/a/0f1", "2/b/0b2"]]
     assert dict(packages[0].fingerprint)["cuda_driver"] == "570.1"
 
-    same = run("cuda_jit.py", store, tmp_path / "jit2", "570.1", "load", tmp_path / "b.pt",
-               cwd=code, cache_dir=tmp_path / "c2")
+    same = run(
+        "cuda_jit.py",
+        store,
+        tmp_path / "jit2",
+        "570.1",
+        "load",
+        tmp_path / "b.pt",
+        cwd=code,
+        cache_dir=tmp_path / "c2",
+    )
     assert same["automatic"]["hits"] == 1 and same["automatic"]["published"] == 0
     assert same["after_first_call"] == ["1/a/0f1", "2/b/0b2"]
     assert (tmp_path / "jit2/2/b/0b2").read_text() == "the driver's build 2/b/0b2"
-    other = run("cuda_jit.py", store, tmp_path / "jit3", "580.2", "load", tmp_path / "c.pt",
-                cwd=code, cache_dir=tmp_path / "c3")
+    other = run(
+        "cuda_jit.py",
+        store,
+        tmp_path / "jit3",
+        "580.2",
+        "load",
+        tmp_path / "c.pt",
+        cwd=code,
+        cache_dir=tmp_path / "c3",
+    )
     assert other["automatic"]["hits"] == 1 and other["after_first_call"] == []
     assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt"))
     assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "c.pt"))
@@ -252,9 +325,13 @@ def test_a_function_that_compiled_twice_starts_warm_for_both(tmp_path):
     neither graph."""
     code = copy_cases(tmp_path)
     store = f"file://{tmp_path / 'store'}"
-    first = run("automatic.py", store, tmp_path / "a.pt", "lengths", cwd=code, cache_dir=tmp_path / "c1")
+    first = run(
+        "automatic.py", store, tmp_path / "a.pt", "lengths", cwd=code, cache_dir=tmp_path / "c1"
+    )
     assert first["automatic"]["published"] == 2 and first["inductor"]["fxgraph_cache_miss"] == 2
-    second = run("automatic.py", store, tmp_path / "b.pt", "lengths", cwd=code, cache_dir=tmp_path / "c2")
+    second = run(
+        "automatic.py", store, tmp_path / "b.pt", "lengths", cwd=code, cache_dir=tmp_path / "c2"
+    )
     assert "fxgraph_cache_miss" not in second["inductor"], second
     assert second["automatic"]["hits"] == 1 and second["automatic"]["published"] == 0, second
     assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt"))
@@ -296,14 +373,21 @@ def test_standalone_compile_files_are_torchs_own(tmp_path):
     run("standalone.py", "save", tmp_path, cwd=tmp_path, cache_dir=tmp_path / "c1")
     assert (tmp_path / "ours.bin").read_bytes() == (tmp_path / "torch.bin").read_bytes()
     report = run("standalone.py", "load", tmp_path, cwd=tmp_path, cache_dir=tmp_path / "c2")
-    assert report == {"torch_loads_ours": True, "we_load_torchs": True, "unpacked": True, "fx_miss": 0}
+    assert report == {
+        "torch_loads_ours": True,
+        "we_load_torchs": True,
+        "unpacked": True,
+        "fx_miss": 0,
+    }
 
 
 def test_standalone_file_from_another_torch_build_is_refused(tmp_path):
     import megacache
     from megacache import _core
 
-    data = bytearray((Path(__file__).parent.parent / "data" / "standalone_cpu_torch2.13.bin").read_bytes())
+    data = bytearray(
+        (Path(__file__).parent.parent / "data" / "standalone_cpu_torch2.13.bin").read_bytes()
+    )
     kind, torch_key, aot_key, blob = _core.standalone_parts(bytes(data))
     other = _core.standalone_file(bytes(32), aot_key, blob)
     (tmp_path / "other.bin").write_bytes(other)
@@ -331,8 +415,14 @@ def test_a_failing_load_step_compiles_as_if_there_were_no_package(published_mlp,
     code, root = published_mlp
     store = root / f"store-{stage}"
     shutil.copytree(root / "store", store)
-    report = run("faults.py", stage, f"file://{store}", tmp_path / "out.pt", cwd=code,
-                 cache_dir=tmp_path / "cache")
+    report = run(
+        "faults.py",
+        stage,
+        f"file://{store}",
+        tmp_path / "out.pt",
+        cwd=code,
+        cache_dir=tmp_path / "cache",
+    )
     stats = report["automatic"]
     assert stats["refused"] == 1 and stats[f"refused_{stage}"] == 1, stats
     assert stats["hits"] == 0 and stats["published"] == 1, stats
@@ -340,8 +430,14 @@ def test_a_failing_load_step_compiles_as_if_there_were_no_package(published_mlp,
     assert torch.equal(torch.load(tmp_path / "out.pt"), torch.load(root / "cold.pt"))
     assert report["packaged_names"] and report["packaged_names_left"] == [], report
 
-    again = run("faults.py", "none", f"file://{store}", tmp_path / "again.pt", cwd=code,
-                cache_dir=tmp_path / "cache-again")
+    again = run(
+        "faults.py",
+        "none",
+        f"file://{store}",
+        tmp_path / "again.pt",
+        cwd=code,
+        cache_dir=tmp_path / "cache-again",
+    )
     assert again["automatic"]["hits"] == 1 and again["automatic"]["refused"] == 0, again
 
 
@@ -350,8 +446,14 @@ def test_a_load_builds_the_packages_guards_once(published_mlp, tmp_path):
     the kinds a package cannot keep. A package's guards went through that filter when they
     were recorded, so its install builds them once."""
     code, root = published_mlp
-    report = run("faults.py", "none", f"file://{root / 'store'}", tmp_path / "out.pt", cwd=code,
-                 cache_dir=tmp_path / "cache")
+    report = run(
+        "faults.py",
+        "none",
+        f"file://{root / 'store'}",
+        tmp_path / "out.pt",
+        cwd=code,
+        cache_dir=tmp_path / "cache",
+    )
     assert report["automatic"]["hits"] == 1, report["automatic"]
     assert report["guard_builds"] == 1, report
     assert torch.equal(torch.load(tmp_path / "out.pt"), torch.load(root / "cold.pt"))
@@ -364,14 +466,27 @@ def test_a_frame_torch_cannot_record_compiles_as_plain_torch_would(published_mlp
     torch 2.11 hits) or the FX graph cache behind it (torch 2.13 and later)."""
     code, root = published_mlp
     store = f"file://{tmp_path / 'store'}"
-    first = run("faults.py", "record", store, tmp_path / "first.pt", cwd=code,
-                cache_dir=tmp_path / "cache-first")
+    first = run(
+        "faults.py",
+        "record",
+        store,
+        tmp_path / "first.pt",
+        cwd=code,
+        cache_dir=tmp_path / "cache-first",
+    )
     assert first["automatic"]["published"] == 1, first
     assert torch.equal(torch.load(tmp_path / "first.pt"), torch.load(root / "cold.pt"))
-    second = run("faults.py", "none", store, tmp_path / "second.pt", cwd=code,
-                 cache_dir=tmp_path / "cache-second")
-    cache_hits = (second["inductor"].get("fxgraph_cache_hit", 0)
-                  + second["aot_autograd"].get("autograd_cache_hit", 0))
+    second = run(
+        "faults.py",
+        "none",
+        store,
+        tmp_path / "second.pt",
+        cwd=code,
+        cache_dir=tmp_path / "cache-second",
+    )
+    cache_hits = second["inductor"].get("fxgraph_cache_hit", 0) + second["aot_autograd"].get(
+        "autograd_cache_hit", 0
+    )
     assert cache_hits == 1, second
     assert "fxgraph_cache_miss" not in second["inductor"], second
     assert torch.equal(torch.load(tmp_path / "second.pt"), torch.load(root / "cold.pt"))
@@ -379,8 +494,14 @@ def test_a_frame_torch_cannot_record_compiles_as_plain_torch_would(published_mlp
 
 def test_the_callers_own_error_on_the_first_call_reaches_the_caller(published_mlp, tmp_path):
     code, root = published_mlp
-    report = run("faults.py", "user_error", f"file://{root / 'store'}", tmp_path / "out.pt",
-                 cwd=code, cache_dir=tmp_path / "cache")
+    report = run(
+        "faults.py",
+        "user_error",
+        f"file://{root / 'store'}",
+        tmp_path / "out.pt",
+        cwd=code,
+        cache_dir=tmp_path / "cache",
+    )
     assert report["user_error_reached"] is True
     assert report["automatic"]["refused"] == 0, report["automatic"]
     assert torch.equal(torch.load(tmp_path / "out.pt"), torch.load(root / "cold.pt"))
@@ -399,17 +520,26 @@ def test_the_graphs_inside_a_stored_packages_backends_are_found(published_mlp):
     store = _core.Store(f"file://{root / 'store'}")
     [name] = [name for name, _, _ in store.list() if name.startswith("precompile-")]
     package = _core.Package.from_bytes(store.get(name), "")
-    backends = [pickle.loads(pickled) for key in package.keys()
-                for pickled in package.function(key)["backends"].values()]
+    backends = [
+        pickle.loads(pickled)
+        for key in package.keys()
+        for pickled in package.function(key)["backends"].values()
+    ]
     graphs = [graph for backend in backends for graph in devices.graphs(backend)]
     assert graphs and all(devices.wrapper_source(graph) for graph in graphs), backends
     sources = devices.wrapper_sources(backends)
-    assert all(_core.calls_cublas(source) for source in sources)  # the MLP's Linear layers: extern mm
+    # the MLP's Linear layers: extern mm
+    assert all(_core.calls_cublas(source) for source in sources)
     # ...whose products the warm-up runs ahead: x (4, 16) by fc1's weight (32, 16) transposed,
     # then (4, 32) by fc2's (8, 32), each as torch's wrapper lays them out, once.
     products = warm_up.matrix_products(sources)
-    shapes = [(p.op, p.dtype, p.operands[-2].sizes, p.operands[-1].sizes, p.out.sizes) for p in products]
-    assert [shape[2:] for shape in shapes] == [([4, 16], [16, 32], [4, 32]), ([4, 32], [32, 8], [4, 8])], shapes
+    shapes = [
+        (p.op, p.dtype, p.operands[-2].sizes, p.operands[-1].sizes, p.out.sizes) for p in products
+    ]
+    assert [shape[2:] for shape in shapes] == [
+        ([4, 16], [16, 32], [4, 32]),
+        ([4, 32], [32, 8], [4, 8]),
+    ], shapes
     assert all(op in ("mm", "addmm") and dtype == "float32" for op, dtype, *_ in shapes), shapes
     assert products[0].operands[-1].strides == [1, 16]  # the weight, read transposed
 
@@ -435,14 +565,21 @@ print(json.dumps({"taken": taken, "bypassed": [list(b) for b in package.bypassed
 """
 
 
-@pytest.mark.skipif(not hasattr(PrecompileContext, "take_artifact"),
-                    reason="PrecompileContext.take_artifact is torch 2.15's")
+@pytest.mark.skipif(
+    not hasattr(PrecompileContext, "take_artifact"),
+    reason="PrecompileContext.take_artifact is torch 2.15's",
+)
 def test_a_backend_torch_takes_for_itself_stays_in_the_package(tmp_path):
     """torch 2.15's PrecompileSession pops backends from PrecompileContext; before megacache
     copied them as they were taken, the package marked that frame bypassed."""
     environment = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, "-c", TAKE_BACKENDS, str(tmp_path / "f.mcpkg")],
-                          env=environment, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", TAKE_BACKENDS, str(tmp_path / "f.mcpkg")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["taken"], "torch recorded no backend to take"

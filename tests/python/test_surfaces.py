@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_precompile import run
 
 import megacache
 from megacache.torch import surfaces
-
-from test_precompile import run
 
 HERE = Path(__file__).parent / "precompile"
 
@@ -23,26 +22,38 @@ def test_this_torch_offers_every_surface():
 
 def test_a_surface_names_what_is_missing_or_different():
     assert surfaces.Surface("torch._dynamo.package", "CompilePackage.no_such_method").problem() == (
-        "torch._dynamo.package.CompilePackage.no_such_method is missing")
-    assert surfaces.Surface("torch._dynamo.no_such_module", "x").problem().startswith(
-        "torch._dynamo.no_such_module does not import (ModuleNotFoundError")
-    assert surfaces.Surface("torch._dynamo.package", "CompilePackage.install", ("code",)).problem() == (
-        "torch._dynamo.package.CompilePackage.install takes (backends), not (code)")
+        "torch._dynamo.package.CompilePackage.no_such_method is missing"
+    )
+    assert (
+        surfaces.Surface("torch._dynamo.no_such_module", "x")
+        .problem()
+        .startswith("torch._dynamo.no_such_module does not import (ModuleNotFoundError")
+    )
+    assert surfaces.Surface(
+        "torch._dynamo.package", "CompilePackage.install", ("code",)
+    ).problem() == ("torch._dynamo.package.CompilePackage.install takes (backends), not (code)")
 
 
 def degraded(tmp_path, how, store, name):
     out = tmp_path / name
     out.mkdir()
-    report = run(HERE / "degraded.py", how, store, out / "result.pt", cwd=HERE,
-                 cache_dir=out / "torch-cache")
+    report = run(
+        HERE / "degraded.py", how, store, out / "result.pt", cwd=HERE, cache_dir=out / "torch-cache"
+    )
     report["result"] = torch.load(out / "result.pt")
     return report
 
 
-@pytest.mark.parametrize("how, surface", [
-    ("missing", "torch._dynamo.guards._Missing is missing"),
-    ("different", "torch._dynamo.package.CompilePackage.code_context takes (code_object), not (code)"),
-])
+@pytest.mark.parametrize(
+    "how, surface",
+    [
+        ("missing", "torch._dynamo.guards._Missing is missing"),
+        (
+            "different",
+            "torch._dynamo.package.CompilePackage.code_context takes (code_object), not (code)",
+        ),
+    ],
+)
 def test_a_missing_package_surface_runs_at_mega_cache_level(tmp_path, how, surface):
     """Before surfaces.py, enable() imported hooks.py, whose import of torch's _Missing raised
     ImportError into the job; a changed code_context broke every compile megacache recorded."""
@@ -55,7 +66,9 @@ def test_a_missing_package_surface_runs_at_mega_cache_level(tmp_path, how, surfa
     assert first["inductor"]["fxgraph_cache_miss"] >= 1
     # One warning, naming the surface, for two enable() calls.
     assert len(first["warnings"]) == 1 and surface in first["warnings"][0], first["warnings"]
-    assert [name for name, *_ in megacache.open_store(store).list() if name.startswith("mega-cache-")]
+    assert [
+        name for name, *_ in megacache.open_store(store).list() if name.startswith("mega-cache-")
+    ]
 
     second = degraded(tmp_path, how, store, "second")
     stats = second["automatic"]

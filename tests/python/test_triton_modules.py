@@ -24,7 +24,8 @@ built = []
 _check_call = subprocess.check_call
 def check_call(command, *args, **kwargs):
     if isinstance(command, (list, tuple)) and "-o" in command:
-        where = [f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in traceback.extract_stack()[-14:-1]]
+        where = [f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
+                 for f in traceback.extract_stack()[-14:-1]]
         built.append([os.path.basename(str(command[command.index("-o") + 1])), where])
     return _check_call(command, *args, **kwargs)
 subprocess.check_call = check_call
@@ -33,7 +34,9 @@ import torch
 import megacache
 megacache.enable(store=sys.argv[1])
 torch.manual_seed(0)
-model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64)).cuda()
+model = torch.nn.Sequential(
+    torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64)
+).cuda()
 with torch.no_grad():
     out = torch.compile(model)(torch.randn(8, 64, device="cuda"))
 from torch._dynamo.utils import counters
@@ -67,12 +70,17 @@ def fresh_machine(tmp_path, name, store):
     home = tmp_path / name / "home"
     home.mkdir(parents=True)
     # Four compile threads whatever the host's cores: Inductor's compile-worker pool is on.
-    env = dict(os.environ, HOME=str(home), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / name / "torch"),
-               TORCHINDUCTOR_COMPILE_THREADS="4")
+    env = dict(
+        os.environ,
+        HOME=str(home),
+        TORCHINDUCTOR_CACHE_DIR=str(tmp_path / name / "torch"),
+        TORCHINDUCTOR_COMPILE_THREADS="4",
+    )
     env.pop("TRITON_CACHE_DIR", None)
     env.pop("XDG_CACHE_HOME", None)
-    proc = subprocess.run([sys.executable, "-c", CHILD, store], env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, store], env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), tmp_path / name
 
@@ -88,8 +96,11 @@ def test_a_fresh_machine_loads_tritons_driver_helper_from_the_package(tmp_path):
     first, _ = fresh_machine(tmp_path, "first", store)
     assert first["megacache"]["published"] >= 1
     assert built_helper(first), first["built"]
-    packages = [_core.Package.from_bytes(_core.Store(store).get(name))
-                for name, _, _ in _core.Store(store).list() if name.startswith("precompile-")]
+    packages = [
+        _core.Package.from_bytes(_core.Store(store).get(name))
+        for name, _, _ in _core.Store(store).list()
+        if name.startswith("precompile-")
+    ]
     carried = [path for package in packages for path in package.triton_module_paths]
     assert any("/cuda_utils." in path for path in carried), (carried, first)
 

@@ -35,13 +35,17 @@ def first_run_profiled(self, inputs):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         result = run_graph(self, inputs)
         torch.cuda.synchronize()
-    kernel_loads.append(sum(e.count for e in profile.key_averages() if e.key == "cudaFuncGetAttributes"))
+    kernel_loads.append(
+        sum(e.count for e in profile.key_averages() if e.key == "cudaFuncGetAttributes")
+    )
     return result
 
 CompiledFxGraph.__call__ = first_run_profiled
 megacache.enable(store=sys.argv[1])
 torch.manual_seed(0)
-model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256)).cuda()
+model = torch.nn.Sequential(
+    torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256)
+).cuda()
 x = torch.randn(64, 256, device="cuda")
 with torch.no_grad():
     out = torch.compile(model)(x)
@@ -65,8 +69,13 @@ def fresh_machine(tmp_path, name, store):
     for variable in ("TRITON_CACHE_DIR", "XDG_CACHE_HOME", "CUDA_CACHE_PATH"):
         env.pop(variable, None)
     out = tmp_path / name / "out.pt"
-    proc = subprocess.run([sys.executable, "-c", CHILD, store, str(out)], env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, store, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), torch.load(out)
 

@@ -17,7 +17,6 @@ import torch
 
 import megacache
 
-
 DEVICE = os.environ.get("MEGACACHE_TEST_DEVICE", "cpu")
 
 

@@ -23,8 +23,9 @@ def _install_dropins() -> None:
 
     import megacache
 
-    # The tests reach these only as attributes at call time (`torch.compiler.save_cache_artifacts()`),
-    # never via `from torch.compiler import ...`, so replacing the attributes covers every call.
+    # The tests reach these only as attributes at call time
+    # (`torch.compiler.save_cache_artifacts()`), never via `from torch.compiler import ...`, so
+    # replacing the attributes covers every call.
     torch.compiler.save_cache_artifacts = megacache.save_cache_artifacts
     torch.compiler.load_cache_artifacts = megacache.load_cache_artifacts
 
@@ -43,7 +44,7 @@ def _ungate_triton() -> None:
     # lets those run; their GPU parametrizations still skip themselves (HAS_GPU is False).
     import torch.testing._internal.inductor_utils as inductor_utils
 
-    inductor_utils.requires_triton = lambda: (lambda fn: fn)
+    inductor_utils.requires_triton = lambda: lambda fn: fn
 
 
 def pytest_configure(config) -> None:
@@ -61,5 +62,7 @@ def pytest_configure(config) -> None:
 
 
 def pytest_report_header(config) -> str:
-    return (f"megacache upstream mode: {os.environ.get('MEGACACHE_UPSTREAM_MODE', 'plain')}, "
-            f"MEGACACHE_DIR={os.environ.get('MEGACACHE_DIR', '')}")
+    return (
+        f"megacache upstream mode: {os.environ.get('MEGACACHE_UPSTREAM_MODE', 'plain')}, "
+        f"MEGACACHE_DIR={os.environ.get('MEGACACHE_DIR', '')}"
+    )

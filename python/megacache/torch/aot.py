@@ -34,7 +34,8 @@ def _torch_api() -> Any:
     if api is None or not hasattr(api, "load"):
         raise UnsupportedTorchError(
             f"torch {torch.__version__} has no torch.compiler.precompile with a load(): "
-            "ahead-of-time pairs need torch 2.14 or later")
+            "ahead-of-time pairs need torch 2.14 or later"
+        )
     return api
 
 
@@ -46,30 +47,52 @@ def _cache_fields(cache: bytes) -> List[Tuple[str, str]]:
     try:
         envelope = torch.load(io.BytesIO(cache), weights_only=True)
     except Exception as error:  # torch.load raises many types for bytes that are not its format
-        raise InvalidInputError(f"the cache is not a torch.compiler.precompile cache: {error}") from error
+        raise InvalidInputError(
+            f"the cache is not a torch.compiler.precompile cache: {error}"
+        ) from error
     if not isinstance(envelope, dict):
         raise InvalidInputError("the cache is not a torch.compiler.precompile cache: not a dict")
-    return [(str(name), str(value)) for name, value in envelope.items()
-            if isinstance(value, (str, int)) and not isinstance(value, bool)]
+    return [
+        (str(name), str(value))
+        for name, value in envelope.items()
+        if isinstance(value, (str, int)) and not isinstance(value, bool)
+    ]
 
 
-def save(path: str, python_code: Optional[str], cache: Optional[bytes], *,
-         artifact_path: Optional[str], cache_path: Optional[str], sign_with: Optional[str]) -> None:
+def save(
+    path: str,
+    python_code: Optional[str],
+    cache: Optional[bytes],
+    *,
+    artifact_path: Optional[str],
+    cache_path: Optional[str],
+    sign_with: Optional[str],
+) -> None:
     from pathlib import Path
 
     from megacache.torch import mega_cache
 
-    if (python_code is None) != (cache is None) or (artifact_path is None) != (cache_path is None) \
-            or (python_code is None) == (artifact_path is None):
-        raise ValueError("give either python_code and cache (torch 2.14's precompile() result) "
-                         "or artifact_path and cache_path (the files torch 2.15's capture() wrote)")
+    if (
+        (python_code is None) != (cache is None)
+        or (artifact_path is None) != (cache_path is None)
+        or (python_code is None) == (artifact_path is None)
+    ):
+        raise ValueError(
+            "give either python_code and cache (torch 2.14's precompile() result) "
+            "or artifact_path and cache_path (the files torch 2.15's capture() wrote)"
+        )
     if python_code is not None:
         api, code = CALLABLE_API, python_code.encode()
     else:
-        api, code, cache = CAPTURE_API, Path(artifact_path).read_bytes(), Path(cache_path).read_bytes()
+        api, code, cache = (
+            CAPTURE_API,
+            Path(artifact_path).read_bytes(),
+            Path(cache_path).read_bytes(),
+        )
     signing_key = Path(sign_with).read_text().strip() if sign_with else ""
-    data = _core.aot_pair_bytes(api, code, cache, _cache_fields(cache),
-                                mega_cache.current_fingerprint(), 3, signing_key)
+    data = _core.aot_pair_bytes(
+        api, code, cache, _cache_fields(cache), mega_cache.current_fingerprint(), 3, signing_key
+    )
     _core.write_file_atomic(path, data)
 
 
@@ -82,8 +105,10 @@ def load(data: bytes) -> Any:
     differences = _core.compare_fingerprints(fingerprint, mega_cache.current_fingerprint())
     if differences:
         # torch decides: its cache is acceleration only, and it refuses what it cannot run.
-        log.warning("megacache: this precompile pair was built for another environment: %s",
-                    "; ".join(f"{name} {built} here {current}" for name, built, current in differences))
+        log.warning(
+            "megacache: this precompile pair was built for another environment: %s",
+            "; ".join(f"{name} {built} here {current}" for name, built, current in differences),
+        )
     torch_api = _torch_api()
     if not hasattr(torch_api, "capture"):  # 2.14: load(python_code, cache)
         return torch_api.load(python_code.decode(), cache)

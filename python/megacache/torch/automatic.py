@@ -80,7 +80,9 @@ class _MegaCacheMode:
             self.published |= set(artifacts)
             self.counts["published"] += 1
         except CACHE_ERRORS as error:
-            log.warning("megacache: could not publish the Mega-Cache bundle %s: %s", self.name, error)
+            log.warning(
+                "megacache: could not publish the Mega-Cache bundle %s: %s", self.name, error
+            )
 
 
 _mega_cache_mode: Optional[_MegaCacheMode] = None
@@ -131,10 +133,19 @@ def enable(store: Optional[str], wait_seconds: float) -> None:
     level, why = surfaces.level()
     with _lock:
         if why and not _warned:
-            needs, runs = (("packages", "runs at Mega-Cache level") if level == surfaces.MEGA_CACHE_LEVEL
-                           else ("Mega-Cache drop-ins", "is off"))
-            log.warning("megacache: torch %s lacks what megacache's %s need: %s; automatic mode %s "
-                        "(docs/compatibility.md).", torch.__version__, needs, "; ".join(why), runs)
+            needs, runs = (
+                ("packages", "runs at Mega-Cache level")
+                if level == surfaces.MEGA_CACHE_LEVEL
+                else ("Mega-Cache drop-ins", "is off")
+            )
+            log.warning(
+                "megacache: torch %s lacks what megacache's %s need: %s; automatic mode %s "
+                "(docs/compatibility.md).",
+                torch.__version__,
+                needs,
+                "; ".join(why),
+                runs,
+            )
             _warned = True
         disable()
         _level = level

@@ -53,7 +53,9 @@ def graphs(backend: Any) -> List[Any]:
     """The compiled graphs (CompiledFxGraph) of a bundled AOTAutograd entry: forward, backward.
     torch 2.11 pickles the entry itself; 2.13 and later wrap it in a
     BundledAOTAutogradCacheArtifact, whose `content` it is."""
-    entry = backend.content if hasattr(getattr(backend, "content", None), "compiled_fw") else backend
+    entry = (
+        backend.content if hasattr(getattr(backend, "content", None), "compiled_fw") else backend
+    )
     graphs = []
     for part in ("compiled_fw", "compiled_bw"):
         graph = getattr(getattr(entry, part, None), "result", None)
@@ -68,16 +70,25 @@ def wrapper_source(graph: Any) -> Optional[str]:
     (Inductor's Python wrapper defines `call`), not by what it is not, so an unknown form of
     output is never moved."""
     source = getattr(graph, "source_code", None)
-    if (not isinstance(source, str) or not hasattr(graph, "_triton_bundle") or "def call(" not in source
-            or "load_pybinding" in source or "CppWrapperCodeCache" in source):
+    if (
+        not isinstance(source, str)
+        or not hasattr(graph, "_triton_bundle")
+        or "def call(" not in source
+        or "load_pybinding" in source
+        or "CppWrapperCodeCache" in source
+    ):
         return None
     return source
 
 
 def wrapper_sources(backends: Iterable[Any]) -> List[str]:
     """The Python wrappers of every graph of these (unpickled) backends that has one."""
-    return [source for backend in backends for graph in graphs(backend)
-            if (source := wrapper_source(graph)) is not None]
+    return [
+        source
+        for backend in backends
+        for graph in graphs(backend)
+        if (source := wrapper_source(graph)) is not None
+    ]
 
 
 def named_device(sources: Iterable[str]) -> Optional[int]:
@@ -99,7 +110,9 @@ def move_for(backends: Dict[str, Any]) -> Optional[Move]:
     source = named_device(wrapper_sources(backends.values()))
     if source is None:
         return None
-    if source == target or (source < torch.cuda.device_count() and torch.cuda.memory_allocated(source) > 0):
+    if source == target or (
+        source < torch.cuda.device_count() and torch.cuda.memory_allocated(source) > 0
+    ):
         return None
     return Move(source, target)
 
@@ -137,22 +150,28 @@ def _move_graph(graph: Any, move: Move) -> None:
 
     source = wrapper_source(graph)
     if source is None:
-        raise CannotMove(f"its {type(graph).__name__} is not a graph with a Python wrapper megacache "
-                         "can rewrite for another device")
+        raise CannotMove(
+            f"its {type(graph).__name__} is not a graph with a Python wrapper megacache "
+            "can rewrite for another device"
+        )
     moved_source = _core.remap_cuda_device(source, move.source, move.target)
     # torch finds a bundled, statically launchable kernel by the key of its source text.
     moved_keys = {
         CompiledTritonKernels.key(kernel): CompiledTritonKernels.key(
-            _core.remap_cuda_device(kernel, move.source, move.target))
+            _core.remap_cuda_device(kernel, move.source, move.target)
+        )
         for kernel in _core.triton_kernel_sources(source)
     }
     graph.source_code = moved_source
     # The wrapper is written to torch's code cache under this key: never over cuda:source's.
     graph.cache_key = f"{graph.cache_key}_cuda{move.target}"
     graph.device_idxs = type(graph.device_idxs)(
-        move.target if index == move.source else index for index in graph.device_idxs)
+        move.target if index == move.source else index for index in graph.device_idxs
+    )
     for name, constant in list((graph.constants or {}).items()):
-        if isinstance(constant, torch.Tensor) and constant.device == torch.device("cuda", move.source):
+        if isinstance(constant, torch.Tensor) and constant.device == torch.device(
+            "cuda", move.source
+        ):
             graph.constants[name] = constant.to(torch.device("cuda", move.target))
     bundle = graph._triton_bundle
     if bundle is None:
@@ -160,19 +179,29 @@ def _move_graph(graph: Any, move: Move) -> None:
     graph._triton_bundle = dataclasses.replace(
         bundle,
         kernel_artifacts=[
-            dataclasses.replace(artifacts, device=move.target) if artifacts.device == move.source else artifacts
-            for artifacts in bundle.kernel_artifacts],
-        static_autotuners=[_move_autotuner(autotuner, move, moved_keys) for autotuner in bundle.static_autotuners])
+            dataclasses.replace(artifacts, device=move.target)
+            if artifacts.device == move.source
+            else artifacts
+            for artifacts in bundle.kernel_artifacts
+        ],
+        static_autotuners=[
+            _move_autotuner(autotuner, move, moved_keys) for autotuner in bundle.static_autotuners
+        ],
+    )
 
 
 def _move_autotuner(autotuner: Any, move: Move, moved_keys: Dict[str, str]) -> Any:
     """A statically launchable kernel of cuda:source, loading its binary on cuda:target."""
     if autotuner.cache_key not in moved_keys:
-        raise CannotMove(f"the bundled kernel {autotuner.kernel_name} is not compiled by its graph's code")
+        raise CannotMove(
+            f"the bundled kernel {autotuner.kernel_name} is not compiled by its graph's code"
+        )
     kernel = autotuner.kernel
     if kernel.triton_meta.get("device") != move.source or kernel.device_props.index != move.source:
-        raise CannotMove(f"the bundled kernel {autotuner.kernel_name} was compiled for "
-                         f"cuda:{kernel.triton_meta.get('device')}, its graph for cuda:{move.source}")
+        raise CannotMove(
+            f"the bundled kernel {autotuner.kernel_name} was compiled for "
+            f"cuda:{kernel.triton_meta.get('device')}, its graph for cuda:{move.source}"
+        )
     kernel.device_props = kernel.device_props._replace(index=move.target)
     kernel.triton_meta["device"] = move.target
     for result in kernel.compile_results:
@@ -183,7 +212,9 @@ def _move_autotuner(autotuner: Any, move: Move, moved_keys: Dict[str, str]) -> A
 
 
 # The move of the entry torch is installing now, for its guards.
-_installing: contextvars.ContextVar[Optional[Move]] = contextvars.ContextVar("megacache_move", default=None)
+_installing: contextvars.ContextVar[Optional[Move]] = contextvars.ContextVar(
+    "megacache_move", default=None
+)
 
 
 @contextlib.contextmanager

@@ -76,12 +76,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch._dynamo import bytecode_transformation, convert_frame
-from torch._dynamo import guards as dynamo_guards
-from torch._dynamo.guards import _Missing
-from torch._dynamo.codegen import PyCodegen
 from torch._dynamo import exc as dynamo_exc
+from torch._dynamo import guards as dynamo_guards
+from torch._dynamo.codegen import PyCodegen
 from torch._dynamo.exc import PackageError
-from torch._dynamo.package import CompilePackage, _DynamoCodeCacheEntry, SerializedCode
+from torch._dynamo.guards import _Missing
+from torch._dynamo.package import CompilePackage, SerializedCode, _DynamoCodeCacheEntry
 from torch._functorch._aot_autograd import runtime_wrappers
 from torch._inductor import config as inductor_config
 
@@ -92,7 +92,9 @@ log = logging.getLogger("megacache")
 # Tensor attributes that mark_dynamic and its kind set, and that guards check.
 _DIM_MARKINGS = ("_dynamo_", "_has_dynamo_dim_marking")
 # A name torch's unique_id made: "<prefix>_<n>", optionally followed by "_<uuid4>".
-_UNIQUE_NAME = re.compile(r"_(\d+)(?:_[0-9a-f]{8}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{12})?$")
+_UNIQUE_NAME = re.compile(
+    r"_(\d+)(?:_[0-9a-f]{8}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{12})?$"
+)
 
 
 class InstallFailed(Exception):
@@ -108,8 +110,9 @@ class Installation:
     """One function's entry from a package, handed to torch's CompilePackage: what it added
     to module globals, so that all of it can be taken back."""
 
-    def __init__(self, on_failure: Callable[[InstallFailed], None],
-                 move: Optional[devices.Move] = None) -> None:
+    def __init__(
+        self, on_failure: Callable[[InstallFailed], None], move: Optional[devices.Move] = None
+    ) -> None:
         self.fn: Any = None  # what torch initializes the CompilePackage with
         self.on_failure = on_failure
         self.move = move  # the entry's backends were moved to another device: so are its guards
@@ -127,8 +130,9 @@ class Installation:
                 self.globals_before[module] = set(module.__dict__)
 
     def _record_added(self) -> None:
-        self.added = {module: set(module.__dict__) - before
-                      for module, before in self.globals_before.items()}
+        self.added = {
+            module: set(module.__dict__) - before for module, before in self.globals_before.items()
+        }
 
     def undo(self) -> None:
         """Removes everything the install added and leaves torch a fresh CompilePackage, as
@@ -206,8 +210,9 @@ def _wrapped_depth(fn: types.FunctionType) -> Optional[int]:
     return None
 
 
-def restore_dim_markings(unpickle: Callable[..., Any], args: Tuple[Any, ...],
-                         markings: Dict[str, Any]) -> Any:
+def restore_dim_markings(
+    unpickle: Callable[..., Any], args: Tuple[Any, ...], markings: Dict[str, Any]
+) -> Any:
     """torch's own unpickling of a tensor in guard state, with its dimension markings back."""
     tensor = unpickle(*args)
     for name, value in markings.items():
@@ -223,9 +228,14 @@ def _reduce_soundly(original: Callable[..., Any]) -> Callable[..., Any]:
             if depth is not None:
                 return resolve_wrapped, (obj.__module__, obj.__qualname__, depth)
         reduced = original(self, obj)
-        if isinstance(obj, torch.Tensor) and isinstance(reduced, tuple) and reduced[0] is not _Missing:
-            markings = {name: value for name, value in vars(obj).items()
-                        if name.startswith(_DIM_MARKINGS)}
+        if (
+            isinstance(obj, torch.Tensor)
+            and isinstance(reduced, tuple)
+            and reduced[0] is not _Missing
+        ):
+            markings = {
+                name: value for name, value in vars(obj).items() if name.startswith(_DIM_MARKINGS)
+            }
             if markings:
                 return restore_dim_markings, (reduced[0], reduced[1], markings)
         return reduced
@@ -234,7 +244,9 @@ def _reduce_soundly(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _unpickle_on_moved_device(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _unpickle_tensor(cls: Any, meta_tensor: torch.Tensor, device: torch.device, *args: Any) -> Any:
+    def _unpickle_tensor(
+        cls: Any, meta_tensor: torch.Tensor, device: torch.device, *args: Any
+    ) -> Any:
         return original.__func__(cls, meta_tensor, devices.guard_tensor_device(device), *args)
 
     return classmethod(_unpickle_tensor)
@@ -252,13 +264,24 @@ def _record_or_bypass(original: Callable[..., Any]) -> Callable[..., Any]:
             except PackageError as error:
                 # The frame compiles as plain torch.compile would; only the package leaves it
                 # out, and a fresh process traces this frame again (from the FX graph cache).
-                log.warning("megacache: %s (line %d) cannot be packaged and will be traced again "
-                            "on load: %s", getattr(code, "co_qualname", code.co_name),
-                            code.co_firstlineno, error)
+                log.warning(
+                    "megacache: %s (line %d) cannot be packaged and will be traced again "
+                    "on load: %s",
+                    getattr(code, "co_qualname", code.co_name),
+                    code.co_firstlineno,
+                    error,
+                )
                 self._current_entry = _DynamoCodeCacheEntry(
-                    python_code=SerializedCode.from_code_object(code), python_module="",
-                    function_names=[], guarded_codes=[], import_sources={}, backend_ids=[],
-                    code_source=None, install_to_global=False, bypassed=True)
+                    python_code=SerializedCode.from_code_object(code),
+                    python_module="",
+                    function_names=[],
+                    guarded_codes=[],
+                    import_sources={},
+                    backend_ids=[],
+                    code_source=None,
+                    install_to_global=False,
+                    bypassed=True,
+                )
                 try:
                     yield
                 finally:
@@ -275,8 +298,12 @@ def _record_module_globals(original: Callable[..., Any]) -> Callable[..., Any]:
         instruction = original(self, mod)
         package = getattr(self.tx.output, "package", None)
         name = instruction.argval
-        if (package is not None and package._current_entry is not None
-                and isinstance(name, str) and name.startswith("___module_")):
+        if (
+            package is not None
+            and package._current_entry is not None
+            and isinstance(name, str)
+            and name.startswith("___module_")
+        ):
             package.add_import_source(name, mod.__name__)
         return instruction
 
@@ -307,15 +334,25 @@ def _serialize_or_bypass(original: Callable[..., Any]) -> Callable[..., Any]:
 # What Dynamo raises to skip a frame, fall back to eager or report the user's error: these do
 # not depend on recording, so they are not retried.
 _DYNAMO_DECISIONS = tuple(
-    getattr(dynamo_exc, name) for name in
-    ("Unsupported", "SkipFrame", "UserError", "TorchRuntimeError", "FailOnRecompileLimitHit")
-    if hasattr(dynamo_exc, name))
+    getattr(dynamo_exc, name)
+    for name in (
+        "Unsupported",
+        "SkipFrame",
+        "UserError",
+        "TorchRuntimeError",
+        "FailOnRecompileLimitHit",
+    )
+    if hasattr(dynamo_exc, name)
+)
 
 
 # How many `with Recording()` blocks are open; 0 everywhere else.
 recording = 0
+
+
 # Whether megacache records now (precompile sets it: not inside fresh_cache()).
-should_record: Callable[[], bool] = lambda: True
+def should_record() -> bool:
+    return True
 
 
 class Recording:
@@ -396,9 +433,14 @@ def _compile_unrecorded_on_failure(original: Callable[..., Any]) -> Callable[...
             finally:
                 self._package = package
         code = frame.f_code
-        log.warning("megacache: recording %s (line %d) for its package failed (%s: %s); it "
-                    "compiled as plain torch.compile would and is left out of the package",
-                    code.co_name, code.co_firstlineno, type(failure).__name__, failure)
+        log.warning(
+            "megacache: recording %s (line %d) for its package failed (%s: %s); it "
+            "compiled as plain torch.compile would and is left out of the package",
+            code.co_name,
+            code.co_firstlineno,
+            type(failure).__name__,
+            failure,
+        )
         entry = package._codes.get(code)
         if entry is not None:
             entry.bypassed = True
@@ -423,8 +465,9 @@ def _bind_to_running_globals(compile_package: CompilePackage) -> None:
 
 
 def _initialize_safely(original: Callable[..., Any]) -> Callable[..., Any]:
-    def initialize(self: CompilePackage, fn: Any, dynamo: Any = None,
-                   ignore_inlined_sources: bool = False) -> None:
+    def initialize(
+        self: CompilePackage, fn: Any, dynamo: Any = None, ignore_inlined_sources: bool = False
+    ) -> None:
         installation = _installation(dynamo)
         if installation is None:
             original(self, fn, dynamo, ignore_inlined_sources)
@@ -500,7 +543,9 @@ def _save_backward_as_recorded(original: Callable[..., Any]) -> Callable[..., An
             kwargs["try_save_cache_entry"] = recorded(kwargs["try_save_cache_entry"])
         elif len(args) == 1 and getattr(args[0], "try_save_cache_entry", None) is not None:
             spec = args[0]
-            args = (dataclasses.replace(spec, try_save_cache_entry=recorded(spec.try_save_cache_entry)),)
+            args = (
+                dataclasses.replace(spec, try_save_cache_entry=recorded(spec.try_save_cache_entry)),
+            )
         return original(*args, **kwargs)
 
     return post_compile
@@ -527,7 +572,9 @@ def patch() -> None:
     CompilePackage.initialize = _initialize_safely(CompilePackage.initialize)
     CompilePackage.install = _install_safely(CompilePackage.install)
     CompilePackage.code_context = _record_or_bypass(CompilePackage.code_context)
-    PyCodegen.create_load_python_module = _record_module_globals(PyCodegen.create_load_python_module)
+    PyCodegen.create_load_python_module = _record_module_globals(
+        PyCodegen.create_load_python_module
+    )
     converter = convert_frame.ConvertFrameAssert
     converter.__call__ = _record_frames_of_owned_packages(converter.__call__)
     manager = dynamo_guards.CheckFunctionManager

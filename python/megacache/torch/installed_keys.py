@@ -62,8 +62,10 @@ def take_identities_in_background() -> None:
         # Not a daemon: Python ends a daemon thread that wakes up during shutdown by unwinding
         # it, and unwinding through the binding's GIL release aborts the process. The walk is
         # short, so an exit right after the hooks go in waits for it instead.
-        _taking = threading.Thread(target=lambda: [_identity_beneath(root) for root in roots],
-                                   name="megacache-installed-identity")
+        _taking = threading.Thread(
+            target=lambda: [_identity_beneath(root) for root in roots],
+            name="megacache-installed-identity",
+        )
         _taking.start()
 
 
@@ -78,8 +80,13 @@ class _InstalledKey:
     """One key: the package whose files it hashes, the modules that may define it, and how its
     value reads as fingerprint text."""
 
-    def __init__(self, package: str, defined_in: Tuple[str, ...], to_text: Callable[[Any], str],
-                 from_text: Callable[[str], Any]) -> None:
+    def __init__(
+        self,
+        package: str,
+        defined_in: Tuple[str, ...],
+        to_text: Callable[[Any], str],
+        from_text: Callable[[str], Any],
+    ) -> None:
         self.package = package
         self.key_field, self.identity_field = f"{package}_key", f"{package}_identity"
         self.defined_in = defined_in
@@ -129,7 +136,11 @@ class _InstalledKey:
         if not text or not identity or self.seeded is not None:
             return False
         function = self.function()
-        if function is None or self.computed(function) is not False or identity != _identity(self.package):
+        if (
+            function is None
+            or self.computed(function) is not False
+            or identity != _identity(self.package)
+        ):
             return False
         try:
             value = self.from_text(text)
@@ -155,7 +166,10 @@ class _InstalledKey:
 
         recorded_key.cache_clear = function.cache_clear  # type: ignore[attr-defined]
         for name, module in list(sys.modules.items()):
-            if name.startswith(("triton", "torch")) and getattr(module, self.key_field, None) is function:
+            if (
+                name.startswith(("triton", "torch"))
+                and getattr(module, self.key_field, None) is function
+            ):
                 setattr(module, self.key_field, recorded_key)
 
 

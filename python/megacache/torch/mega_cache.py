@@ -1,4 +1,5 @@
-"""The Mega-Cache drop-ins: torch.compiler.save_cache_artifacts and load_cache_artifacts on the core.
+"""The Mega-Cache drop-ins: torch.compiler.save_cache_artifacts and load_cache_artifacts on the
+core.
 
 It reads what torch's CacheArtifactManager recorded and hands bytes to the C++ core, which
 serializes, parses and populates. It supports torch 2.8 and newer (string-typed artifacts).
@@ -112,7 +113,9 @@ def recorded() -> Optional[Tuple[bytes, List[Tuple[str, str]]]]:
     if saved is None:
         return None
     blob, info = saved
-    return blob, [(artifact_type, key) for artifact_type, keys in info.artifacts.items() for key in keys]
+    return blob, [
+        (artifact_type, key) for artifact_type, keys in info.artifacts.items() for key in keys
+    ]
 
 
 def recorded_count() -> int:
@@ -202,7 +205,10 @@ def load_bytes(data: bytes, cache_dir: Optional[str] = None) -> CacheInfo:
     # populate_cache(), as in torch; the core checks the rest and writes them.
     CacheArtifactManager._ensure_cache_artifacts_registered()
     entries, fingerprint, caller_populated = _core.load_into(
-        data, cache_dir or _torch_cache_dir(), _pgo_cache_key, trusted_keys(),
+        data,
+        cache_dir or _torch_cache_dir(),
+        _pgo_cache_key,
+        trusted_keys(),
         list(CacheArtifactFactory._artifact_types),
     )
     for artifact_type, key, content in caller_populated:

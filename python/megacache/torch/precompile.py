@@ -85,12 +85,16 @@ def packageable_key(fn: Any) -> Optional[str]:
 # and checks its package with the same identity, which stays that of the code that runs even if
 # its file changes on disk afterwards. Keyed by function, not code: functools.wraps gives each
 # wrapper of a decorator its own name over one shared code object.
-_identities: "weakref.WeakKeyDictionary[Callable[..., Any], Dict[str, Any]]" = weakref.WeakKeyDictionary()
+_identities: "weakref.WeakKeyDictionary[Callable[..., Any], Dict[str, Any]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def identity(fn: Callable[..., Any]) -> Dict[str, Any]:
     inner = _innermost(fn)
-    function = getattr(inner, "__func__", inner)  # a module's forward: one function for every instance
+    function = getattr(
+        inner, "__func__", inner
+    )  # a module's forward: one function for every instance
     known = _identities.get(function)
     if known is not None:
         return dict(known)
@@ -135,13 +139,17 @@ def _copy_from_torch() -> None:
     torch_context = _torch_context()
     for key, entry in list(torch_context._dynamo_cache_entries.items()):
         fn = _functions.get(key)
-        function = identity(fn) if fn is not None else {
-            "qualname": entry.fn_name or "",
-            "module": "",
-            "first_line": int(entry.fn_first_lineno or 0),
-            "signature": "",
-            "source_sha256": "",
-        }
+        function = (
+            identity(fn)
+            if fn is not None
+            else {
+                "qualname": entry.fn_name or "",
+                "module": "",
+                "first_line": int(entry.fn_first_lineno or 0),
+                "signature": "",
+                "source_sha256": "",
+            }
+        )
         _context.record_dynamo_entry(
             function,
             entry.device_type,
@@ -190,7 +198,9 @@ def _cuda_jit_cache() -> Tuple[str, str]:
     driver = _core.cuda_driver_version()
     if not driver or os.environ.get("CUDA_CACHE_DISABLE", "0") not in ("", "0"):
         return "", ""
-    directory = os.environ.get("CUDA_CACHE_PATH") or os.path.join(os.path.expanduser("~"), ".nv", "ComputeCache")
+    directory = os.environ.get("CUDA_CACHE_PATH") or os.path.join(
+        os.path.expanduser("~"), ".nv", "ComputeCache"
+    )
     return directory, driver
 
 
@@ -208,8 +218,13 @@ def build_package(keys: Optional[List[str]] = None) -> "_core.Package":
         _copy_from_torch()
         recorded = adapter.recorded()
         package = _context.package(
-            fingerprint, _torch_cache_dir(), recorded[0] if recorded else b"", keys or [],
-            _triton_cache_dirs(), jit_dir, _started_unix,
+            fingerprint,
+            _torch_cache_dir(),
+            recorded[0] if recorded else b"",
+            keys or [],
+            _triton_cache_dirs(),
+            jit_dir,
+            _started_unix,
         )
     return package
 
@@ -247,14 +262,19 @@ def _serve_installed_kernels(cache_dir: str, paths: List[str]) -> None:
 
     if not _install_removed_library_check(codecache.CppCodeCache):
         return  # a torch that looks its libraries up otherwise: its own path, as before
-    tables = [table for table in (getattr(codecache, name, None) for name in (
-        "CppCodeCache", "CppPythonBindingsCodeCache", "CppWrapperCodeCache"))
-        if table is not None and isinstance(vars(table).get("cache"), dict)]
+    tables = [
+        table
+        for table in (
+            getattr(codecache, name, None)
+            for name in ("CppCodeCache", "CppPythonBindingsCodeCache", "CppWrapperCodeCache")
+        )
+        if table is not None and isinstance(vars(table).get("cache"), dict)
+    ]
     for path in paths:
         name = os.path.basename(path)
         if not name.endswith(".main.so"):
             continue  # a vector-ISA probe library: torch looks it up by path, not by key
-        key = name[:-len(".main.so")]
+        key = name[: -len(".main.so")]
         library = os.path.join(cache_dir, path)
         for table in tables:
             table.cache.setdefault(key, _InstalledLibrary(table, library, key))
@@ -289,8 +309,11 @@ def _install_removed_library_check(base: Any) -> bool:
     @functools.wraps(original)
     def load_async(cls: Any, *args: Any, **kwargs: Any) -> Any:
         found = original(cls, *args, **kwargs)
-        if (isinstance(found, _InstalledLibrary) and found.library is None
-                and not os.path.exists(found.path)):
+        if (
+            isinstance(found, _InstalledLibrary)
+            and found.library is None
+            and not os.path.exists(found.path)
+        ):
             if cls.cache.get(found.key) is found:
                 del cls.cache[found.key]
             found = original(cls, *args, **kwargs)
@@ -321,14 +344,15 @@ def install_files(package: "_core.Package") -> None:
         _serve_installed_kernels(cache_dir, package.kernel_paths)
 
 
-def entry_for(package: "_core.Package", key: str, *,
-              ignore_source_changes: bool = False) -> Tuple[PrecompileCacheEntry, Optional[devices.Move]]:
+def entry_for(
+    package: "_core.Package", key: str, *, ignore_source_changes: bool = False
+) -> Tuple[PrecompileCacheEntry, Optional[devices.Move]]:
     """torch's PrecompileCacheEntry for one function of a checked package, moved to this
     process's CUDA device (megacache.torch.devices), and the move its guards need. Raises
     devices.CannotMove for code megacache cannot move here."""
     function = package.function(key)
     dynamo = pickle.loads(function["dynamo"])
-    for code_index, backend_id, reason in function["bypassed"]:
+    for code_index, _backend_id, reason in function["bypassed"]:
         dynamo.codes[code_index].bypassed = True
         log.warning("megacache: %s: %s", function["qualname"], reason)
     if ignore_source_changes:
@@ -337,7 +361,10 @@ def entry_for(package: "_core.Package", key: str, *,
     backends = {backend_id: pickle.loads(pickled) for backend_id, pickled in pickles.items()}
     move = devices.move_for(backends)
     if move is not None:
-        backends = {backend_id: devices.moved_backend(pickled, move) for backend_id, pickled in pickles.items()}
+        backends = {
+            backend_id: devices.moved_backend(pickled, move)
+            for backend_id, pickled in pickles.items()
+        }
     for backend_id, pickled in pickles.items():
         # Saving again must not need torch to have recorded what came from a package.
         _context.record_backend(backend_id, pickled)
@@ -345,7 +372,9 @@ def entry_for(package: "_core.Package", key: str, *,
     return PrecompileCacheEntry(dynamo=dynamo, backends=backends), move
 
 
-def check(package: "_core.Package", fn: Optional[Callable[..., Any]], ignore_source_changes: bool) -> None:
+def check(
+    package: "_core.Package", fn: Optional[Callable[..., Any]], ignore_source_changes: bool
+) -> None:
     package.check(
         list(environment()),
         identity(fn) if fn is not None else None,
@@ -378,8 +407,15 @@ class _PackageSource:
 # --- the load path: every failure is a logged, counted fallback to a normal compile ----------
 
 # Counts of what the load path did, shared by megacache.compile and automatic mode.
-_stats: Dict[str, int] = {"hits": 0, "partial_hits": 0, "misses": 0, "published": 0, "refused": 0,
-                          "guard_misses": 0, "moved": 0}
+_stats: Dict[str, int] = {
+    "hits": 0,
+    "partial_hits": 0,
+    "misses": 0,
+    "published": 0,
+    "refused": 0,
+    "guard_misses": 0,
+    "moved": 0,
+}
 
 
 class _Pending:
@@ -398,15 +434,24 @@ _traced: Set[str] = set()
 
 
 def _refuse(key: str, qualname: str, stage: str, error: BaseException) -> None:
-    log.warning("megacache: not using the package of %s (%s failed: %s: %s); compiling it instead",
-                qualname, stage, type(error).__name__, error)
+    log.warning(
+        "megacache: not using the package of %s (%s failed: %s: %s); compiling it instead",
+        qualname,
+        stage,
+        type(error).__name__,
+        error,
+    )
     _stats["refused"] += 1
     _stats[f"refused_{stage}"] = _stats.get(f"refused_{stage}", 0) + 1
     counters["dynamo_cache"]["dynamo_cache_error"] += 1
 
 
-def _load_entry(fn: Callable[..., Any], key: str, read: Callable[[], Optional["_core.Package"]],
-                ignore_source_changes: bool) -> Optional[PrecompileCacheEntry]:
+def _load_entry(
+    fn: Callable[..., Any],
+    key: str,
+    read: Callable[[], Optional["_core.Package"]],
+    ignore_source_changes: bool,
+) -> Optional[PrecompileCacheEntry]:
     """The one load path: reads and checks the package (C++), writes its files, unpickles the
     entry and hands it to torch under the safety net (`_guarded`). Whatever fails, the function
     compiles as if there had been no package."""
@@ -428,7 +473,9 @@ def _load_entry(fn: Callable[..., Any], key: str, read: Callable[[], Optional["_
     except devices.CannotMove as error:
         _refuse(key, qualname, "device", error)
         return None
-    except Exception as error:  # unpickling runs the pickles' own code: any failure is the package's
+    except (
+        Exception
+    ) as error:  # unpickling runs the pickles' own code: any failure is the package's
         _refuse(key, qualname, "unpickle", error)
         return None
     if move is not None:
@@ -439,16 +486,20 @@ def _load_entry(fn: Callable[..., Any], key: str, read: Callable[[], Optional["_
     return _guarded(entry, key, qualname, move)
 
 
-def _guarded(entry: PrecompileCacheEntry, key: str, qualname: str,
-             move: Optional[devices.Move] = None) -> PrecompileCacheEntry:
+def _guarded(
+    entry: PrecompileCacheEntry, key: str, qualname: str, move: Optional[devices.Move] = None
+) -> PrecompileCacheEntry:
     """`entry` as torch installs it, with its install undone if it fails (megacache.torch.hooks),
     its guards moved with its backends, and its first call watched (`_watch_calls`)."""
     installation = hooks.Installation(
-        lambda failed: _refuse(key, qualname, failed.stage, failed.cause), move)
+        lambda failed: _refuse(key, qualname, failed.stage, failed.cause), move
+    )
     hooks.mark(entry.dynamo, installation)
     partial = any(code.bypassed for code in entry.dynamo.codes)
     _pending[key] = _Pending(installation, qualname, partial)
-    return PrecompileCacheEntry(dynamo=entry.dynamo, backends=hooks.Backends(entry.backends, installation))
+    return PrecompileCacheEntry(
+        dynamo=entry.dynamo, backends=hooks.Backends(entry.backends, installation)
+    )
 
 
 def _first_call_done(key: str, pending: _Pending) -> None:
@@ -459,12 +510,18 @@ def _first_call_done(key: str, pending: _Pending) -> None:
         _stats["hits"] += 1
     elif pending.partial:
         _stats["partial_hits"] += 1
-        log.warning("megacache: %s started from its package; the frames the package left out "
-                    "were traced again", pending.qualname)
+        log.warning(
+            "megacache: %s started from its package; the frames the package left out "
+            "were traced again",
+            pending.qualname,
+        )
     else:
         _stats["guard_misses"] += 1
-        log.warning("megacache: the package of %s was installed but its guards did not match the "
-                    "first call, so Dynamo traced it again", pending.qualname)
+        log.warning(
+            "megacache: the package of %s was installed but its guards did not match the "
+            "first call, so Dynamo traced it again",
+            pending.qualname,
+        )
 
 
 # source key -> the torch.compile arguments it was last wrapped with (compile_variant).
@@ -479,9 +536,11 @@ def compile_variant(torch_compile_kwargs: Dict[str, Any]) -> str:
     if not isinstance(backend, str):
         backend = getattr(backend, "__qualname__", type(backend).__qualname__)
     options = sorted((torch_compile_kwargs.get("options") or {}).items())
-    return (f"backend={backend};mode={torch_compile_kwargs.get('mode')};options={options!r};"
-            f"dynamic={torch_compile_kwargs.get('dynamic')};"
-            f"fullgraph={torch_compile_kwargs.get('fullgraph', False)}")
+    return (
+        f"backend={backend};mode={torch_compile_kwargs.get('mode')};options={options!r};"
+        f"dynamic={torch_compile_kwargs.get('dynamic')};"
+        f"fullgraph={torch_compile_kwargs.get('fullgraph', False)}"
+    )
 
 
 def store_name(key: str) -> str:
@@ -489,8 +548,12 @@ def store_name(key: str) -> str:
     arguments it was wrapped with (see the core's precompile::store_name)."""
     fn = _functions.get(key)
     if fn is None:
-        raise KeyError(f"no function with source key {key} was wrapped by torch.compile in this process")
-    return _core.store_name(identity(fn), [*environment(), ("torch.compile", _variants.get(key, ""))])
+        raise KeyError(
+            f"no function with source key {key} was wrapped by torch.compile in this process"
+        )
+    return _core.store_name(
+        identity(fn), [*environment(), ("torch.compile", _variants.get(key, ""))]
+    )
 
 
 def compile_seconds_name(key: str) -> str:
@@ -544,8 +607,10 @@ class _AutomaticMode:
         and torch records nothing for megacache."""
         from torch._inductor import config as inductor_config
 
-        return (not inductor_config.force_disable_caches
-                and os.environ.get("TORCHINDUCTOR_CACHE_DIR") == self.torch_cache_dir)
+        return (
+            not inductor_config.force_disable_caches
+            and os.environ.get("TORCHINDUCTOR_CACHE_DIR") == self.torch_cache_dir
+        )
 
     def load(self, fn: Callable[..., Any], key: str) -> Optional[PrecompileCacheEntry]:
         """The function's package from the store, or None; on a miss this process claims the
@@ -586,7 +651,9 @@ class _AutomaticMode:
         if claim is not None:
             claim.release()
 
-    def publish(self, key: str, *, only_if_complete: bool = False, only_if_jit_grew: bool = False) -> None:
+    def publish(
+        self, key: str, *, only_if_complete: bool = False, only_if_jit_grew: bool = False
+    ) -> None:
         """Puts the function's package into the store. A package with a backend not recorded
         yet (training compiles the backward on the first backward call) is held back once: it
         goes out when torch records that backend, or after the next call, or at exit. A backward
@@ -618,7 +685,9 @@ class _AutomaticMode:
             if only_if_jit_grew and jit <= self.published_jit.get(key, set()):
                 return
             for qualname, code, reason in incomplete:
-                log.warning("megacache: %s, code %d will compile again on load: %s", qualname, code, reason)
+                log.warning(
+                    "megacache: %s, code %d will compile again on load: %s", qualname, code, reason
+                )
             self.store.put(store_name(key), package.to_bytes())
             _stats["published"] += 1
             self.published_jit[key] = jit
@@ -630,7 +699,9 @@ class _AutomaticMode:
         except (*CACHE_ERRORS, pickle.PicklingError, TypeError, AttributeError) as error:
             # TypeError and AttributeError are what pickle raises for an object it cannot
             # pickle; the job goes on without a published package.
-            log.warning("megacache: could not publish the package of %s: %s", key, error, exc_info=True)
+            log.warning(
+                "megacache: could not publish the package of %s: %s", key, error, exc_info=True
+            )
         self.held_back.discard(key)
 
     def backend_recorded(self) -> None:
@@ -643,7 +714,9 @@ class _AutomaticMode:
         compared first, so that a call on which nothing was built costs no package build."""
         self.jit_unsettled.discard(key)
         jit_dir, _ = _cuda_jit_cache()
-        if set(_core.list_cuda_jit_entries(jit_dir, _started_unix)) <= self.published_jit.get(key, set()):
+        if set(_core.list_cuda_jit_entries(jit_dir, _started_unix)) <= self.published_jit.get(
+            key, set()
+        ):
             return
         self.publish(key, only_if_jit_grew=True)
 
@@ -788,8 +861,9 @@ def _watch_calls(compiled: Callable[..., Any], key: str) -> Callable[..., Any]:
                 _first_call_done(key, pending)
             if mode is not None and (key in mode.dirty or key in mode.held_back):
                 if key in mode.dirty:  # this call compiled
-                    mode.compile_seconds[key] = (mode.compile_seconds.get(key, 0.0)
-                                                 + time.monotonic() - started)
+                    mode.compile_seconds[key] = (
+                        mode.compile_seconds.get(key, 0.0) + time.monotonic() - started
+                    )
                 mode.publish(key)
             elif mode is not None and key in mode.jit_unsettled:
                 mode.settle_jit(key)
@@ -859,8 +933,12 @@ def automatic_stats() -> Dict[str, int]:
 # --- megacache.compile ---------------------------------------------------------------------
 
 
-def compile_function(fn: Callable[..., Any], package: Optional[str], ignore_source_changes: bool,
-            torch_compile_kwargs: Dict[str, Any]) -> Any:
+def compile_function(
+    fn: Callable[..., Any],
+    package: Optional[str],
+    ignore_source_changes: bool,
+    torch_compile_kwargs: Dict[str, Any],
+) -> Any:
     install_hooks()
     key = source_key(fn)
     if package is not None:
@@ -870,14 +948,18 @@ def compile_function(fn: Callable[..., Any], package: Optional[str], ignore_sour
         compiled = _torch_compile(fn, **torch_compile_kwargs)
     compiled = watch_calls(compiled, key)
 
-    def save_package(path: Optional[str] = None, format: str = "binary", *, sign_with: Optional[str] = None) -> str:
+    def save_package(
+        path: Optional[str] = None, format: str = "binary", *, sign_with: Optional[str] = None
+    ) -> str:
         target = os.fspath(path) if path is not None else package
         if target is None:
             raise ValueError("save_package needs a path: none was given to megacache.compile")
         save(target, format=format, keys=[key], sign_with=sign_with)
         return target
 
-    def load_package(path: Optional[str] = None, *, ignore_source_changes: bool = ignore_source_changes) -> Any:
+    def load_package(
+        path: Optional[str] = None, *, ignore_source_changes: bool = ignore_source_changes
+    ) -> Any:
         """A new compiled callable of the same function, loaded from `path`. Unlike
         megacache.compile, which logs and compiles, this raises: PackageMismatchError naming the
         field and both values, or FileNotFoundError when `path` holds no package for it."""
@@ -905,7 +987,8 @@ def save(target: str, *, format: str, keys: Optional[List[str]], sign_with: Opti
     missing = [k for k in (keys or []) if k not in package.keys()]
     if missing or not package.keys():
         raise RuntimeError(
-            "nothing to save yet: a torch.compile'd function compiles on its first call, so call it once first"
+            "nothing to save yet: a torch.compile'd function compiles on its first call, "
+            "so call it once first"
         )
     for qualname, code, reason in package.bypassed():
         log.warning("megacache: %s, code %d will compile again on load: %s", qualname, code, reason)

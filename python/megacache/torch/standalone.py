@@ -43,7 +43,8 @@ class CompiledArtifact:
         if len(keys) != 1:
             raise RuntimeError(
                 f"standalone_compile produced {len(keys)} aot_autograd artifacts, not 1, so it "
-                f"cannot be saved; this usually means part of the graph is not serializable ({info})"
+                "cannot be saved; this usually means part of the graph is not serializable "
+                f"({info})"
             )
         if os.path.isdir(path):
             raise IsADirectoryError(f"{path} is a directory; format='binary' writes a file")
@@ -51,7 +52,8 @@ class CompiledArtifact:
 
     @staticmethod
     def load(path: str | os.PathLike[str], *, format: str = "binary") -> "CompiledArtifact":
-        from torch._inductor.standalone_compile import CacheCompiledArtifact, CompiledArtifact as TorchArtifact
+        from torch._inductor.standalone_compile import CacheCompiledArtifact
+        from torch._inductor.standalone_compile import CompiledArtifact as TorchArtifact
 
         path = os.fspath(path)
         if format != "binary":
@@ -81,10 +83,16 @@ import torch._inductor  # noqa: E402
 _torch_standalone_compile = torch._inductor.standalone_compile
 
 
-def standalone_compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
-                       dynamic_shapes: str = "from_graph", options: Optional[dict] = None,
-                       **kwargs: Any) -> CompiledArtifact:
+def standalone_compile(
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[Any],
+    *,
+    dynamic_shapes: str = "from_graph",
+    options: Optional[dict] = None,
+    **kwargs: Any,
+) -> CompiledArtifact:
     return CompiledArtifact(
-        _torch_standalone_compile(gm, example_inputs, dynamic_shapes=dynamic_shapes, options=options,
-                                  **kwargs)
+        _torch_standalone_compile(
+            gm, example_inputs, dynamic_shapes=dynamic_shapes, options=options, **kwargs
+        )
     )

@@ -71,7 +71,11 @@ MEGA_CACHE = (
     Surface("torch.compiler._cache", "CacheArtifactManager._serializer"),
     Surface("torch.compiler._cache", "CacheArtifactManager._ensure_cache_artifacts_registered"),
     Surface("torch.compiler._cache", "CacheArtifactFactory._artifact_types"),
-    Surface("torch.compiler._cache", "CacheArtifactFactory.create", ("artifact_type_key", "key", "content")),
+    Surface(
+        "torch.compiler._cache",
+        "CacheArtifactFactory.create",
+        ("artifact_type_key", "key", "content"),
+    ),
     Surface("torch.compiler._cache", "CacheInfo"),
     Surface("torch._inductor.runtime.cache_dir_utils", "cache_dir"),
     Surface("torch._inductor.codecache", "torch_key"),
@@ -84,7 +88,11 @@ MEGA_CACHE = (
 PACKAGE = (
     Surface("torch._dynamo.config", "caching_precompile"),
     Surface("torch._dynamo.package", "CompilePackage.__init__", ("fn",)),
-    Surface("torch._dynamo.package", "CompilePackage.initialize", ("fn", "dynamo", "ignore_inlined_sources")),
+    Surface(
+        "torch._dynamo.package",
+        "CompilePackage.initialize",
+        ("fn", "dynamo", "ignore_inlined_sources"),
+    ),
     Surface("torch._dynamo.package", "CompilePackage.install", ("backends",)),
     Surface("torch._dynamo.package", "CompilePackage.code_context", ("code",)),
     Surface("torch._dynamo.package", "CompilePackage.source_id_from_fn", ("fn",)),
@@ -103,7 +111,9 @@ PACKAGE = (
     Surface("torch._dynamo.guards", "GuardsStatePickler.reducer_override", ("obj",)),
     Surface("torch._dynamo.guards", "_Missing"),
     # A package moved to another CUDA device (devices.py, hooks._unpickle_on_moved_device).
-    Surface("torch._dynamo.guards", "GuardsStatePickler._unpickle_tensor", ("meta_tensor", "device")),
+    Surface(
+        "torch._dynamo.guards", "GuardsStatePickler._unpickle_tensor", ("meta_tensor", "device")
+    ),
     Surface("torch._inductor.async_compile", "CompiledTritonKernels.key", ("kernel_src",)),
     Surface("torch._dynamo.codegen", "PyCodegen.create_load_python_module", ("mod",)),
     Surface("torch._dynamo.exc", "PackageError"),

@@ -56,8 +56,12 @@ def matrix_products(sources: Iterable[str]) -> List[Any]:
     for source in sources:
         for product in _core.matrix_products(source):
             dtype = getattr(torch, product.dtype, None)
-            if (len(chosen) < _PRODUCTS_LIMIT and isinstance(dtype, torch.dtype) and product not in chosen
-                    and _bytes(product, dtype) <= _PRODUCT_BYTES_LIMIT):
+            if (
+                len(chosen) < _PRODUCTS_LIMIT
+                and isinstance(dtype, torch.dtype)
+                and product not in chosen
+                and _bytes(product, dtype) <= _PRODUCT_BYTES_LIMIT
+            ):
                 chosen.append(product)
     return chosen
 
@@ -67,7 +71,9 @@ def _bytes(product: Any, dtype: "torch.dtype") -> int:
     total = 0
     for layout in (*product.operands, product.out):
         if all(size > 0 for size in layout.sizes):
-            total += (1 + sum((size - 1) * stride for size, stride in zip(layout.sizes, layout.strides))) * dtype.itemsize
+            total += (
+                1 + sum((size - 1) * stride for size, stride in zip(layout.sizes, layout.strides))
+            ) * dtype.itemsize
     return total
 
 
@@ -90,8 +96,12 @@ def start(backends: Iterable[Any]) -> None:
             return
         warmed_handles[index] = 0  # taken: a second start for this device does nothing
         stream = torch.cuda.current_stream(index)
-        _helper = threading.Thread(target=_set_up, args=(index, stream, sources), name="megacache-cublas-warm-up",
-                                   daemon=True)
+        _helper = threading.Thread(
+            target=_set_up,
+            args=(index, stream, sources),
+            name="megacache-cublas-warm-up",
+            daemon=True,
+        )
         _helper.start()
 
 
@@ -105,19 +115,29 @@ def _set_up(index: int, stream: "torch.cuda.Stream", sources: List[str]) -> None
         with torch.cuda.device(index), torch.cuda.stream(stream):
             for product in products:
                 dtype = getattr(torch, product.dtype)
-                operands = [torch.empty_strided(layout.sizes, layout.strides, dtype=dtype, device="cuda")
-                            for layout in product.operands]
-                out = torch.empty_strided(product.out.sizes, product.out.strides, dtype=dtype, device="cuda")
+                operands = [
+                    torch.empty_strided(layout.sizes, layout.strides, dtype=dtype, device="cuda")
+                    for layout in product.operands
+                ]
+                out = torch.empty_strided(
+                    product.out.sizes, product.out.strides, dtype=dtype, device="cuda"
+                )
                 getattr(torch, product.op)(*operands, out=out)
             if not products:
                 a = torch.ones(8, 8, device="cuda")
                 torch.mm(a, a)
             warmed_handles[index] = torch.cuda.current_blas_handle()
     except RuntimeError as error:  # torch's CUDA errors; the graph's own product reports them
-        log.debug("megacache: setting cuBLAS up on cuda:%d beside the install failed: %s", index, error)
+        log.debug(
+            "megacache: setting cuBLAS up on cuda:%d beside the install failed: %s", index, error
+        )
         return
-    log.debug("megacache: cuBLAS set up on cuda:%d with %d products beside the install in %.1f ms",
-              index, len(products), 1000 * (time.perf_counter() - started))
+    log.debug(
+        "megacache: cuBLAS set up on cuda:%d with %d products beside the install in %.1f ms",
+        index,
+        len(products),
+        1000 * (time.perf_counter() - started),
+    )
 
 
 def wait() -> None:

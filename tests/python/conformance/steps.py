@@ -88,8 +88,11 @@ def second_wrap():
 
 
 def delta(before, group):
-    return {name: count - before.get(name, 0) for name, count in counters[group].items()
-            if count != before.get(name, 0)}
+    return {
+        name: count - before.get(name, 0)
+        for name, count in counters[group].items()
+        if count != before.get(name, 0)
+    }
 
 
 @scenario
@@ -130,7 +133,10 @@ def fresh_cache():
     with torch_fresh_cache():
         inductor, dynamo = dict(counters["inductor"]), dict(counters["dynamo_cache"])
         second = values(torch.compile(f)(x))
-        inside = {"inductor": delta(inductor, "inductor"), "dynamo_cache": delta(dynamo, "dynamo_cache")}
+        inside = {
+            "inductor": delta(inductor, "inductor"),
+            "dynamo_cache": delta(dynamo, "dynamo_cache"),
+        }
     return {"results": [first, second], "inside_fresh_cache": inside}
 
 
@@ -152,7 +158,9 @@ def wrapped_before_fresh_cache():
     with torch_fresh_cache():
         torch.compiler.load_cache_artifacts(blob)
         outcome["result"] = values(compiled(x))
-        outcome["counters"] = {group: dict(counters[group]) for group in ("inductor", "aot_autograd")}
+        outcome["counters"] = {
+            group: dict(counters[group]) for group in ("inductor", "aot_autograd")
+        }
     outcome["after_hot_load"] = CacheArtifactManager.need_serialize()
     return outcome
 
@@ -175,14 +183,18 @@ def torch_state():
         for _ in range(2):
             torch._dynamo.reset()
             torch.compile(g)(x)
-        outcome["counters"] = {group: dict(counters[group]) for group in ("inductor", "aot_autograd")}
+        outcome["counters"] = {
+            group: dict(counters[group]) for group in ("inductor", "aot_autograd")
+        }
     gm = torch.fx.symbolic_trace(f)
     artifact = torch._inductor.standalone_compile(gm, [x])
     target = os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "standalone")
     artifact.save(path=target, format="unpacked")
     outcome["unpacked_layout"] = sorted(
         os.path.relpath(root, target).split(os.sep)[0] + f"/{len(files)} files"
-        for root, _, files in os.walk(target) if files)
+        for root, _, files in os.walk(target)
+        if files
+    )
     return outcome
 
 
@@ -259,8 +271,9 @@ def variants():
         torch._dynamo.reset()
         compiled = torch.compile(f, dynamic=dynamic)
         outcome[step] = values(compiled(torch.arange(6.0)))
-        outcome[f"{step}_stats"] = {name: megacache.automatic_stats()[name]
-                                    for name in ("hits", "guard_misses", "refused")}
+        outcome[f"{step}_stats"] = {
+            name: megacache.automatic_stats()[name] for name in ("hits", "guard_misses", "refused")
+        }
     return outcome
 
 
@@ -290,6 +303,7 @@ def deadline():
 
 if __name__ == "__main__":
     result = SCENARIOS[SCENARIO]()
-    result["informational"] = dict(result.get("informational", {}),
-                                   dynamo_cache=dict(counters["dynamo_cache"]))
+    result["informational"] = dict(
+        result.get("informational", {}), dynamo_cache=dict(counters["dynamo_cache"])
+    )
     print(json.dumps(result, sort_keys=True))

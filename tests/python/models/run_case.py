@@ -26,7 +26,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 import zoo  # noqa: E402
 
 CASE, ROLE, STORE, OUT = sys.argv[1:5]
@@ -43,8 +42,14 @@ def first_tensor(output: Any) -> torch.Tensor:
     return output[0]
 
 
-def call(compiled: Callable[..., Any], name: str, length: int, *, dynamic: bool = False,
-         labels: bool = False) -> Any:
+def call(
+    compiled: Callable[..., Any],
+    name: str,
+    length: int,
+    *,
+    dynamic: bool = False,
+    labels: bool = False,
+) -> Any:
     kwargs, seq_dim = zoo.inputs(name, length, labels=labels)
     if dynamic and seq_dim >= 0:
         for value in kwargs.values():
@@ -72,15 +77,21 @@ def run() -> List[torch.Tensor]:
         model = zoo.build(MODEL)
         compiled = torch.compile(model)
         output = call(compiled, MODEL, 8, labels=True)
-        loss = output.loss if getattr(output, "loss", None) is not None else first_tensor(output).pow(2).mean()
+        loss = (
+            output.loss
+            if getattr(output, "loss", None) is not None
+            else first_tensor(output).pow(2).mean()
+        )
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         return [loss.detach()] + grads
     if MODE == "two_models":
         first, second = zoo.build("llama"), zoo.build("bert")
         with torch.no_grad():
-            return [first_tensor(call(torch.compile(first), "llama", 8)),
-                    first_tensor(call(torch.compile(second), "bert", 8))]
+            return [
+                first_tensor(call(torch.compile(first), "llama", 8)),
+                first_tensor(call(torch.compile(second), "bert", 8)),
+            ]
     model = zoo.build(MODEL)
     if MODE == "graph_break":
         model = WithGraphBreak(model)
@@ -145,8 +156,12 @@ def main() -> None:
         stats = megacache.automatic_stats()
     torch.save([t.detach() for t in outputs], os.path.join(OUT, f"{ROLE}.pt"))
     report = {k: dict(counters[k]) for k in ("dynamo_cache", "inductor", "stats", "frames")}
-    report.update(automatic=stats, error=error, seconds=round(seconds, 3),
-                  level="crash" if error else hit_level(report))
+    report.update(
+        automatic=stats,
+        error=error,
+        seconds=round(seconds, 3),
+        level="crash" if error else hit_level(report),
+    )
     print(json.dumps(report))
 
 

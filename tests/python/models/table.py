@@ -22,16 +22,27 @@ def seconds(reports: Dict[str, Any], role: str) -> str:
 
 
 def render(results: Dict[str, Dict[str, Any]], title: str) -> str:
-    rows = [title, "",
-            "| case | megacache warm start | cold run (s) | warm run (s) | torch: caching_precompile + Mega-Cache | torch warm run (s) |",
-            "|---|---|---:|---:|---|---:|"]
+    rows = [
+        title,
+        "",
+        (
+            "| case | megacache warm start | cold run (s) | warm run (s) "
+            "| torch: caching_precompile + Mega-Cache | torch warm run (s) |"
+        ),
+        "|---|---|---:|---:|---|---:|",
+    ]
     for case, reports in results.items():
-        rows.append(f"| {case} | {level(reports, 'consume', 'produce')} | {seconds(reports, 'produce')} "
-                    f"| {seconds(reports, 'consume')} | {level(reports, 'torch', 'torch-produce')} "
-                    f"| {seconds(reports, 'torch')} |")
+        rows.append(
+            f"| {case} | {level(reports, 'consume', 'produce')} | {seconds(reports, 'produce')} "
+            f"| {seconds(reports, 'consume')} | {level(reports, 'torch', 'torch-produce')} "
+            f"| {seconds(reports, 'torch')} |"
+        )
     at_package = sum(r["consume"]["level"] == "package" for r in results.values())
-    rows += ["", f"{at_package} of {len(results)} cases start at package level. Seconds are the "
-             "case's calls alone (the first result of each compiled function), without imports."]
+    rows += [
+        "",
+        f"{at_package} of {len(results)} cases start at package level. Seconds are the "
+        "case's calls alone (the first result of each compiled function), without imports.",
+    ]
     return "\n".join(rows) + "\n"
 
 

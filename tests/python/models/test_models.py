@@ -35,15 +35,26 @@ REPORT_DIR = HERE.parent.parent.parent / "build" / "models"
 
 CASES = [
     # every architecture, inference
-    "llama-infer", "qwen2-infer", "phi-infer", "gpt2-infer",
-    "bert-infer", "distilbert-infer", "t5-infer", "vit-infer",
+    "llama-infer",
+    "qwen2-infer",
+    "phi-infer",
+    "gpt2-infer",
+    "bert-infer",
+    "distilbert-infer",
+    "t5-infer",
+    "vit-infer",
     # training: forward, loss, backward
-    "llama-train", "gpt2-train", "bert-train",
+    "llama-train",
+    "gpt2-train",
+    "bert-train",
     # mark_dynamic on the sequence dim
-    "llama-dynamic", "gpt2-dynamic",
+    "llama-dynamic",
+    "gpt2-dynamic",
     # two sequence lengths: an automatic dynamic recompile
-    "llama-two_lengths", "bert-two_lengths",
-    "llama-fullgraph", "bert-fullgraph",
+    "llama-two_lengths",
+    "bert-two_lengths",
+    "llama-fullgraph",
+    "bert-fullgraph",
     "qwen2-module_compile",
     "llama-two_models",
     "gpt2-graph_break",
@@ -61,11 +72,21 @@ def run(case: str, role: str, out: Path) -> Dict[str, Any]:
     # keep their caches there), so a consumer finds only what the package carries.
     home = out / f"home-{role}"
     home.mkdir()
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(out / f"cache-{role}"), HOME=str(home),
-               HF_HUB_OFFLINE="1", PYTHONPATH=path)
+    env = dict(
+        os.environ,
+        TORCHINDUCTOR_CACHE_DIR=str(out / f"cache-{role}"),
+        HOME=str(home),
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=path,
+    )
     store = f"file://{out / 'store'}"
-    proc = subprocess.run([sys.executable, str(HERE / "run_case.py"), case, role, store, str(out)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "run_case.py"), case, role, store, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         report = {"level": "crash", "error": proc.stderr[-4000:], "returncode": proc.returncode}
@@ -104,7 +125,8 @@ def write_table(done) -> None:
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     (REPORT_DIR / f"{name}.json").write_text(json.dumps(results, indent=1))
     (REPORT_DIR / f"{name}.md").write_text(
-        render(results, f"torch {torch.__version__}, transformers {transformers.__version__}"))
+        render(results, f"torch {torch.__version__}, transformers {transformers.__version__}")
+    )
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -43,14 +43,23 @@ def bert() -> torch.nn.Module:
 
 
 def distilbert() -> torch.nn.Module:
-    config = hf.DistilBertConfig(vocab_size=VOCAB, max_position_embeddings=128, dim=64,
-                                 hidden_dim=128, n_layers=2, n_heads=4)
+    config = hf.DistilBertConfig(
+        vocab_size=VOCAB, max_position_embeddings=128, dim=64, hidden_dim=128, n_layers=2, n_heads=4
+    )
     return hf.DistilBertModel(config)
 
 
 def t5() -> torch.nn.Module:
-    config = hf.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2,
-                         num_decoder_layers=2, num_heads=4, decoder_start_token_id=0)
+    config = hf.T5Config(
+        vocab_size=VOCAB,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+    )
     return hf.T5ForConditionalGeneration(config)
 
 
@@ -60,8 +69,14 @@ def vit() -> torch.nn.Module:
 
 
 MODELS: Dict[str, Callable[[], torch.nn.Module]] = {
-    "llama": llama, "qwen2": qwen2, "phi": phi, "gpt2": gpt2,
-    "bert": bert, "distilbert": distilbert, "t5": t5, "vit": vit,
+    "llama": llama,
+    "qwen2": qwen2,
+    "phi": phi,
+    "gpt2": gpt2,
+    "bert": bert,
+    "distilbert": distilbert,
+    "t5": t5,
+    "vit": vit,
 }
 
 

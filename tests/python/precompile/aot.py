@@ -31,8 +31,12 @@ if MODE == "capture":
         artifact, cache_file = os.path.join(out, "torch.py"), os.path.join(out, "torch.py.cache")
         with api.capture(step, artifact_path=artifact, cache_path=cache_file) as captured:
             expected = captured(model, x)
-        megacache.save_precompiled(os.path.join(out, "pair.mcb"), artifact_path=artifact,
-                                   cache_path=cache_file, sign_with=key)
+        megacache.save_precompiled(
+            os.path.join(out, "pair.mcb"),
+            artifact_path=artifact,
+            cache_path=cache_file,
+            sign_with=key,
+        )
     else:  # torch 2.14
         python_code, cache = api(step, model, x)
         expected = step(model, x)

@@ -36,9 +36,13 @@ torch.save(result, OUT)
 
 from torch._dynamo.utils import counters  # noqa: E402
 
-print(json.dumps({
-    "automatic": megacache.automatic_stats(),
-    "dynamo_cache": dict(counters["dynamo_cache"]),
-    "inductor": dict(counters["inductor"]),
-    "first_result_s": first_result,
-}))
+print(
+    json.dumps(
+        {
+            "automatic": megacache.automatic_stats(),
+            "dynamo_cache": dict(counters["dynamo_cache"]),
+            "inductor": dict(counters["inductor"]),
+            "first_result_s": first_result,
+        }
+    )
+)

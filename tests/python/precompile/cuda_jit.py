@@ -28,7 +28,11 @@ def driver_compiles(entry):
 
 
 def entries():
-    return sorted(os.path.relpath(os.path.join(d, name), JIT_DIR) for d, _, names in os.walk(JIT_DIR) for name in names)
+    return sorted(
+        os.path.relpath(os.path.join(d, name), JIT_DIR)
+        for d, _, names in os.walk(JIT_DIR)
+        for name in names
+    )
 
 
 plain = cases.MLP()

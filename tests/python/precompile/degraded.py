@@ -21,7 +21,7 @@ if BREAK == "missing":
 elif BREAK == "different":
     original = torch._dynamo.package.CompilePackage.code_context
 
-    def code_context(self, code_object):  # noqa: ANN001: the shape a new torch might give it
+    def code_context(self, code_object):  # noqa: ANN001  # the shape a new torch might give it
         return original(self, code_object)
 
     torch._dynamo.package.CompilePackage.code_context = code_context
@@ -57,9 +57,13 @@ torch.save(result, OUT)
 
 from torch._dynamo.utils import counters  # noqa: E402
 
-print(json.dumps({
-    "automatic": megacache.automatic_stats(),
-    "warnings": warnings,
-    "inductor": dict(counters["inductor"]),
-    "matches_eager": bool(torch.allclose(result, f(torch.arange(8.0)))),
-}))
+print(
+    json.dumps(
+        {
+            "automatic": megacache.automatic_stats(),
+            "warnings": warnings,
+            "inductor": dict(counters["inductor"]),
+            "matches_eager": bool(torch.allclose(result, f(torch.arange(8.0)))),
+        }
+    )
+)

@@ -40,6 +40,7 @@ dynamo_guards.CheckFunctionManager.build_guards = build_guards
 def fail_with(error):
     def raising(*args, **kwargs):
         raise error
+
     return raising
 
 
@@ -107,13 +108,17 @@ torch.save(result, OUT)
 
 from torch._dynamo.utils import counters  # noqa: E402
 
-print(json.dumps({
-    "automatic": megacache.automatic_stats(),
-    "inductor": dict(counters["inductor"]),
-    "aot_autograd": dict(counters["aot_autograd"]),
-    "packaged_names": sorted(packaged_names),
-    "packaged_names_left": sorted(packaged_names & set(vars(cases))),
-    "new_names": sorted(set(vars(cases)) - names_before),
-    "user_error_reached": user_error_reached,
-    "guard_builds": guard_builds,
-}))
+print(
+    json.dumps(
+        {
+            "automatic": megacache.automatic_stats(),
+            "inductor": dict(counters["inductor"]),
+            "aot_autograd": dict(counters["aot_autograd"]),
+            "packaged_names": sorted(packaged_names),
+            "packaged_names_left": sorted(packaged_names & set(vars(cases))),
+            "new_names": sorted(set(vars(cases)) - names_before),
+            "user_error_reached": user_error_reached,
+            "guard_builds": guard_builds,
+        }
+    )
+)

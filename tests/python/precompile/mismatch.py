@@ -7,6 +7,7 @@ import json
 import sys
 
 import cases
+
 import megacache
 from megacache.torch import precompile
 

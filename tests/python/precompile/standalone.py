@@ -33,9 +33,13 @@ else:
     by_us = megacache.load_standalone(DIR / "torch.bin")
     unpacked = megacache.load_standalone(DIR / "unpacked", format="unpacked")
     expected = torch.load(DIR / "expected.pt")  # compiled in-process: a tensor; loaded: a list
-    print(json.dumps({
-        "torch_loads_ours": bool(torch.equal(by_torch(x, w)[0], expected)),
-        "we_load_torchs": bool(torch.equal(by_us(x, w)[0], expected)),
-        "unpacked": bool(torch.equal(unpacked(x, w)[0], expected)),
-        "fx_miss": counters["inductor"].get("fxgraph_cache_miss", 0),
-    }))
+    print(
+        json.dumps(
+            {
+                "torch_loads_ours": bool(torch.equal(by_torch(x, w)[0], expected)),
+                "we_load_torchs": bool(torch.equal(by_us(x, w)[0], expected)),
+                "unpacked": bool(torch.equal(unpacked(x, w)[0], expected)),
+                "fx_miss": counters["inductor"].get("fxgraph_cache_miss", 0),
+            }
+        )
+    )

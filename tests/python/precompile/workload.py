@@ -12,9 +12,10 @@ import json
 import os
 import sys
 
-import torch
-
 import cases
+import torch
+from torch._dynamo.utils import counters
+
 import megacache
 
 CASE, MODE, PACKAGE, OUT = sys.argv[1:5]
@@ -58,6 +59,5 @@ if MODE == "cold":
     megacache.save_package(PACKAGE + ".unpacked", format="unpacked")
     megacache.save_package("file://" + os.path.join(OUT, "store"))  # one entry per function
 torch.save(outputs, os.path.join(OUT, f"{MODE}.pt"))
-from torch._dynamo.utils import counters
 
 print(json.dumps({k: dict(counters[k]) for k in ("dynamo_cache", "inductor", "stats")}))

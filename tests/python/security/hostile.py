@@ -45,15 +45,20 @@ class Outside:
         self.before = self.snapshot()
 
     def snapshot(self) -> Dict[str, Tuple[bytes, int]]:
-        return {str(p.relative_to(self.path)): (p.read_bytes(), p.lstat().st_mtime_ns)
-                for p in sorted(self.path.rglob("*")) if p.is_file()}
+        return {
+            str(p.relative_to(self.path)): (p.read_bytes(), p.lstat().st_mtime_ns)
+            for p in sorted(self.path.rglob("*"))
+            if p.is_file()
+        }
 
     def unchanged(self) -> bool:
         return self.snapshot() == self.before
 
 
 def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(["megacache", *args], capture_output=True, text=True, timeout=120, **kwargs)
+    return subprocess.run(
+        ["megacache", *args], capture_output=True, text=True, timeout=120, **kwargs
+    )
 
 
 def redis_command(url: str, *args: bytes | str) -> bytes:

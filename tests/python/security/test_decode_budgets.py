@@ -26,12 +26,20 @@ TIMEOUT_SECONDS = 120
 
 # file -> what the refusal says about entry 0, the first payload that cannot back its claim
 HOSTILE = {
-    "hostile_claim_1gib.mcb": "claims 1073741824 bytes, but its zstd blocks can decode to at most 100",
-    "hostile_claims_3x1gib.mcb": "claims 1073741824 bytes, but its zstd blocks can decode to at most 100",
-    "hostile_claims_16x4gib.mcb": "claims 4294967296 bytes, but its zstd blocks can decode to at most 100",
+    "hostile_claim_1gib.mcb": (
+        "claims 1073741824 bytes, but its zstd blocks can decode to at most 100"
+    ),
+    "hostile_claims_3x1gib.mcb": (
+        "claims 1073741824 bytes, but its zstd blocks can decode to at most 100"
+    ),
+    "hostile_claims_16x4gib.mcb": (
+        "claims 4294967296 bytes, but its zstd blocks can decode to at most 100"
+    ),
     # Its blocks can back the claim; the first one is garbage, so nothing really decompresses.
     "hostile_backed_claim_1gib.mcb": "zstd payload does not decompress",
-    "hostile_package_16x4gib.mcpkg": "claims 4294967296 bytes, but its zstd blocks can decode to at most 100",
+    "hostile_package_16x4gib.mcpkg": (
+        "claims 4294967296 bytes, but its zstd blocks can decode to at most 100"
+    ),
 }
 
 
@@ -123,7 +131,8 @@ def expect_refused_in_budget(baseline, refused, name):
     assert f"corruption at offset {offset}: " in output, output
     assert HOSTILE[name] in output, output
     assert peak_kib - base_peak_kib < BUDGET_KIB, (
-        f"{name}: peak RSS {peak_kib} KiB against {base_peak_kib} KiB for a harmless input")
+        f"{name}: peak RSS {peak_kib} KiB against {base_peak_kib} KiB for a harmless input"
+    )
     return code
 
 

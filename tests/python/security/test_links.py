@@ -4,11 +4,9 @@ write there: megacache refuses them (or treats them as a miss) and changes nothi
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
-
 from hostile import DATA, Outside, cli, make_blob
 
 from megacache import _core
@@ -38,12 +36,14 @@ def outside(tmp_path):
 
 
 def every_type_blob() -> bytes:
-    return make_blob([
-        ("inductor", [(INDUCTOR_KEY, b"an inductor entry")]),
-        ("aot_autograd", [(AOT_KEY, b"an aot entry")]),
-        ("precompile", [(PRECOMPILE_KEY, b"a dynamo entry")]),
-        ("autotune", [(AUTOTUNE_KEY, b'{"best": 1}')]),
-    ])
+    return make_blob(
+        [
+            ("inductor", [(INDUCTOR_KEY, b"an inductor entry")]),
+            ("aot_autograd", [(AOT_KEY, b"an aot entry")]),
+            ("precompile", [(PRECOMPILE_KEY, b"a dynamo entry")]),
+            ("autotune", [(AUTOTUNE_KEY, b'{"best": 1}')]),
+        ]
+    )
 
 
 def plant(root: Path, position: str, target: Path) -> None:
@@ -69,7 +69,9 @@ def test_populate_refuses_a_linked_directory(tmp_path, outside, position):
     blob = tmp_path / "blob.bin"
     blob.write_bytes(every_type_blob())
 
-    with pytest.raises(_core.InvalidInputError, match="symbolic link .*" + LINK_POSITIONS[position]):
+    with pytest.raises(
+        _core.InvalidInputError, match="symbolic link .*" + LINK_POSITIONS[position]
+    ):
         _core.load_into(blob.read_bytes(), str(cache))
     result = cli("populate", str(blob), "--cache-dir", str(cache))
     assert result.returncode == 1, result.stderr
@@ -98,6 +100,7 @@ def test_package_populate_refuses_a_linked_kernel_dir(tmp_path, outside):
 
 
 # --- the file store ------------------------------------------------------------------------
+
 
 def store_with_entry(tmp_path) -> tuple[Path, str]:
     root = tmp_path / "store"
@@ -169,6 +172,7 @@ def test_gc_never_deletes_through_a_linked_shard(tmp_path, outside):
 
 
 # --- unpacked packages ---------------------------------------------------------------------
+
 
 def unpacked(tmp_path) -> tuple[Path, str]:
     package = _core.Package.from_bytes((DATA / "package_v1.mcpkg").read_bytes())

@@ -4,7 +4,6 @@ caller never named; NUL and other control characters in paths and URLs are refus
 from __future__ import annotations
 
 import pytest
-
 from hostile import DATA
 
 import megacache

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hostile import DATA, HostileServer, cli, redis_command
 
 from megacache import _core
 
-POISONED_REF = "0123456789abcdef0123456789abcdef 0 4611686018427387904 0123456789abcdef0123456789abcdef"
+POISONED_REF = (
+    "0123456789abcdef0123456789abcdef 0 4611686018427387904 0123456789abcdef0123456789abcdef"
+)
 PRECOMPILE_DIR = Path(__file__).resolve().parents[1] / "precompile"
 
 
@@ -53,9 +54,12 @@ def child_peak_rss_growth(url: str, call: str) -> tuple[float, int, str]:
         "except OSError as error:  # a put that could not store says so\n"
         "    result = error\n"
         "elapsed = time.monotonic() - start\n"
-        "print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, repr(result))\n"
+        "print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, "
+        "repr(result))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script, url], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     elapsed, growth, result = out.stdout.split(" ", 2)
     return float(elapsed), int(growth), result.strip()
@@ -69,7 +73,9 @@ def test_a_reply_claiming_gigabytes_is_cut_off_at_its_header():
 
     server = HostileServer(respond)
     try:
-        elapsed, growth, result = child_peak_rss_growth(server.url + "?timeout_ms=2000", "store.get('n')")
+        elapsed, growth, result = child_peak_rss_growth(
+            server.url + "?timeout_ms=2000", "store.get('n')"
+        )
     finally:
         server.close()
     assert result == "None"
@@ -77,8 +83,15 @@ def test_a_reply_claiming_gigabytes_is_cut_off_at_its_header():
     assert elapsed < 2.1
 
 
-@pytest.mark.parametrize("call", ["store.get('n')", "store.put('n', b'v' * 100000)",
-                                  "store.contains('n')", "store.get_or_claim('n', 0.2)"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        "store.get('n')",
+        "store.put('n', b'v' * 100000)",
+        "store.contains('n')",
+        "store.get_or_claim('n', 0.2)",
+    ],
+)
 def test_a_trickling_server_is_cut_off_at_the_deadline(call):
     def respond(send, closed):
         # A valid reply, one byte every 0.3 s: each read succeeds within a per-read timeout.
@@ -107,15 +120,22 @@ def test_automatic_mode_compiles_past_poisoned_refs(redis_url, tmp_path):
     def run(name):
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"cache-{name}"))
         out = tmp_path / f"{name}.pt"
-        proc = subprocess.run([sys.executable, str(PRECOMPILE_DIR / "automatic.py"), redis_url, str(out)],
-                              env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, str(PRECOMPILE_DIR / "automatic.py"), redis_url, str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout.strip().splitlines()[-1]), out
 
     first, first_out = run("publish")
     assert first["automatic"]["published"] >= 1
     keys = redis_command(redis_url, "KEYS", "megacache:v1:ref:precompile-*")
-    names = [line for line in keys.split(b"\r\n") if line.startswith(b"megacache:v1:ref:precompile-")]
+    names = [
+        line for line in keys.split(b"\r\n") if line.startswith(b"megacache:v1:ref:precompile-")
+    ]
     assert names
     for name in names:
         redis_command(redis_url, "SET", name, POISONED_REF)

@@ -7,10 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
 from hostile import DATA, cli
 
 from megacache import _core
@@ -57,9 +55,16 @@ def test_load_package_does_not_install_an_unsigned_directorys_kernel(tmp_path, k
         "except megacache.InvalidInputError as error:\n"
         "    print('refused:', error)\n"
     )
-    env = dict(os.environ, MEGACACHE_TRUSTED_KEYS=keys["trusted_pub"], TORCHINDUCTOR_CACHE_DIR=str(cache))
-    result = subprocess.run([sys.executable, "-c", script, str(directory)], env=env,
-                            capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ, MEGACACHE_TRUSTED_KEYS=keys["trusted_pub"], TORCHINDUCTOR_CACHE_DIR=str(cache)
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(directory)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "refused:" in result.stdout and "unsigned package directory" in result.stdout
     assert not any(p.name.endswith(".so") for p in cache.rglob("*")), "a kernel was installed"
@@ -70,8 +75,11 @@ def test_a_signed_directory_loads_and_every_file_is_checked(tmp_path, keys):
     golden().write_unpacked(str(directory), keys["trusted"])
     signature = json.loads((directory / "signature.json").read_text())
     listed = set(signature["files"])
-    written = {str(p.relative_to(directory)) for p in directory.rglob("*")
-               if p.is_file() and p.name != "signature.json"}
+    written = {
+        str(p.relative_to(directory))
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != "signature.json"
+    }
     assert listed == written
     read = _core.Package.read(str(directory), keys["trusted_pub"])
     assert read.to_bytes() == golden().to_bytes()
