@@ -4,13 +4,13 @@ PYTHON ?= python3
 BUILD ?= build/cpp
 JOBS ?= $(shell nproc)
 
-.PHONY: deps cpp cpp-test sanitize python wheel demo test lint format python-test bench fuzz models-table clean
+.PHONY: deps cpp cpp-test sanitize python wheel demo test lint tidy format python-test bench fuzz models-table clean
 
 deps:
 	PYTHON=$(PYTHON) scripts/install-deps.sh
 
 cpp: deps
-	cmake -S . -B $(BUILD) -G Ninja -DMEGACACHE_BUILD_TESTS=ON -DMEGACACHE_WERROR=ON
+	cmake -S . -B $(BUILD) -G Ninja -DMEGACACHE_BUILD_TESTS=ON -DMEGACACHE_WERROR=ON -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
 	cmake --build $(BUILD) -j $(JOBS)
 
 cpp-test: cpp
@@ -27,12 +27,15 @@ wheel: deps
 	rm -rf build/wheel
 	$(PYTHON) -m pip wheel -q --no-build-isolation --no-deps -w build/wheel .
 
-test: lint cpp-test sanitize python-test
+test: lint tidy cpp-test sanitize python-test
 
 # The style, written down in .clang-format and pyproject.toml's [tool.ruff]: `make lint` checks
-# it (part of `make test`), `make format` applies it. Both tools are pinned in
-# scripts/install-deps.sh, since another version formats differently.
+# it (part of `make test`), `make format` applies it. `make tidy` runs .clang-tidy's checks over
+# the core with $(BUILD)'s compile commands (the binding is left to the compiler's warnings).
+# The tools are pinned in scripts/install-deps.sh, since other versions judge differently.
 CLANG_FORMAT = $(shell $(PYTHON) -c 'import clang_format; print(clang_format.get_executable("clang-format"))')
+CLANG_TIDY = $(shell $(PYTHON) -c 'import clang_tidy; print(clang_tidy.get_executable("clang-tidy"))')
+TIDY_SOURCES = $(shell git ls-files 'src/*.cpp' | grep -v -e '^src/python/' -e redis_unavailable)
 CXX_SOURCES = $(shell git ls-files '*.cpp' '*.h')
 
 lint: deps
@@ -40,6 +43,10 @@ lint: deps
 	@$(CLANG_FORMAT) --dry-run --Werror $(CXX_SOURCES)
 	$(PYTHON) -m ruff format --check --quiet .
 	$(PYTHON) -m ruff check --quiet .
+
+tidy: cpp
+	@echo "clang-tidy: $(words $(TIDY_SOURCES)) files"
+	@echo $(TIDY_SOURCES) | xargs -n 2 -P $(JOBS) $(CLANG_TIDY) --quiet -p $(BUILD)
 
 format: deps
 	@echo "clang-format -i: $(words $(CXX_SOURCES)) files"

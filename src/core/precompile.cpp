@@ -106,7 +106,7 @@ namespace {
 // itself, and torch keys those artifacts by a path its caller chose, absolute ones included,
 // which populate refuses, so one would make the whole package unloadable. A blob that does
 // not parse is kept as it is, for the package's own checks to report.
-std::string without_dynamo_cache_entries(const std::string& blob) {
+std::string without_dynamo_cache_entries(std::string blob) {
   Result<mega_cache::MegaCache> parsed = mega_cache::parse(blob);
   if (!parsed.ok()) return blob;
   mega_cache::MegaCache kept;
@@ -125,7 +125,7 @@ Package PrecompileContext::package(bundle::Fingerprint fingerprint, std::vector<
                                    std::vector<KernelFile> cuda_jit) const {
   return Package{std::move(fingerprint), stitch(only),
                  std::move(kernels),     std::move(triton_modules),
-                 std::move(cuda_jit),    without_dynamo_cache_entries(mega_cache)};
+                 std::move(cuda_jit),    without_dynamo_cache_entries(std::move(mega_cache))};
 }
 
 std::string PrecompileContext::serialize(bundle::Fingerprint fingerprint,

@@ -201,8 +201,9 @@ Status decompress_claimed(const Entry& entry, std::string_view stored, uint64_t 
   return Status::OK();
 }
 
-Status check_checksum(const Entry& entry, const char* raw, uint64_t at) {
-  if (util::xxh3_128(std::string_view(raw, entry.raw_size)) != entry.checksum) {
+// `raw`: the entry's decoded bytes, entry.raw_size of them.
+Status check_checksum(const Entry& entry, std::string_view raw, uint64_t at) {
+  if (util::xxh3_128(raw) != entry.checksum) {
     return Status::Corruption(at, describe(entry) + ": payload checksum mismatch");
   }
   return Status::OK();
@@ -216,7 +217,7 @@ Status decode_payload(const Bundle& bundle, const Entry& entry, char* out) {
       !status.ok()) {
     return status;
   }
-  return check_checksum(entry, out, at);
+  return check_checksum(entry, std::string_view(out, entry.raw_size), at);
 }
 
 // A bundle decoding at least this many bytes shares the work among threads: a fresh process
@@ -543,7 +544,7 @@ Result<std::string> Bundle::read(size_t index, const DecodeLimits& limits) const
   if (Status claim = check_claim(entry, stored, at); !claim.ok()) return claim;
   if (entry.raw_size > limits.max_decoded_bytes) return over_budget(entry, at, 0, limits);
   if (entry.compression == Compression::kNone) {
-    if (Status status = check_checksum(entry, stored.data(), at); !status.ok()) return status;
+    if (Status status = check_checksum(entry, stored, at); !status.ok()) return status;
     return std::string(stored);
   }
   // Not a std::string yet: that would zero-fill the whole claim, and a claim the blocks can
@@ -554,7 +555,10 @@ Result<std::string> Bundle::read(size_t index, const DecodeLimits& limits) const
                            describe(entry));
   }
   if (Status status = decompress_claimed(entry, stored, at, raw.get()); !status.ok()) return status;
-  if (Status status = check_checksum(entry, raw.get(), at); !status.ok()) return status;
+  if (Status status = check_checksum(entry, std::string_view(raw.get(), entry.raw_size), at);
+      !status.ok()) {
+    return status;
+  }
   return std::string(raw.get(), entry.raw_size);
 }
 
@@ -564,7 +568,7 @@ Status Bundle::read_into(size_t index, char* out) const {
   const uint64_t at = payload_offset(*this, entry);
   if (Status claim = check_claim(entry, stored, at); !claim.ok()) return claim;
   if (Status status = decompress_claimed(entry, stored, at, out); !status.ok()) return status;
-  return check_checksum(entry, out, at);
+  return check_checksum(entry, std::string_view(out, entry.raw_size), at);
 }
 
 SignatureCheck check_signature(const Bundle& bundle) {
@@ -580,40 +584,42 @@ SignatureCheck check_signature(const Bundle& bundle) {
 
 namespace {
 
-bool signed_by_one_of(const Bundle& bundle, const std::vector<PublicKey>& keys) {
-  return std::find(keys.begin(), keys.end(), bundle.signature->public_key) != keys.end();
+bool signed_by_one_of(const Signature& signature, const std::vector<PublicKey>& keys) {
+  return std::find(keys.begin(), keys.end(), signature.public_key) != keys.end();
+}
+
+std::string key_hex(const Signature& signature) {
+  return util::hex(
+      std::string_view(reinterpret_cast<const char*>(signature.public_key.data()), 32));
 }
 
 }  // namespace
 
 bool is_trusted(const Bundle& bundle, const std::vector<PublicKey>& trusted_keys) {
-  return check_signature(bundle) == SignatureCheck::kValid &&
-         signed_by_one_of(bundle, trusted_keys);
+  return bundle.signature && check_signature(bundle) == SignatureCheck::kValid &&
+         signed_by_one_of(*bundle.signature, trusted_keys);
 }
 
 Status check_trust(const Bundle& bundle, const std::vector<PublicKey>& trusted_keys) {
-  const SignatureCheck check = check_signature(bundle);
-  if (check == SignatureCheck::kInvalid) {
-    return Status::InvalidArgument(
-        "the bundle's signature does not verify: it was changed after "
-        "signing, or signed by someone else than key " +
-        util::hex(std::string_view(
-            reinterpret_cast<const char*>(bundle.signature->public_key.data()), 32)));
-  }
-  if (trusted_keys.empty()) return Status::OK();
-  if (check == SignatureCheck::kUnsigned) {
+  if (!bundle.signature) {
+    if (trusted_keys.empty()) return Status::OK();
     return Status::InvalidArgument(
         "the bundle is unsigned, and trusted keys are configured "
         "(MEGACACHE_TRUSTED_KEYS); sign it with 'megacache convert --sign'");
   }
-  if (!signed_by_one_of(bundle, trusted_keys)) {
+  const Signature& signature = *bundle.signature;
+  if (check_signature(bundle) != SignatureCheck::kValid) {
     return Status::InvalidArgument(
-        "the bundle is signed by key " +
-        util::hex(std::string_view(
-            reinterpret_cast<const char*>(bundle.signature->public_key.data()), 32)) +
-        ", which is not among the trusted keys");
+        "the bundle's signature does not verify: it was changed after "
+        "signing, or signed by someone else than key " +
+        key_hex(signature));
   }
-  if (!bundle.signature->covers_payloads) {
+  if (trusted_keys.empty()) return Status::OK();
+  if (!signed_by_one_of(signature, trusted_keys)) {
+    return Status::InvalidArgument("the bundle is signed by key " + key_hex(signature) +
+                                   ", which is not among the trusted keys");
+  }
+  if (!signature.covers_payloads) {
     return Status::InvalidArgument(
         "the bundle's signature covers its header and index but not its payloads (signed before "
         "flag bit 1 existed): their XXH3 checksums are no cryptographic hash, so a trusted key "
@@ -777,6 +783,7 @@ Result<Decoded> decode(const Bundle& bundle, const DecodeLimits& limits) {
                            " bytes for the bundle's decoded artifacts");
   }
   std::vector<size_t> distinct;  // one entry per stored payload, in file order
+  distinct.reserve(first_user.size());
   for (const auto& [place, i] : first_user) distinct.push_back(i);
   if (Status status = decode_payloads(bundle, distinct, arena_start, total, decoded.storage.get());
       !status.ok()) {

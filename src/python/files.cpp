@@ -188,8 +188,8 @@ void init_files(nb::module_& m) {
       "compare_fingerprints",
       [](const Fields& built, const Fields& current) {
         std::vector<std::tuple<std::string, std::string, std::string>> out;
-        for (const auto& m : megacache::bundle::compare_fingerprints(built, current)) {
-          out.emplace_back(m.name, m.built, m.current);
+        for (const auto& field : megacache::bundle::compare_fingerprints(built, current)) {
+          out.emplace_back(field.name, field.built, field.current);
         }
         return out;
       },

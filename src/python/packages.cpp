@@ -271,8 +271,8 @@ void init_packages(nb::module_& m) {
       .def_prop_ro("triton_module_paths",
                    [](const PyPackage& self) {
                      std::vector<std::string> paths;
-                     for (const pc::KernelFile& m : self.package.triton_modules)
-                       paths.push_back(m.path);
+                     for (const pc::KernelFile& module : self.package.triton_modules)
+                       paths.push_back(module.path);
                      return paths;
                    })
       .def_prop_ro("cuda_jit_paths",

@@ -214,7 +214,7 @@ class Connection {
       const bool ok = transfer(
           deadline, select, 1, [](size_t) { return kSmallReply; },
           [&](size_t, Reply&& reply) { answer = std::move(reply); });
-      if (!ok) return false;
+      if (!ok || !answer) return false;  // a transfer that succeeds delivers every reply
       // Unlike the error replies of our other commands, a refused SELECT (a database the
       // server does not have) says that the URL cannot work at all: it counts as a failure.
       if (answer->type != Reply::Type::kStatus) {
