@@ -198,9 +198,10 @@ struct MatrixProduct {
 bool calls_cublas(std::string_view wrapper);
 
 // The distinct products of `wrapper` whose every layout and dtype the wrapper spells out,
-// in order of first appearance, at most the first 256. A product with a symbolic size (a dynamic
-// dim) or an operand the wrapper does not declare is left out: this is a hint, never a failure.
-// Pure; thread-safe.
+// in order of first appearance, at most the first 256. A dynamic dim's size is read at the
+// graph's example value (the wrapper's get_args: the size it was compiled for); a size without
+// a value or an operand the wrapper does not declare leaves the product out: this is a hint,
+// never a failure (docs/matrix-products.md). Pure; thread-safe.
 std::vector<MatrixProduct> matrix_products(std::string_view wrapper);
 
 // The identity of an installed software package: hex sha256 over each file beneath `root`

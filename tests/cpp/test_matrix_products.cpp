@@ -62,15 +62,84 @@ TEST(MatrixProducts, ReadsTheProductsOfAGraphTorchGenerated) {
   EXPECT_EQ(graph_break[1].operands[0], (TensorLayout{{256}, {1}}));
 }
 
-TEST(MatrixProducts, AProductWithADynamicSizeIsLeftOut) {
-  // extern_kernels.mm(arg3_1, ...) where arg3_1 is (s77, 256): no layout to run ahead, but a
-  // call of cuBLAS all the same.
+TEST(MatrixProducts, ADynamicSizeIsReadAtTheGraphsExampleValue) {
+  // extern_kernels.mm(arg3_1, ...) where arg3_1 is (s77, 256) and `s77 = arg2_1`: get_args,
+  // Inductor's benchmark harness, binds arg2_1 to 16, the size the graph was compiled for.
   const std::vector<std::string> sources =
       test::generated_sources(test::read_test_file("mega_dynamic.bin"));
   ASSERT_EQ(sources.size(), 1u);
   ASSERT_NE(sources[0].find("extern_kernels.mm(arg3_1"), std::string::npos);
-  EXPECT_TRUE(matrix_products(sources[0]).empty());
+  ASSERT_NE(sources[0].find("    arg2_1 = 16\n"), std::string::npos);
+  const std::vector<MatrixProduct> expected = {
+      {"mm", "float32", {{{16, 256}, {256, 1}}, {{256, 512}, {1, 256}}}, {{16, 512}, {512, 1}}}};
+  EXPECT_EQ(matrix_products(sources[0]), expected);
   EXPECT_TRUE(calls_cublas(sources[0]));
+  // Without its example values the size has none, and the product is left out.
+  const std::string without_harness = sources[0].substr(0, sources[0].find("def get_args():"));
+  EXPECT_TRUE(matrix_products(without_harness).empty());
+  EXPECT_TRUE(calls_cublas(without_harness));
+}
+
+TEST(MatrixProducts, SizesAreIntegerArithmeticOverTheExampleValues) {
+  // torch 2.13's CPU wrapper of a linear layer on (2, s27, 256) with s27 marked dynamic.
+  const std::string wrapper = R"(
+    def call(self, args):
+        arg0_1, arg1_1, arg2_1, arg3_1 = args
+        args.clear()
+        s27 = arg1_1
+        assert_size_stride(arg2_1, (2, s27, 256), (256*s27, 256, 1), 'input')
+        assert_size_stride(arg0_1, (512, 256), (256, 1), 'input')
+        buf0 = empty_strided_cpu((2*s27, 512), (512, 1), torch.float32)
+        extern_kernels.mm(reinterpret_tensor(arg2_1, (2*s27, 256), (256, 1), 0), reinterpret_tensor(arg0_1, (256, 512), (1, 256), 0), out=buf0)
+
+def get_args():
+    from torch._dynamo.testing import rand_strided
+    arg0_1 = rand_strided((512, 256), (256, 1), device='cpu', dtype=torch.float32)
+    arg1_1 = 16
+    arg2_1 = rand_strided((2, 16, 256), (4096, 256, 1), device='cpu', dtype=torch.float32)
+    arg3_1 = rand_strided((512, ), (1, ), device='cpu', dtype=torch.float32)
+    return [arg0_1, arg1_1, arg2_1, arg3_1]
+)";
+  const std::vector<MatrixProduct> expected = {
+      {"mm", "float32", {{{32, 256}, {256, 1}}, {{256, 512}, {1, 256}}}, {{32, 512}, {512, 1}}}};
+  EXPECT_EQ(matrix_products(wrapper), expected);
+
+  // Each form of a size, with s0 = 6 and s1 = 4 (arg0_1's example sizes, read by .size()).
+  const std::string harness =
+      "def get_args():\n"
+      "    arg0_1 = rand_strided((6, 4), (4, 1), device='cuda:0', dtype=torch.float32)\n"
+      "    arg1_1 = 6\n";
+  const std::string bindings =
+      "s0 = arg1_1\n"
+      "s1 = arg0_1.size(1)\n"
+      "buf0 = empty_strided_cuda((8, 8), (8, 1), torch.float32)\n";
+  auto rows_of = [&](const std::string& size) -> std::optional<int64_t> {
+    const std::vector<MatrixProduct> read =
+        matrix_products(bindings + "extern_kernels.mm(reinterpret_tensor(buf0, (" + size +
+                        ", 8), (8, 1), 0), buf0, out=reinterpret_tensor(buf0, (" + size +
+                        ", 8), (8, 1), 0))\n" + harness);
+    if (read.empty()) return std::nullopt;
+    return read[0].operands[0].sizes[0];
+  };
+  EXPECT_EQ(rows_of("s0"), 6);
+  EXPECT_EQ(rows_of("2*s0"), 12);
+  EXPECT_EQ(rows_of("s0*s1"), 24);
+  EXPECT_EQ(rows_of("((-1) + s0)"), 5);
+  EXPECT_EQ(rows_of("(s0 // 4)"), 1);
+  EXPECT_EQ(rows_of("((-7) // 2) + s0"), 2);  // Python's floor division: -7 // 2 is -4
+  EXPECT_EQ(rows_of("s1 - s0 + 3"), 1);
+  EXPECT_EQ(rows_of("arg0_1.size(0)"), 6);
+  for (const char* unknown :
+       {"s2", "s0 // 0", "s0 - 7", "max(s0, 2)", "s0 ** 2", "s0 / 2", "arg0_1.size(2)",
+        "arg1_1.size(0)", "s0 *", "(s0", "281474976710656 * 2", "s0 * 99999999999999999999",
+        "((((((((((((((((((s0))))))))))))))))))"}) {
+    EXPECT_EQ(rows_of(unknown), std::nullopt) << unknown;
+  }
+  // A symbol bound again to what is not an integer has no value any more.
+  EXPECT_TRUE(matrix_products("s0 = 6\ns0 = buf0\n" + bindings.substr(bindings.find("buf0 =")) +
+                              "extern_kernels.mm(reinterpret_tensor(buf0, (s0, 8), (8, 1), 0), "
+                              "buf0, out=reinterpret_tensor(buf0, (s0, 8), (8, 1), 0))\n")
+                  .empty());
 }
 
 TEST(MatrixProducts, CallsOfCublasAreTheExternProductsOnly) {
@@ -184,15 +253,14 @@ TEST(MatrixProducts, OnlyWhatIsSpelledOutAndMultipliesCounts) {
       "extern_kernels.mm(buf7, arg0_1, out=buf0)",            // buf7 is not declared
       "extern_kernels.mm(arg0_1, out=buf0)",                  // one operand
       "extern_kernels.mm(arg0_1, arg0_1, arg0_1, out=buf0)",  // three
-      "extern_kernels.mm(arg0_1, reinterpret_tensor(arg0_1, (4, 8), (8, 1), 0), out=buf0)",  // 8x8
-                                                                                             // by
-                                                                                             // 4x8
+      // 8x8 by 4x8
+      "extern_kernels.mm(arg0_1, reinterpret_tensor(arg0_1, (4, 8), (8, 1), 0), out=buf0)",
       "extern_kernels.bmm(arg0_1, arg0_1, out=buf0)",   // 2-D operands
       "extern_kernels.mm(arg0_1, arg0_1, out=arg0_1)",  // no dtype declared
-      "extern_kernels.mm(arg0_1, reinterpret_tensor(buf1, (8, 8), (8, 1), 0), out=buf0)",  // two
-                                                                                           // dtypes
-      "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, 8), (8, 1)), arg0_1, out=buf0)",   // no
-                                                                                           // offset
+      // two dtypes
+      "extern_kernels.mm(arg0_1, reinterpret_tensor(buf1, (8, 8), (8, 1), 0), out=buf0)",
+      // no offset
+      "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, 8), (8, 1)), arg0_1, out=buf0)",
       "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, 99999999999999999999), (8, 1), 0), arg0_1, "
       "out=buf0)",
       "extern_kernels.mm(reinterpret_tensor(arg0_1, (8, -8), (8, 1), 0), arg0_1, out=buf0)",

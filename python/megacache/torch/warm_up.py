@@ -9,9 +9,10 @@ but neither needs anything from the package. So for a package whose graphs call 
 runs their products ahead on a helper thread, on the device their code names, while torch
 installs the entry; `wait`, called when the install ends, waits for it. The products are read
 from the graphs' wrappers by the core (`_core.matrix_products`, docs/matrix-products.md): each
-distinct one whose layouts the wrapper spells out, run once on uninitialized operands of those
-layouts; cuBLAS picks its kernel from the layouts, not the values. Where none can be read (a
-dynamic size), one small product still sets cuBLAS up.
+distinct one whose layouts the wrapper spells out (a dynamic dim at the size the graph was
+compiled for), run once on uninitialized operands of those layouts; cuBLAS picks its kernel
+from the layouts, not the values. Where none can be read, one small product still sets cuBLAS
+up.
 
 Nothing is left behind. torch keeps cuBLAS handles in a pool: the helper's handle goes back to
 the pool when the helper thread ends, and the graph's thread, running after `wait`, takes that
