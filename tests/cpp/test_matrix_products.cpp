@@ -81,7 +81,8 @@ TEST(MatrixProducts, ADynamicSizeIsReadAtTheGraphsExampleValue) {
 }
 
 TEST(MatrixProducts, SizesAreIntegerArithmeticOverTheExampleValues) {
-  // torch 2.13's CPU wrapper of a linear layer on (2, s27, 256) with s27 marked dynamic.
+  // torch 2.13's CPU wrapper of a linear layer on (2, s27, 256) with s27 marked dynamic, as
+  // it wrote it (2.15 writes the same but for its grouped assert, below).
   const std::string wrapper = R"(
     def call(self, args):
         arg0_1, arg1_1, arg2_1, arg3_1 = args
@@ -103,6 +104,15 @@ def get_args():
   const std::vector<MatrixProduct> expected = {
       {"mm", "float32", {{{32, 256}, {256, 1}}, {{256, 512}, {1, 256}}}, {{32, 512}, {512, 1}}}};
   EXPECT_EQ(matrix_products(wrapper), expected);
+  // torch 2.15 asserts both inputs in one grouped call, symbols and all.
+  const std::string grouped_asserts =
+      "        assert_size_stride_grouped((arg2_1, arg0_1), ((2, s27, 256), (512, 256)), "
+      "((256*s27, 256, 1), (256, 1)), 'input')\n";
+  std::string wrapper_2_15 = wrapper;
+  const size_t asserts = wrapper_2_15.find("        assert_size_stride(arg2_1");
+  const size_t after = wrapper_2_15.find("        buf0 =");
+  wrapper_2_15.replace(asserts, after - asserts, grouped_asserts);
+  EXPECT_EQ(matrix_products(wrapper_2_15), expected);
 
   // Each form of a size, with s0 = 6 and s1 = 4 (arg0_1's example sizes, read by .size()).
   const std::string harness =
