@@ -47,6 +47,8 @@ model = torch.nn.Sequential(
     torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256)
 ).cuda()
 x = torch.randn(64, 256, device="cuda")
+if sys.argv[3] == "dynamic":
+    torch._dynamo.mark_dynamic(x, 0)  # its products' rows: a symbol at its example value, 64
 with torch.no_grad():
     out = torch.compile(model)(x)
 torch.save(out.cpu(), sys.argv[2])
@@ -62,7 +64,7 @@ print(json.dumps({
 """
 
 
-def fresh_machine(tmp_path, name, store):
+def fresh_machine(tmp_path, name, store, batch):
     home = tmp_path / name / "home"
     home.mkdir(parents=True)
     env = dict(os.environ, HOME=str(home), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / name / "torch"))
@@ -70,7 +72,7 @@ def fresh_machine(tmp_path, name, store):
         env.pop(variable, None)
     out = tmp_path / name / "out.pt"
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, store, str(out)],
+        [sys.executable, "-c", CHILD, store, str(out), batch],
         env=env,
         capture_output=True,
         text=True,
@@ -80,14 +82,15 @@ def fresh_machine(tmp_path, name, store):
     return json.loads(proc.stdout.strip().splitlines()[-1]), torch.load(out)
 
 
-def test_the_graph_runs_on_the_cublas_handle_and_kernels_set_up_beside_the_install(tmp_path):
+@pytest.mark.parametrize("batch", ["static", "dynamic"])
+def test_the_graph_runs_on_the_cublas_handle_and_kernels_set_up_beside_the_install(tmp_path, batch):
     store = f"file://{tmp_path}/store"
-    first, first_out = fresh_machine(tmp_path, "first", store)
+    first, first_out = fresh_machine(tmp_path, "first", store, batch)
     assert first["megacache"]["published"] == 1 and first["warmed_handles"] == {}, first
     # Without a package, the graph's first run loads the kernels of its two products.
     assert first["kernel_loads"][0] > 0, first
 
-    second, second_out = fresh_machine(tmp_path, "second", store)
+    second, second_out = fresh_machine(tmp_path, "second", store, batch)
     assert second["megacache"]["hits"] == 1 and second["traced"] == 0, second
     # The helper set cuBLAS up, ended, and handed its handle to the graph's thread.
     assert second["warmed_handles"] == {"0": second["handle"]} and second["handle"] != 0, second
