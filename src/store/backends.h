@@ -21,7 +21,8 @@ struct UrlOptions {
   }
 };
 
-// `files` is the layer every file of the store goes through; tests pass one that faults.
+// `files` is the layer every file of the store goes through, and must outlive the store;
+// tests pass one that faults.
 Result<std::unique_ptr<Store>> open_file_store(const std::string& url, const std::string& root,
                                                const UrlOptions& options,
                                                util::FileSystem& files = util::FileSystem::real());
