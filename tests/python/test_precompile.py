@@ -542,6 +542,9 @@ def test_the_graphs_inside_a_stored_packages_backends_are_found(published_mlp):
     ], shapes
     assert all(op in ("mm", "addmm") and dtype == "float32" for op, dtype, *_ in shapes), shapes
     assert products[0].operands[-1].strides == [1, 16]  # the weight, read transposed
+    # A later package's helper runs only the products no helper has run yet.
+    assert warm_up.matrix_products(sources, products[:1]) == products[1:]
+    assert warm_up.matrix_products(sources, products) == []
 
 
 TAKE_BACKENDS = r"""
