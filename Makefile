@@ -4,7 +4,7 @@ PYTHON ?= python3
 BUILD ?= build/cpp
 JOBS ?= $(shell nproc)
 
-.PHONY: deps cpp cpp-test sanitize python wheel demo test lint tidy format python-test bench fuzz models-table clean
+.PHONY: deps cpp cpp-test sanitize python wheel demo test lint tidy typecheck format python-test bench fuzz models-table clean
 
 deps:
 	PYTHON=$(PYTHON) scripts/install-deps.sh
@@ -27,7 +27,7 @@ wheel: deps
 	rm -rf build/wheel
 	$(PYTHON) -m pip wheel -q --no-build-isolation --no-deps -w build/wheel .
 
-test: lint tidy cpp-test sanitize python-test
+test: lint tidy typecheck cpp-test sanitize python-test
 
 # The style, written down in .clang-format and pyproject.toml's [tool.ruff]: `make lint` checks
 # it (part of `make test`), `make format` applies it. `make tidy` runs .clang-tidy's checks over
@@ -47,6 +47,13 @@ lint: deps
 tidy: cpp
 	@echo "clang-tidy: $(words $(TIDY_SOURCES)) files"
 	@echo $(TIDY_SOURCES) | xargs -n 2 -P $(JOBS) $(CLANG_TIDY) --quiet -p $(BUILD)
+
+# mypy over the Python package ([tool.mypy] in pyproject.toml), against the binding's stub that
+# the wheel's build generates (nanobind_add_stub), put where mypy_path looks.
+typecheck: wheel
+	rm -rf build/stubs && mkdir -p build/stubs/megacache
+	$(PYTHON) -c "import glob, zipfile; wheel = zipfile.ZipFile(glob.glob('build/wheel/megacache-*.whl')[0]); open('build/stubs/megacache/_core.pyi', 'wb').write(wheel.read('megacache/_core.pyi'))"
+	$(PYTHON) -m mypy
 
 format: deps
 	@echo "clang-format -i: $(words $(CXX_SOURCES)) files"

@@ -30,7 +30,8 @@ if ! "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith
   "$PYTHON" -m pip install -q torch==2.13.0
 fi
 "$PYTHON" -m pip install -q "nanobind>=2.0" "scikit-build-core>=0.10" cmake ninja
-# The style checkers `make lint` and `make tidy` run, pinned: other versions judge differently.
-"$PYTHON" -m pip install -q clang-format==22.1.8 clang-tidy==22.1.8 ruff==0.17.6
+# The checkers `make lint`, `make tidy` and `make typecheck` run, pinned: other versions judge
+# differently.
+"$PYTHON" -m pip install -q clang-format==22.1.8 clang-tidy==22.1.8 ruff==0.17.6 mypy==1.20.2
 # The Python suites run in venvs of their own, one per torch of the test matrix
 # (scripts/test-matrix.sh, tests/matrix).

@@ -2,7 +2,6 @@
 // the PrecompileContext that records and stitches them.
 #include "python/binding.h"
 
-#include <nanobind/operators.h>
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
@@ -19,6 +18,17 @@ namespace {
 
 using namespace nb::literals;
 namespace pc = megacache::precompile;
+
+// `==` against any object, as Python's data model has it: another type is never equal.
+template <typename Value>
+void def_equality(nb::class_<Value>& type) {
+  type.def(
+      "__eq__",
+      [](const Value& self, nb::handle other) {
+        return nb::isinstance<Value>(other) && self == nb::cast<const Value&>(other);
+      },
+      nb::sig("def __eq__(self, other: object, /) -> bool"));
+}
 
 // A function's identity as the torch adapter passes it: a dict with FunctionIdentity's fields.
 pc::FunctionIdentity identity_of(const nb::dict& f) {
@@ -196,16 +206,17 @@ void init_packages(nb::module_& m) {
       },
       "text"_a, "from_index"_a, "to_index"_a,
       "Generated code with its mentions of cuda:from rewritten to cuda:to.");
-  nb::class_<pc::TensorLayout>(m, "TensorLayout")
-      .def_ro("sizes", &pc::TensorLayout::sizes)
-      .def_ro("strides", &pc::TensorLayout::strides)
-      .def(nb::self == nb::self);
-  nb::class_<pc::MatrixProduct>(m, "MatrixProduct")
-      .def_ro("op", &pc::MatrixProduct::op, "torch's name: mm, addmm, bmm or baddbmm")
-      .def_ro("dtype", &pc::MatrixProduct::dtype, "torch's name of the dtype: float32")
-      .def_ro("operands", &pc::MatrixProduct::operands)
-      .def_ro("out", &pc::MatrixProduct::out)
-      .def(nb::self == nb::self);
+  auto layout = nb::class_<pc::TensorLayout>(m, "TensorLayout")
+                    .def_ro("sizes", &pc::TensorLayout::sizes)
+                    .def_ro("strides", &pc::TensorLayout::strides);
+  def_equality(layout);
+  auto product =
+      nb::class_<pc::MatrixProduct>(m, "MatrixProduct")
+          .def_ro("op", &pc::MatrixProduct::op, "torch's name: mm, addmm, bmm or baddbmm")
+          .def_ro("dtype", &pc::MatrixProduct::dtype, "torch's name of the dtype: float32")
+          .def_ro("operands", &pc::MatrixProduct::operands)
+          .def_ro("out", &pc::MatrixProduct::out);
+  def_equality(product);
   m.def(
       "calls_cublas", [](const std::string& source) { return pc::calls_cublas(source); },
       "source"_a,

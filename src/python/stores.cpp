@@ -113,13 +113,15 @@ void init_stores(nb::module_& m) {
       .def("put", &PyStore::put, "name"_a, "value"_a)
       .def("contains", &PyStore::contains, "name"_a)
       .def("remove", &PyStore::remove, "name"_a)
-      .def("list", &PyStore::list, "[(name, bytes, last_used_unix)]")
       .def("gc", &PyStore::gc, "max_bytes"_a)
       .def("stats", &PyStore::stats)
       .def("zero_stats", &PyStore::zero_stats)
       .def("get_or_claim", &PyStore::get_or_claim, "name"_a, "wait_seconds"_a,
            "Single flight: (value, None) on a hit, (None, claim) when this caller must produce "
-           "and put, (None, None) when waiting for another producer ran out.");
+           "and put, (None, None) when waiting for another producer ran out.")
+      // Last: in the generated stub, a `list[...]` annotation after this method would name the
+      // method instead of the builtin.
+      .def("list", &PyStore::list, "[(name, bytes, last_used_unix)]");
   nb::class_<PyClaim>(m, "Claim")
       .def("release", &PyClaim::release)
       .def_prop_ro("held", &PyClaim::held);

@@ -127,6 +127,22 @@ def test_halves_of_different_calls_are_refused_at_save(captured, tmp_path):
     assert not (tmp_path / "p.mcb").exists()
 
 
+@pytest.mark.parametrize(
+    "halves",
+    [
+        {},
+        {"python_code": "x = 1"},
+        {"artifact_path": "a.py"},
+        {"python_code": "x = 1", "cache_path": "a.py.cache"},
+        {"python_code": "x = 1", "cache": b"", "artifact_path": "a.py", "cache_path": "a.cache"},
+    ],
+)
+def test_a_pair_needs_exactly_one_kind_of_halves(halves, tmp_path):
+    with pytest.raises(ValueError, match="give either python_code and cache"):
+        megacache.save_precompiled(tmp_path / "p.mcb", **halves)
+    assert not (tmp_path / "p.mcb").exists()
+
+
 def test_the_cli_inspects_verifies_and_writes_torchs_files(captured, tmp_path):
     out, key = captured
     inspected = cli("inspect", "--json", out / "pair.mcb")

@@ -73,21 +73,27 @@ def save(
     from megacache.torch import mega_cache
 
     if (
-        (python_code is None) != (cache is None)
-        or (artifact_path is None) != (cache_path is None)
-        or (python_code is None) == (artifact_path is None)
+        python_code is not None
+        and cache is not None
+        and artifact_path is None
+        and cache_path is None
     ):
-        raise ValueError(
-            "give either python_code and cache (torch 2.14's precompile() result) "
-            "or artifact_path and cache_path (the files torch 2.15's capture() wrote)"
-        )
-    if python_code is not None:
         api, code = CALLABLE_API, python_code.encode()
-    else:
+    elif (
+        artifact_path is not None
+        and cache_path is not None
+        and python_code is None
+        and cache is None
+    ):
         api, code, cache = (
             CAPTURE_API,
             Path(artifact_path).read_bytes(),
             Path(cache_path).read_bytes(),
+        )
+    else:
+        raise ValueError(
+            "give either python_code and cache (torch 2.14's precompile() result) "
+            "or artifact_path and cache_path (the files torch 2.15's capture() wrote)"
         )
     signing_key = Path(sign_with).read_text().strip() if sign_with else ""
     data = _core.aot_pair_bytes(

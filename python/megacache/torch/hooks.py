@@ -243,7 +243,7 @@ def _reduce_soundly(original: Callable[..., Any]) -> Callable[..., Any]:
     return reducer_override
 
 
-def _unpickle_on_moved_device(original: Callable[..., Any]) -> Callable[..., Any]:
+def _unpickle_on_moved_device(original: "classmethod[Any, Any, Any]") -> Any:
     def _unpickle_tensor(
         cls: Any, meta_tensor: torch.Tensor, device: torch.device, *args: Any
     ) -> Any:
@@ -551,7 +551,7 @@ def _save_backward_as_recorded(original: Callable[..., Any]) -> Callable[..., An
     return post_compile
 
 
-class Backends(dict):  # type: ignore[type-arg]
+class Backends(dict):
     """The backends of a megacache entry: a dict, as torch expects, that also says whose install
     it is."""
 

@@ -12,7 +12,7 @@ import itertools
 import logging
 import platform
 import subprocess
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch.compiler._cache import CacheArtifactFactory, CacheArtifactManager, CacheInfo
@@ -36,7 +36,7 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.manager = _core.ArtifactManager()
-        self._seen: object = None  # the torch OrderedSet we were reading
+        self._seen: Any = None  # the torch OrderedSet we were reading
         self._count = 0  # how many of its artifacts we have recorded
         self._last: object = None  # the last one, to notice torch's clear()
         self._blob: Optional[bytes] = None
