@@ -128,4 +128,5 @@ def test_the_graph_runs_on_the_cublas_handle_and_kernels_set_up_beside_the_insta
         assert extra == 0, (first, second)
     else:  # the second helper's handle, back in torch's pool, keeps its workspace
         assert 0 < extra <= 64 << 20, (first, second)
+    assert len(second_outs) == len(first_outs) == models
     assert all(torch.equal(a, b) for a, b in zip(second_outs, first_outs))
